@@ -1,0 +1,3 @@
+"""smmf-plan: will training this model fit, with which optimizer, on which device?"""
+
+__version__ = "0.1.0"

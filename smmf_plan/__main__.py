@@ -1,0 +1,3 @@
+from smmf_plan.cli import main
+
+main()

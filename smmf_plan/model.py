@@ -1,0 +1,65 @@
+"""What a model source resolves to: a name, where it came from, and its parameter specs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .shapes import ParamSpec
+
+#: bump when the cached form of a ModelSpec changes.
+SPEC_FORMAT = 1
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    #: source kind: "timm", "transformers", "config", "safetensors", "state_dict", "hub".
+    source: str
+    params: list[ParamSpec]
+    #: anything else a later stage may want: library, architecture class, task, default input
+    #: size, config dict ... (JSON-serializable).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    @property
+    def num_tensors(self) -> int:
+        return len(self.params)
+
+    @property
+    def trainable(self) -> list[ParamSpec]:
+        return [p for p in self.params if p.trainable]
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel for p in self.trainable)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": SPEC_FORMAT,
+            "name": self.name,
+            "source": self.source,
+            "params": [p.to_dict() for p in self.params],
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        if d.get("format") != SPEC_FORMAT:
+            raise ValueError("stale model-spec format")
+        return cls(
+            name=d["name"], source=d["source"],
+            params=[ParamSpec.from_dict(p) for p in d["params"]], meta=d.get("meta", {}),
+        )
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "num_params": self.num_params,
+            "num_tensors": self.num_tensors,
+            "trainable_params": self.trainable_params,
+        }

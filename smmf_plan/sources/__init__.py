@@ -1,0 +1,1 @@
+"""Model sources → :class:`~smmf_plan.model.ModelSpec` (parameter specs, never weights)."""

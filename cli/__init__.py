@@ -1,5 +1,6 @@
-"""smmf-plan's command line (installed as ``smmf_plan.cli``)."""
+"""smmf-plan's command line (installed as ``smmf_plan.cli``): Typer commands only — parse, call
+the library, render, map errors to exit codes."""
 
+from .app import app, main
 
-def main() -> None:  # replaced by the real app below once written
-    raise SystemExit("smmf-plan CLI not built yet")
+__all__ = ["app", "main"]

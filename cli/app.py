@@ -1,0 +1,77 @@
+"""The Typer application: command registration, the default command and error mapping.
+
+``smmf-plan MODEL`` is short for ``smmf-plan plan MODEL``. Every user error is one line on stderr
+with exit code 2: :class:`~smmf_plan.errors.PlanError` from the library and click's usage errors
+alike; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="smmf-plan",
+    help="Will training this model fit, with which optimizer, on which device?",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+from . import plan as _plan  # noqa: E402  (commands register themselves on `app`)
+from . import shapes as _shapes  # noqa: E402,F401
+
+COMMANDS = ("plan", "shapes", "devices", "size", "probe", "check", "reproduce", "optimizers")
+
+
+def _click_errors():
+    try:
+        from typer._click import exceptions as ex  # typer >= 0.26 vendors click
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as ex
+    return ex
+
+
+def _argv_with_default_command(argv: list[str]) -> list[str]:
+    names = {c.name or c.callback.__name__ for c in app.registered_commands}
+    if argv and argv[0] not in names and argv[0] not in ("-h", "--help", "--version"):
+        return ["plan", *argv]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    from smmf_plan import __version__
+    from smmf_plan.errors import PlanError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--version"]:
+        print(f"smmf-plan {__version__}")
+        raise SystemExit(0)
+    ex = _click_errors()
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=_argv_with_default_command(args), prog_name="smmf-plan",
+                          standalone_mode=False)
+    except PlanError as e:
+        _fail(str(e))
+    except ex.UsageError as e:
+        hint = f" (see: smmf-plan {e.ctx.info_name} --help)" if e.ctx and e.ctx.info_name != "smmf-plan" else ""
+        _fail(e.format_message().replace("\n", " ") + hint)
+    except ex.ClickException as e:
+        _fail(e.format_message().replace("\n", " "))
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        raise SystemExit(130)
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
+    raise SystemExit(rc if isinstance(rc, int) else 0)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,96 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+Model = Annotated[str, typer.Argument(
+    help="timm name, bundled checkpoint name (gpt2, bert-base-uncased, llama-2-7b …), "
+         "config.json, model directory, .safetensors / .index.json / .pt file, or hub id.",
+    show_default=False)]
+Optimizers = Annotated[Optional[str], typer.Option(
+    "--optimizer", "-o",
+    help="Comma-separated optimizer ids with optional variants (adam, adamw, adafactor, "
+         "adafactor:beta1=none, came, sm3, smmf, smmf:sign=bool) or 'all'. "
+         "Default: adam,adafactor,came,sm3,smmf.")]
+DType = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Plan parameters in this dtype (fp32, bf16, fp16, fp64). Default: as the source has them.")]
+NumClasses = Annotated[Optional[int], typer.Option(
+    "--num-classes", help="Classifier size for timm models (default: the architecture's).", min=1)]
+Trainable = Annotated[Optional[list[str]], typer.Option(
+    "--trainable", help="Only parameters matching this glob are trained (repeatable).")]
+Freeze = Annotated[Optional[list[str]], typer.Option(
+    "--freeze", help="Parameters matching this glob are frozen (repeatable).")]
+LoraRank = Annotated[Optional[int], typer.Option(
+    "--lora-rank", help="Plan LoRA adapters of this rank; base weights frozen.", min=1)]
+LoraTargets = Annotated[Optional[str], typer.Option(
+    "--lora-targets", help="Comma-separated module names that get adapters (q_proj,v_proj,…).")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON (schema in the README) instead of tables.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Rebuild the parameter specs instead of using the shape cache.")]
+
+
+def split_csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+@contextlib.contextmanager
+def status(message: str, quiet: bool = False):
+    """A transient spinner on stderr for slow steps (only on a terminal, never in --json runs)."""
+    if quiet or not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
+
+
+def load_model(model: str, *, num_classes=None, trainable=None, freeze=None, lora_rank=None,
+               lora_targets=None, no_cache=False, quiet=False):
+    from smmf_plan.errors import PlanError
+    from smmf_plan.sources import load_model as _load
+
+    targets = split_csv(lora_targets)
+    if lora_rank is None and targets:
+        raise PlanError("--lora-targets needs --lora-rank: add e.g. --lora-rank 8")
+    if lora_rank is not None and not targets:
+        raise PlanError("--lora-rank needs --lora-targets: add e.g. --lora-targets q_proj,v_proj")
+    with status(f"Reading {model} (no weights are allocated)…", quiet):
+        return _load(model, num_classes=num_classes, trainable=tuple(trainable or ()),
+                     freeze=tuple(freeze or ()), lora_rank=lora_rank, lora_targets=tuple(targets),
+                     use_cache=not no_cache)
+
+
+def layouts(text: str | None):
+    from smmf_plan.errors import PlanError
+    from smmf_plan.layouts import UnknownOptimizer, parse_layouts
+
+    try:
+        return parse_layouts(text)
+    except UnknownOptimizer as e:
+        raise PlanError(str(e)) from None
+
+
+def dtype(text: str | None) -> str | None:
+    from smmf_plan import dtypes
+    from smmf_plan.errors import PlanError
+
+    if text is None:
+        return None
+    try:
+        dt = dtypes.canonical(text)
+    except ValueError as e:
+        raise PlanError(f"--dtype: {e}") from None
+    if dt not in dtypes.FLOATING:
+        raise PlanError(f"--dtype {text!r} is not a floating-point dtype: use fp32, bf16, fp16 or fp64")
+    return dt
+
+
+def emit_json(obj) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")

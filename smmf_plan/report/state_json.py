@@ -1,0 +1,34 @@
+"""JSON documents for ``smmf-plan plan`` and ``smmf-plan shapes`` (schema in the README)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..layouts import OptimizerLayout
+from ..model import ModelSpec
+from ..plan import StatePlan
+from ..shapes import square_matricize
+from . import SCHEMA_VERSION
+
+
+def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int, dtype: str | None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {**model.summary(), "dtype": dtype},
+        "optimizers": {oid: p.to_dict(adam_bytes) for oid, p in plans.items()},
+    }
+
+
+def shapes_document(model: ModelSpec, layouts: Sequence[OptimizerLayout]) -> dict:
+    rows = []
+    for spec in model.params:
+        rows.append({
+            "name": spec.name,
+            "shape": list(spec.shape),
+            "dtype": spec.dtype,
+            "numel": spec.numel,
+            "trainable": spec.trainable,
+            "smmf_shape": list(square_matricize(spec.shape)),
+            "state_bytes": {l.id: (l.state_bytes(spec) if spec.trainable else 0) for l in layouts},
+        })
+    return {"schema_version": SCHEMA_VERSION, "model": model.summary(), "params": rows}

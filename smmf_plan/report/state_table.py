@@ -1,0 +1,66 @@
+"""Rich tables for optimizer-state plans and per-parameter shapes."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.table import Table
+from rich.text import Text
+
+from ..layouts import OptimizerLayout
+from ..model import ModelSpec
+from ..plan import StatePlan
+from ..shapes import square_matricize
+from ..units import format_bytes
+
+
+def model_header(model: ModelSpec, dtype: str | None) -> Text:
+    t = Text()
+    t.append(model.name, style="bold")
+    t.append(f" ({model.source})")
+    t.append(f" · {model.num_params / 1e6:,.1f} M params in {model.num_tensors} tensors")
+    if model.trainable_params != model.num_params:
+        t.append(f" · {model.trainable_params / 1e6:,.2f} M trainable")
+    dts = sorted({p.dtype for p in model.params}) if dtype is None else [dtype]
+    t.append(" · " + "/".join(dts))
+    return t
+
+
+def state_table(plans: dict[str, StatePlan], adam_bytes: int) -> Table:
+    table = Table(title="Optimizer state", title_justify="left", header_style="bold")
+    table.add_column("optimizer")
+    table.add_column("state", justify="right")
+    table.add_column("CUDA alloc.", justify="right")
+    table.add_column("CPU alloc.", justify="right")
+    table.add_column("× Adam", justify="right")
+    table.add_column("saving", justify="right")
+    best = min(plans.values(), key=lambda p: p.state_bytes).id if plans else None
+    for oid, p in plans.items():
+        ratio = p.state_bytes / adam_bytes if adam_bytes else float("nan")
+        saving = 1 - ratio
+        # the smallest is marked with a word as well as a colour, so it reads in monochrome
+        name = Text(oid + (" (least)" if oid == best and len(plans) > 1 else ""),
+                    style="bold green" if oid == best else "")
+        table.add_row(
+            name, format_bytes(p.state_bytes, 2), format_bytes(p.allocated_bytes["cuda"], 2),
+            format_bytes(p.allocated_bytes["cpu"], 2), f"{ratio:.3f}",
+            Text(f"{saving:+.1%}", style="green" if saving > 0 else ("red" if saving < 0 else "")),
+        )
+    return table
+
+
+def shapes_table(model: ModelSpec, layouts: Sequence[OptimizerLayout]) -> Table:
+    table = Table(title="Parameters", title_justify="left", header_style="bold")
+    for col, just in (("name", "left"), ("shape", "right"), ("dtype", "left"), ("numel", "right"),
+                      ("SMMF n̂×m̂", "right")):
+        table.add_column(col, justify=just)
+    for layout in layouts:
+        table.add_column(layout.id, justify="right")
+    for spec in model.params:
+        n, m = square_matricize(spec.shape)
+        cells = [format_bytes(l.state_bytes(spec), 1) if spec.trainable else "frozen" for l in layouts]
+        table.add_row(
+            spec.name, "×".join(map(str, spec.shape)) or "()", spec.dtype, f"{spec.numel:,}",
+            f"{n}×{m}", *cells, style=None if spec.trainable else "dim",
+        )
+    return table

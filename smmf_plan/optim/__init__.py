@@ -1,1 +1,5 @@
 """The bundled optimizers."""
+
+from .smmf import SMMF
+
+__all__ = ["SMMF"]

@@ -1,0 +1,67 @@
+"""Sign matrices as bits: pack ``M > 0`` into ``uint8`` and unpack bits into exact ``±1`` floats.
+
+Bit layout (the one :func:`smmf_plan.layouts.smmf.smmf_state` sizes): element ``i`` of the flat,
+row-major ``(n̂, m̂)`` matrix is bit ``i % 8`` (least significant first) of byte ``i // 8``; a
+parameter owns ``⌈N/8⌉`` bytes and the unused high bits of its last byte are zero.
+
+Everything is plain tensor arithmetic (no compiler, no host synchronisation), so it runs on any
+device. Packing views eight ``bool`` bytes as one ``int64`` and gathers their low bits with one
+multiplication by ``0x0102040810204080`` (bit ``8k`` lands on bit ``56 + k``; every cross term lands
+above bit 63 or below bit 56 without carrying into the top byte, checked exhaustively in the tests).
+Unpacking gathers rows of a 256×8 lookup table of ``±1``, which yields the signed multiplier the
+decompression needs in a single pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MAGIC = 0x0102040810204080
+_LUT_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def sign_lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(256, 8)`` table: row ``b`` holds ``+1`` where bit ``j`` of ``b`` is set, else ``-1``."""
+    key = (str(device), dtype)
+    lut = _LUT_CACHE.get(key)
+    if lut is None:
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+        lut = (bits * 2 - 1).to(device=device, dtype=dtype).contiguous()
+        _LUT_CACHE[key] = lut
+    return lut
+
+
+def unpack_signs(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """``±1`` of ``dtype`` for the bits of ``packed`` (``(..., ⌈numel/8⌉)`` uint8) →
+    ``(..., numel)``. A fresh tensor; contiguous whenever ``numel % 8 == 0`` or ``packed`` is 1-D."""
+    lut = sign_lut(packed.device, dtype)
+    nbytes = packed.shape[-1]
+    flat = lut.index_select(0, packed.reshape(-1).to(torch.int32))
+    out = flat.view(*packed.shape[:-1], nbytes * 8)
+    if nbytes * 8 != numel:
+        out = out[..., :numel]
+    return out
+
+
+def pack_positive(matrix: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the bits of ``matrix > 0`` into ``out`` (uint8, ``(B, ⌈N/8⌉)`` or ``(⌈N/8⌉,)`` for
+    ``matrix`` of ``(B, ...)`` or ``(...)``); ``out`` is overwritten in place (never re-allocated).
+    """
+    nbytes = out.shape[-1]
+    lead = out.shape[:-1]
+    numel = matrix.numel() // max(1, _prod(lead))
+    positive = matrix.reshape(*lead, numel) > 0
+    if nbytes * 8 != numel:
+        padded = torch.zeros(*lead, nbytes * 8, dtype=torch.bool, device=matrix.device)
+        padded[..., :numel] = positive
+        positive = padded
+    words = positive.view(torch.uint8).view(torch.int64)
+    words.mul_(_MAGIC).bitwise_right_shift_(56)
+    out.copy_(words)
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n

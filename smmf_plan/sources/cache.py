@@ -1,0 +1,112 @@
+"""The shape cache: a resolved :class:`ModelSpec` stored as JSON so a repeated plan starts without
+importing torch, timm or transformers.
+
+Location: ``$SMMF_PLAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/smmf-plan``, else ``~/.cache/smmf-plan``
+(entries under ``specs/``). The key hashes the source string, the load options, the installed
+versions of smmf-plan/torch/timm/transformers (read with importlib.metadata, which imports none of
+them) and, for local paths, the path, size and mtime_ns of the files that could feed the spec (the
+path itself and the weight/config files beside or inside it). Writes are atomic (temporary file +
+``os.replace``); an unreadable or corrupt entry is ignored and rebuilt. Any OS error while caching is
+swallowed: the cache is an accelerator, never a requirement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from importlib import metadata
+from typing import Any
+
+from ..model import SPEC_FORMAT, ModelSpec
+
+CACHE_VERSION = 1
+_PACKAGES = ("smmf-plan", "torch", "timm", "transformers", "safetensors", "huggingface_hub")
+_RELEVANT = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def cache_dir() -> str:
+    env = os.environ.get("SMMF_PLAN_CACHE_DIR")
+    if env:
+        return os.path.expanduser(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = os.path.expanduser(xdg) if xdg else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "smmf-plan")
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _stat(path: str) -> list[Any]:
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def fingerprint(source: str) -> list[Any] | None:
+    """Stats of the local files a path source may read (``None`` when ``source`` is no path)."""
+    path = os.path.expanduser(source)
+    if not os.path.exists(path):
+        return None
+    try:
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        stats = [_stat(path)]
+        names = sorted(os.listdir(folder))[:5000]
+        for n in names:
+            p = os.path.join(folder, n)
+            if n.endswith(_RELEVANT) and os.path.isfile(p):
+                stats.append(_stat(p))
+        return stats
+    except OSError:
+        return None
+
+
+def make_key(source: str, options: dict[str, Any]) -> str:
+    material = {
+        "cache": CACHE_VERSION, "spec_format": SPEC_FORMAT, "source": source,
+        "options": options, "versions": versions(), "files": fingerprint(source),
+        "env": {k: os.environ.get(k) for k in ("HF_ENDPOINT",)},
+    }
+    blob = json.dumps(material, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _entry(key: str) -> str:
+    return os.path.join(cache_dir(), "specs", f"{key}.json")
+
+
+def get(key: str) -> ModelSpec | None:
+    try:
+        with open(_entry(key), "rb") as f:
+            doc = json.load(f)
+        if doc.get("key") != key:
+            return None
+        return ModelSpec.from_dict(doc["spec"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def put(key: str, spec: ModelSpec) -> None:
+    path = _entry(key)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"key": key, "spec": spec.to_dict()}, f, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except (OSError, TypeError, ValueError):
+        pass

@@ -1,0 +1,304 @@
+"""Devices a training run may have to fit on: the bundled catalog, a user's own, ad-hoc budgets.
+
+A :class:`Device` is a memory budget plus what is known about running PyTorch there. The catalog
+lives in ``smmf_plan/data/devices.toml`` (one table per id; its header documents every key). Users
+add or override entries with ``--devices-file FILE`` (same format) or with
+``[tool.smmf-plan.devices.ID]`` tables in the nearest ``pyproject.toml`` above the current
+directory. ``--device 512MiB`` / ``--device 4GB`` is an ad-hoc budget: usable = total, CPU
+allocator, nothing known about PyTorch.
+
+Assumptions: ``usable_bytes`` is what one process can allocate for tensors once the OS / runtime is
+up; sizes in files are bytes (integers) or strings that :func:`smmf_plan.units.parse_size` reads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import PlanError
+from .units import format_bytes, parse_size
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli backport
+    import tomli as tomllib  # type: ignore[no-redef]
+
+MEMORY_KINDS = ("host RAM", "unified", "GPU", "MCU SRAM+PSRAM")
+ALLOCATORS = ("cpu", "cuda")
+PYTORCH_LEVELS = ("yes", "limited", "marginal", "no", "unknown")
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+#: keys a device table may hold; anything else is a typo and is reported as such.
+_KEYS = {
+    "name", "total_bytes", "usable_bytes", "memory_kind", "memory_detail", "bandwidth_gbps",
+    "allocator", "usable_basis", "sourcing", "pytorch_training", "pytorch_reason", "pytorch_note",
+    "sources",
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """A memory budget: ``usable_bytes`` is what the fit is checked against."""
+
+    id: str
+    name: str
+    total_bytes: int
+    usable_bytes: int
+    memory_kind: str = "host RAM"
+    #: PyTorch allocator whose rounding applies: "cpu" (64-B aligned) or "cuda" (512-B blocks).
+    allocator: str = "cpu"
+    usable_basis: str = ""
+    pytorch_training: str = "unknown"
+    pytorch_reason: str = ""
+    pytorch_note: str = ""
+    memory_detail: str = ""
+    bandwidth_gbps: float | None = None
+    sourcing: str = ""
+    sources: tuple[str, ...] = ()
+    #: "catalog", "ad-hoc", or the file the entry came from.
+    origin: str = "catalog"
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def runs_pytorch(self) -> bool:
+        """False only where PyTorch training is known not to run at all (MCUs, ARMv6, Edge TPU)."""
+        return self.pytorch_training != "no"
+
+    def describe(self) -> str:
+        """``rpi-zero (383 MiB usable)`` — how verdicts name the device."""
+        return f"{self.id} ({format_bytes(self.usable_bytes, 0)} usable)"
+
+    def reference(self) -> dict:
+        """The ``"device"`` object of JSON documents."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "memory_bytes": self.total_bytes,
+            "usable_bytes": self.usable_bytes,
+            "memory_kind": self.memory_kind,
+            "allocator": self.allocator,
+            "pytorch_training": self.pytorch_training,
+        }
+
+    def to_dict(self) -> dict:
+        """Everything known, for ``smmf-plan devices --json``."""
+        return {
+            **self.reference(),
+            "memory_detail": self.memory_detail,
+            "bandwidth_gbps": self.bandwidth_gbps,
+            "usable_basis": self.usable_basis,
+            "sourcing": self.sourcing,
+            "pytorch_reason": self.pytorch_reason,
+            "pytorch_note": self.pytorch_note,
+            "sources": list(self.sources),
+            "origin": self.origin,
+        }
+
+
+# --------------------------------------------------------------------------- parsing entries
+
+def _size(value: Any, where: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, (int, str)) or isinstance(value, bool):
+        raise PlanError(f"{where} = {value!r} is not a size: write bytes (an integer) or e.g. \"512MiB\"")
+    n = parse_size(value, where)
+    if n <= 0:
+        raise PlanError(f"{where} = {value!r} must be a positive size")
+    return n
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise PlanError(f"{where} = {value!r} must be a string")
+    return value
+
+
+def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
+    text = _text(value, where)
+    if text not in allowed:
+        raise PlanError(f"{where} = {value!r} is not one of: " + ", ".join(repr(a) for a in allowed))
+    return text
+
+
+def device_from_table(device_id: str, table: Any, origin: str) -> Device:
+    """One device from its TOML table; :class:`PlanError` names ``origin`` and the bad key."""
+    key_id = str(device_id).strip().lower()
+    where = f"{origin}: [{device_id}]"
+    if not _ID.match(key_id):
+        raise PlanError(f"{where}: device id {device_id!r} must be letters, digits and . _ + - "
+                        "(e.g. my-board)")
+    if not isinstance(table, Mapping):
+        raise PlanError(f"{where} must be a table of keys (name, total_bytes, usable_bytes …), "
+                        f"got {table!r}")
+    unknown = sorted(set(table) - _KEYS)
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(_KEYS), n=1)
+        raise PlanError(f"{where}: unknown key {unknown[0]!r}"
+                        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + "; allowed: " + ", ".join(sorted(_KEYS)))
+    if "total_bytes" not in table and "usable_bytes" not in table:
+        raise PlanError(f"{where}: needs total_bytes (and optionally usable_bytes), "
+                        "e.g. total_bytes = \"1GiB\"")
+    total = _size(table.get("total_bytes", table.get("usable_bytes")), f"{where}.total_bytes"
+                  if "total_bytes" in table else f"{where}.usable_bytes")
+    usable = _size(table["usable_bytes"], f"{where}.usable_bytes") if "usable_bytes" in table else total
+    if usable > total:
+        raise PlanError(f"{where}: usable_bytes ({usable}) exceeds total_bytes ({total})")
+    bandwidth = table.get("bandwidth_gbps")
+    if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float))
+                                  or bandwidth <= 0):
+        raise PlanError(f"{where}.bandwidth_gbps = {bandwidth!r} must be a positive number")
+    sources = table.get("sources", [])
+    if isinstance(sources, str):
+        sources = [sources]
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise PlanError(f"{where}.sources = {sources!r} must be a list of strings")
+    return Device(
+        id=key_id,
+        name=_text(table.get("name", key_id), f"{where}.name"),
+        total_bytes=total,
+        usable_bytes=usable,
+        memory_kind=_choice(table.get("memory_kind", "host RAM"), f"{where}.memory_kind", MEMORY_KINDS),
+        allocator=_choice(table.get("allocator", "cpu"), f"{where}.allocator", ALLOCATORS),
+        usable_basis=_text(table.get("usable_basis", "" if origin == "catalog" else
+                                     f"as given in {origin}"), f"{where}.usable_basis"),
+        pytorch_training=_choice(table.get("pytorch_training", "unknown"), f"{where}.pytorch_training",
+                                 PYTORCH_LEVELS),
+        pytorch_reason=_text(table.get("pytorch_reason", ""), f"{where}.pytorch_reason"),
+        pytorch_note=_text(table.get("pytorch_note", ""), f"{where}.pytorch_note"),
+        memory_detail=_text(table.get("memory_detail", ""), f"{where}.memory_detail"),
+        bandwidth_gbps=float(bandwidth) if bandwidth is not None else None,
+        sourcing=_text(table.get("sourcing", ""), f"{where}.sourcing"),
+        sources=tuple(sources),
+        origin=origin,
+    )
+
+
+def devices_from_tables(tables: Any, origin: str) -> dict[str, Device]:
+    if not isinstance(tables, Mapping):
+        raise PlanError(f"{origin}: expected one table per device id, got {tables!r}")
+    out: dict[str, Device] = {}
+    for device_id, table in tables.items():
+        dev = device_from_table(device_id, table, origin)
+        if dev.id in out:
+            raise PlanError(f"{origin}: device id {device_id!r} appears twice (ids ignore case)")
+        out[dev.id] = dev
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise PlanError(f"devices file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise PlanError(f"devices file {str(path)!r} is a directory: give a .toml file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PlanError(f"devices file {str(path)!r} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"devices file {str(path)!r} is not UTF-8 TOML") from None
+    except OSError as e:
+        raise PlanError(f"devices file {str(path)!r} cannot be read: {e.strerror}") from None
+
+
+def load_devices_file(path: str | Path) -> dict[str, Device]:
+    """A user's devices file: one table per id, the catalog's format."""
+    p = Path(path)
+    return devices_from_tables(_read_toml(p), str(p))
+
+
+@functools.lru_cache(maxsize=1)
+def catalog() -> dict[str, Device]:
+    """The bundled catalog, in file order."""
+    data = resources.files("smmf_plan").joinpath("data", "devices.toml").read_bytes()
+    return devices_from_tables(tomllib.loads(data.decode("utf-8")), "catalog")
+
+
+def find_pyproject(start: str | Path | None = None) -> Path | None:
+    """The nearest ``pyproject.toml`` in ``start`` (default: the current directory) or above."""
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def pyproject_devices(start: str | Path | None = None) -> dict[str, Device]:
+    """Devices under ``[tool.smmf-plan.devices]`` of the nearest pyproject.toml (none: empty)."""
+    path = find_pyproject(start)
+    if path is None:
+        return {}
+    data = _read_toml(path)
+    tool = data.get("tool", {})
+    section = tool.get("smmf-plan", {}) if isinstance(tool, Mapping) else {}
+    if not isinstance(section, Mapping):
+        raise PlanError(f"{path}: [tool.smmf-plan] must be a table")
+    tables = section.get("devices")
+    if tables is None:
+        return {}
+    return devices_from_tables(tables, f"{path} [tool.smmf-plan.devices]")
+
+
+def list_devices(extra_files: Iterable[str | Path] = (), *, search_from: str | Path | None = None,
+                 use_pyproject: bool = True) -> list[Device]:
+    """Catalog entries, then the user's (pyproject.toml first, then each ``extra_files`` in order);
+    a user entry with a catalog id replaces that entry in place."""
+    merged = dict(catalog())
+    if use_pyproject:
+        merged.update(pyproject_devices(search_from))
+    for path in extra_files:
+        merged.update(load_devices_file(path))
+    return list(merged.values())
+
+
+def ad_hoc(text: str) -> Device:
+    """``512MiB`` / ``4GB`` as a device: usable = total, CPU allocator, PyTorch unknown."""
+    n = parse_size(text, "--device")
+    if n <= 0:
+        raise PlanError(f"--device {text!r}: a memory budget must be positive, e.g. 512MiB")
+    label = text.strip().replace(" ", "")
+    return Device(
+        id=label, name=f"ad-hoc budget of {format_bytes(n, 2)}", total_bytes=n, usable_bytes=n,
+        memory_kind="host RAM", allocator="cpu",
+        usable_basis="ad-hoc size given on the command line: all of it is assumed usable "
+                     "(no OS or runtime overhead subtracted), CPU allocator rounding",
+        origin="ad-hoc",
+    )
+
+
+def get_device(text: str, extra_files: Iterable[str | Path] = (), *,
+               search_from: str | Path | None = None, use_pyproject: bool = True) -> Device:
+    """A device by catalog or user id (any case), or an ad-hoc size such as ``512MiB``.
+
+    Unknown names raise :class:`PlanError` with the closest ids as suggestions."""
+    if not isinstance(text, str) or not text.strip():
+        raise PlanError("--device is empty: give a device id (smmf-plan devices lists them) or a size "
+                        "such as 512MiB")
+    devices = {d.id: d for d in list_devices(extra_files, search_from=search_from,
+                                              use_pyproject=use_pyproject)}
+    key = text.strip().lower()
+    if key in devices:
+        return devices[key]
+    if key[:1].isdigit() or key[:1] == ".":
+        try:
+            return ad_hoc(text)
+        except PlanError as e:
+            if "positive" in str(e):
+                raise
+            raise PlanError(f"--device {text!r} is neither a device id nor a size: write e.g. "
+                            "512MiB, 4GB or 1.5GiB, or a catalog id (smmf-plan devices)") from None
+    prefixed = [d for d in devices if d.startswith(key)]
+    close = list(dict.fromkeys(prefixed + difflib.get_close_matches(key, list(devices), n=3,
+                                                                    cutoff=0.5)))[:3]
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise PlanError(f"unknown device {text!r}: {hint}(smmf-plan devices lists them; "
+                    "or give a size such as 512MiB)")

@@ -1,0 +1,200 @@
+"""Fit verdicts: headroom, largest batch (search vs closed form / brute force), the one-liner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smmf_plan import dtypes
+from smmf_plan.devices import get_device
+from smmf_plan.errors import PlanError
+from smmf_plan.fit import (
+    MAX_BATCH, Fit, affine, check_batch_size, fit, max_batch, recommendation, smallest_device,
+)
+from smmf_plan.layouts import parse_layouts
+from smmf_plan.layouts.base import round_up
+from smmf_plan.plan import plan_state
+
+MiB = 2**20
+
+
+@given(fixed=st.integers(0, 10**12), per=st.integers(1, 10**10), usable=st.integers(0, 10**13))
+@settings(max_examples=300, deadline=None)
+def test_search_equals_closed_form_for_affine_totals(fixed, per, usable):
+    expected = 0 if usable < fixed + per else min(MAX_BATCH, (usable - fixed) // per)
+    got, capped = max_batch(affine(fixed, per), usable)
+    assert got == expected
+    assert capped == (expected == MAX_BATCH and fixed + MAX_BATCH * per <= usable)
+
+
+@given(fixed=st.integers(0, 10**7), per=st.integers(1, 10**5), quantum=st.sampled_from([64, 512, 2**21]),
+       usable=st.integers(0, 10**8))
+@settings(max_examples=150, deadline=None)
+def test_search_equals_brute_force_for_rounded_totals(fixed, per, quantum, usable):
+    def total_at(b):
+        return round_up(fixed, quantum) + round_up(b * per, quantum)
+
+    brute = 0
+    for b in range(1, 3001):
+        if total_at(b) > usable:
+            break
+        brute = b
+    got, _ = max_batch(total_at, usable, cap=3000)
+    assert got == min(brute, 3000)
+
+
+def test_search_is_logarithmic():
+    calls = []
+
+    def total_at(b):
+        calls.append(b)
+        return 1000 + 7 * b
+
+    got, capped = max_batch(total_at, 1000 + 7 * 123_456)
+    assert (got, capped) == (123_456, False)
+    assert len(calls) <= 2 * math.ceil(math.log2(123_456)) + 2
+
+
+def test_constant_total_is_capped():
+    f = fit(affine(100, 0), 1000, 4)
+    assert f == Fit(True, 900, MAX_BATCH, 100, 1000, 4, capped=True)
+    assert f.to_dict() == {"fits": True, "headroom_bytes": 900, "max_batch_size": MAX_BATCH,
+                           "max_batch_size_capped": True}
+    assert f.max_batch_text() == f"≥{MAX_BATCH:,}"
+
+
+def test_not_even_batch_one():
+    f = fit(affine(900, 200), 1000, 1)
+    assert (f.fits, f.headroom_bytes, f.max_batch_size) == (False, -100, 0)
+
+
+def test_fits_smaller_batch_only():
+    f = fit(affine(100, 100), 1000, 16)
+    assert (f.fits, f.headroom_bytes, f.max_batch_size, f.total_bytes) == (False, -700, 9, 1700)
+
+
+def test_boundary_is_inclusive():
+    f = fit(affine(100, 100), 1000, 9)
+    assert (f.fits, f.headroom_bytes, f.max_batch_size) == (True, 0, 9)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True, None])
+def test_bad_batch_sizes_are_named(bad):
+    with pytest.raises(PlanError) as e:
+        check_batch_size(bad)
+    assert repr(bad) in str(e.value) or str(bad) in str(e.value)
+    with pytest.raises(PlanError):
+        fit(affine(1, 1), 10, bad)
+
+
+def test_bad_usable_is_named():
+    with pytest.raises(PlanError, match="-1"):
+        fit(affine(1, 1), -1, 1)
+
+
+# ---------------------------------------------------------------- real numbers from plan_state
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from smmf_plan.sources.module import specs_from_module
+
+    with torch.device("meta"):
+        model = timm.create_model("resnet18")
+    return specs_from_module(model)
+
+
+def step_without_activations(specs, layout, allocator):
+    """weights + grads + allocator-rounded state: what a step needs before activations."""
+    quantum = 64 if allocator == "cpu" else 512
+    weights = sum(round_up(s.numel * dtypes.itemsize(s.dtype), quantum) for s in specs)
+    grads = sum(round_up(s.numel * dtypes.itemsize(s.dtype), quantum) for s in specs if s.trainable)
+    return weights + grads + plan_state(specs, layout).allocated_bytes[allocator]
+
+
+def test_resnet18_on_an_ad_hoc_budget(resnet18):
+    """resnet18: 11.69 M fp32 params. Adam's state is 2 × weights, SMMF's a small fraction, so a
+    budget between their totals separates them, and the verdict numbers are exact integers."""
+    layouts = {l.id: l for l in parse_layouts("adam,smmf")}
+    fixed = {oid: step_without_activations(resnet18, l, "cpu") for oid, l in layouts.items()}
+    per_sample = 3 * 2**20  # an activation slope; the fit logic only needs it to be affine
+    device = get_device("120MiB")
+    fits = {oid: fit(affine(f, per_sample), device.usable_bytes, 1) for oid, f in fixed.items()}
+    assert fixed["adam"] > device.usable_bytes > fixed["smmf"] + per_sample
+    assert not fits["adam"].fits and fits["smmf"].fits
+    assert fits["smmf"].headroom_bytes == 120 * MiB - fixed["smmf"] - per_sample
+    assert fits["smmf"].max_batch_size == (120 * MiB - fixed["smmf"]) // per_sample
+    assert fits["adam"].max_batch_size == 0
+    line = recommendation(device, fits)
+    assert line.startswith("Only smmf fits 120MiB (120 MiB usable): ")
+    assert f"; adam needs {round(fits['adam'].total_bytes / MiB)} MiB" in line
+
+
+def test_resnet18_smallest_device(resnet18):
+    from smmf_plan.devices import list_devices
+
+    layout = parse_layouts("adam")[0]
+    pairs = []
+    for d in list_devices(use_pyproject=False):
+        total = step_without_activations(resnet18, layout, d.allocator)
+        pairs.append((d, fit(affine(total, 0), d.usable_bytes, 1)))
+    # ~180 MiB: too big for the MCUs; the Zero 2 W (355 MiB usable) is the smallest that fits
+    assert smallest_device(pairs).id == "rpi-zero-2w"
+    # the Pi Zero (ARMv6) fits in memory but does not run PyTorch
+    some = [(d, f) for d, f in pairs if d.id in ("rpi-zero", "rpi-4-1gb")]
+    assert smallest_device(some, require_pytorch=False).id == "rpi-zero"
+    assert smallest_device(some).id == "rpi-4-1gb"
+    assert smallest_device([(d, f) for d, f in pairs if d.id == "esp32-s3"]) is None
+
+
+# ---------------------------------------------------------------- the one-line verdict
+
+def F(total, usable, batch=1, per=10 * MiB):
+    return fit(affine(total - batch * per, per), usable, batch)
+
+
+def test_the_issue_example_on_rpi_zero():
+    d = get_device("rpi-zero")
+    line = recommendation(d, {"adam": F(698 * MiB, d.usable_bytes), "smmf": F(318 * MiB, d.usable_bytes)})
+    assert line == ("Only smmf fits rpi-zero (383 MiB usable): 318 MiB at batch 1; adam needs 698 MiB"
+                    " — fits in memory, but PyTorch does not run on rpi-zero (ARMv6: no PyTorch wheels)")
+
+
+def test_nothing_fits_and_no_pytorch_anyway():
+    d = get_device("esp32-s3")
+    line = recommendation(d, {"adam": F(698 * MiB, d.usable_bytes), "smmf": F(318 * MiB, d.usable_bytes)})
+    assert line.startswith("No optimizer fits esp32-s3 (8 MiB usable) at batch 1: smmf needs least, "
+                           "318 MiB (310 MiB over); adam 698 MiB")
+    assert line.endswith("— and PyTorch does not run on esp32-s3 anyway (microcontroller: no PyTorch)")
+
+
+def test_all_fit_names_least_and_most():
+    d = get_device("4GiB")
+    fits = {o: F(t * MiB, d.usable_bytes, batch=8) for o, t in
+            (("adam", 900), ("smmf", 500), ("came", 1000))}
+    assert recommendation(d, fits) == (
+        "All 3 optimizers fit 4GiB (4.00 GiB usable) at batch 8: smmf needs least, 500 MiB "
+        f"(largest batch {fits['smmf'].max_batch_size}); came needs most, 1000 MiB "
+        f"(largest batch {fits['came'].max_batch_size})")
+
+
+def test_several_fit_some_only_at_smaller_batch():
+    d = get_device("1GiB")
+    fits = {o: F(t * MiB, d.usable_bytes, batch=4) for o, t in
+            (("adam", 1040), ("sm3", 700), ("smmf", 600))}
+    line = recommendation(d, fits)
+    assert line == ("Only smmf, sm3 fit 1GiB (1.00 GiB usable): smmf 600 MiB, sm3 700 MiB at batch 4; "
+                    "adam needs 1.02 GiB (fits up to batch 2)")
+
+
+def test_single_optimizer_and_marginal_pytorch():
+    d = get_device("rpi-3b")
+    ok = recommendation(d, {"smmf": F(400 * MiB, d.usable_bytes)})
+    assert ok.startswith("smmf fits rpi-3b (729 MiB usable): 400 MiB at batch 1, 329 MiB to spare")
+    assert "PyTorch training on rpi-3b is marginal" in ok
+    bad = recommendation(d, {"adam": F(800 * MiB, d.usable_bytes)})
+    assert bad.startswith("adam does not fit rpi-3b (729 MiB usable): needs 800 MiB at batch 1, 71 MiB over")

@@ -1,9 +1,9 @@
 """Checkpoints → parameter specs: safetensors headers (single or sharded) and torch state dicts.
 
 Never reads tensor data: safetensors files are parsed header-only; torch files are loaded with
-``torch.load(weights_only=True, mmap=True, map_location="meta")`` (falling back to a CPU memory map,
-then to a plain CPU load for legacy non-zip files), so nothing in a pickle can run code and no
-tensor bytes are read for zip checkpoints.
+``torch.load(weights_only=True, mmap=True, map_location="cpu")`` (a plain CPU load for legacy
+non-zip files, which cannot be memory-mapped), so nothing in a pickle can run code and no tensor
+bytes are read for zip checkpoints.
 
 Tensors that share storage (same storage, offset, shape and stride) are one parameter with aliases,
 as the optimizer would see them. Buffers are dropped (they get no optimizer state): decided by the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Hashable
@@ -91,7 +92,7 @@ def _refusal(path: str, e: Exception) -> SourceError:
     text = str(e)
     hint = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln
                  or "unsupported global" in ln.lower()), "")
-    if "Weights only load failed" in text or hint:
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text or hint:
         why = hint.split("WeightsUnpickler error:")[-1].strip() if hint else "it needs more than tensors and containers"
         return SourceError(f"{path}: refused to unpickle: {why} — a weights-only load allows no "
                            "code; convert the checkpoint to safetensors or save model.state_dict()")
@@ -103,33 +104,28 @@ def read_torch(path: str) -> list[StoredTensor]:
     """Tensors of a ``.pt/.pth/.bin`` state dict, loaded weights-only onto meta or a memory map."""
     import torch
 
-    attempts = ({"mmap": True, "map_location": "meta"}, {"mmap": True, "map_location": "cpu"},
-                {"map_location": "meta"}, {"map_location": "cpu"})
+    # A CPU memory map reads no tensor bytes yet keeps storage identity (data_ptr) for spotting
+    # shared tensors; map_location="meta" would give every tensor its own storage and hide ties.
+    # Legacy (non-zip) files cannot be memory-mapped and are loaded to CPU.
+    attempts = ({"mmap": True, "map_location": "cpu"}, {"map_location": "cpu"})
     obj = None
-    last: Exception | None = None
-    for kw in attempts:
+    for i, kw in enumerate(attempts):
         try:
-            obj = torch.load(path, weights_only=True, **kw)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, weights_only=True, **kw)
             break
-        except pickle.UnpicklingError as e:
+        except Exception as e:  # noqa: BLE001 - a hostile or broken file can raise anything
+            if "mmap" in str(e) and i + 1 < len(attempts):
+                continue  # legacy format: retry without the memory map
             raise _refusal(path, e) from None
-        except (RuntimeError, ValueError, NotImplementedError, AttributeError, TypeError) as e:
-            last = e
-            if "Weights only load failed" in str(e):
-                raise _refusal(path, e) from None
-            continue
-        except (EOFError, OSError) as e:
-            raise _refusal(path, e) from None
-    else:
-        raise _refusal(path, last or RuntimeError("unreadable"))
     sd = _unwrap(obj, path)
     out = []
     for name, t in sd.items():
         if not torch.is_tensor(t):
             continue
-        st = t.untyped_storage()
-        ident = getattr(st, "_cdata", None) or st.data_ptr()
-        key = (ident, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        ptr = t.untyped_storage().data_ptr()
+        key = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype) if ptr else None
         out.append(StoredTensor(str(name), str(t.dtype).removeprefix("torch."), tuple(t.shape), key))
     return out
 

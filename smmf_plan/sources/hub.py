@@ -27,6 +27,26 @@ def looks_like_hub_id(source: str) -> bool:
             and not any(c.isspace() for c in s))
 
 
+def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why ``endpoint`` cannot be reached with a direct TCP connection (``None`` if it can, or if a
+    proxy is configured, in which case huggingface_hub is left to find out). Avoids minutes of
+    retries when the machine is simply offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    u = urlparse(endpoint)
+    if not u.hostname:
+        return None
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        socket.create_connection((u.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{u.hostname}:{port}: {e.strerror or type(e).__name__}"
+    return None
+
+
 def fetch(repo_id: str) -> tuple[str, object]:
     """``("config", path_to_config_json)`` or ``("safetensors", {file: [TensorEntry...]})``."""
     repo_id = repo_id.removeprefix("hf-hub:")
@@ -41,6 +61,14 @@ def fetch(repo_id: str) -> tuple[str, object]:
             f"{repo_id} is not cached and HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE to fetch its "
             f"config.json, run `hf download {repo_id} config.json` while online, or point at a local "
             "model directory")
+    cached = hf.try_to_load_from_cache(repo_id, "config.json")
+    why = _unreachable(hf.constants.ENDPOINT)
+    if why is not None:
+        if isinstance(cached, str):
+            return "config", cached
+        raise SourceError(f"could not reach the Hugging Face hub for {repo_id} ({why}): check your "
+                          "network or HF_ENDPOINT, set HF_HUB_OFFLINE=1 to use cached files, or point "
+                          "at a local model directory")
     try:
         return "config", hf.hf_hub_download(repo_id, "config.json")
     except he.GatedRepoError:

@@ -1,0 +1,292 @@
+"""Planner speed and memory benchmark (issue item 8); writes its section of reports/benchmarks.md.
+
+1. A LLaMA-70B-shaped sharded safetensors checkpoint (15 shards, real headers with correct offsets,
+   data regions as sparse files made with truncate — no tensor bytes are written) is planned from
+   headers only: median wall time of ``load_model`` (no cache) over several runs, and the peak RSS of
+   a fresh process doing it (``resource.getrusage(...).ru_maxrss``). Also timed with the real
+   config.json beside the shards (the architecture is then built on the meta device to tell
+   parameters from buffers, which imports transformers).
+2. ``load_model("resnet50")`` cold (empty shape cache) vs cached, each in a fresh process, beside the
+   time to import timm and build resnet50 on the meta device; and the repeated CLI run
+   ``smmf-plan resnet50 --json`` cold vs cached (whole process wall time), with whether torch got
+   imported.
+
+Run: ``python bench/bench_planner.py`` (about a minute). Timings are machine-dependent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "reports" / "benchmarks.md"
+START, END = "<!-- bench:planner:start -->", "<!-- bench:planner:end -->"
+
+#: meta-llama/Llama-2-70b-hf shapes (GQA: 8 key/value heads of 128).
+L70 = dict(hidden=8192, inter=28672, layers=80, kv=1024, vocab=32000)
+L70_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+    "hidden_size": 8192, "initializer_range": 0.02, "intermediate_size": 28672,
+    "max_position_embeddings": 4096, "model_type": "llama", "num_attention_heads": 64,
+    "num_hidden_layers": 80, "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": None, "tie_word_embeddings": False, "torch_dtype": "float16", "use_cache": True,
+    "vocab_size": 32000,
+}
+
+
+def llama70b_tensors() -> list[tuple[str, list[int]]]:
+    h, i, kv, v = L70["hidden"], L70["inter"], L70["kv"], L70["vocab"]
+    out = [("model.embed_tokens.weight", [v, h])]
+    for n in range(L70["layers"]):
+        p = f"model.layers.{n}."
+        out += [(p + "self_attn.q_proj.weight", [h, h]), (p + "self_attn.k_proj.weight", [kv, h]),
+                (p + "self_attn.v_proj.weight", [kv, h]), (p + "self_attn.o_proj.weight", [h, h]),
+                (p + "mlp.gate_proj.weight", [i, h]), (p + "mlp.up_proj.weight", [i, h]),
+                (p + "mlp.down_proj.weight", [h, i]), (p + "input_layernorm.weight", [h]),
+                (p + "post_attention_layernorm.weight", [h])]
+    out += [("model.norm.weight", [h]), ("lm_head.weight", [v, h])]
+    return out
+
+
+def write_checkpoint(folder: Path, shards: int = 15, itemsize: int = 2, code: str = "F16") -> int:
+    """Write the sharded checkpoint (sparse data); return the number of parameters."""
+    tensors = llama70b_tensors()
+    total = sum(itemsize * _numel(s) for _, s in tensors)
+    per = total / shards
+    groups: list[list[tuple[str, list[int]]]] = [[] for _ in range(shards)]
+    acc = 0
+    for name, shape in tensors:
+        groups[min(int(acc / per), shards - 1)].append((name, shape))
+        acc += itemsize * _numel(shape)
+    wm = {}
+    for k, group in enumerate(groups, 1):
+        fname = f"model-{k:05d}-of-{shards:05d}.safetensors"
+        header, off = {"__metadata__": {"format": "pt"}}, 0
+        for name, shape in group:
+            nb = itemsize * _numel(shape)
+            header[name] = {"dtype": code, "shape": shape, "data_offsets": [off, off + nb]}
+            off += nb
+            wm[name] = fname
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(folder / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            f.truncate(8 + len(raw) + off)  # sparse: no data written
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": wm}))
+    return sum(_numel(s) for _, s in tensors)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _py(code: str, env: dict | None = None) -> tuple[str, float]:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, timeout=600)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    return r.stdout.strip(), wall
+
+
+def bench_70b(folder: Path, runs: int = 7) -> dict:
+    numel = write_checkpoint(folder)
+    apparent = sum(p.stat().st_size for p in folder.iterdir())
+    on_disk = sum(p.stat().st_blocks * 512 for p in folder.iterdir())
+    index = str(folder / "model.safetensors.index.json")
+    out, _ = _py(f"""
+        import json, resource, statistics, time
+        t0 = time.perf_counter()
+        from smmf_plan.sources import load_model
+        first = None
+        times = []
+        for _ in range({runs}):
+            t = time.perf_counter()
+            s = load_model({index!r}, use_cache=False)
+            times.append(time.perf_counter() - t)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({{"first": times[0], "median": statistics.median(times), "rss_kib": rss,
+                           "numel": s.num_params, "tensors": s.num_tensors,
+                           "torch": __import__("sys").modules.get("torch") is not None}}))
+    """)
+    r = json.loads(out)
+    base, _ = _py("import resource, smmf_plan.sources; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    assert r["numel"] == numel, (r["numel"], numel)
+    (folder / "config.json").write_text(json.dumps(L70_CONFIG))
+    out2, _ = _py(f"""
+        import json, resource, time
+        t = time.perf_counter()
+        from smmf_plan.sources import load_model
+        s = load_model({folder.as_posix()!r}, use_cache=False)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        s = load_model({folder.as_posix()!r}, use_cache=False)
+        second = time.perf_counter() - t
+        print(json.dumps({{"first": first, "second": second, "numel": s.num_params,
+                           "by": s.meta.get("params_decided_by"),
+                           "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+    """)
+    r2 = json.loads(out2)
+    assert r2["numel"] == numel
+    return {"numel": numel, "apparent": apparent, "on_disk": on_disk, "headers": r,
+            "base_rss_kib": int(base), "with_config": r2}
+
+
+def bench_resnet50(cache_dir: Path) -> dict:
+    env = {"SMMF_PLAN_CACHE_DIR": str(cache_dir)}
+    code = """
+        import json, sys, time
+        t = time.perf_counter()
+        from smmf_plan.sources import load_model
+        s = load_model("resnet50")
+        print(json.dumps({"load": time.perf_counter() - t, "cache": s.meta["cache"],
+                          "torch": "torch" in sys.modules, "numel": s.num_params}))
+    """
+    cold_out, cold_wall = _py(code, env)
+    warm = [_py(code, env) for _ in range(5)]
+    meta_out, meta_wall = _py("""
+        import json, time
+        t = time.perf_counter()
+        import timm, torch
+        with torch.device("meta"):
+            m = timm.create_model("resnet50")
+        print(json.dumps({"build": time.perf_counter() - t}))
+    """)
+    cold = json.loads(cold_out)
+    warm_loads = [json.loads(o) for o, _ in warm]
+    return {"cold": cold, "cold_wall": cold_wall, "meta_build": json.loads(meta_out)["build"],
+            "meta_wall": meta_wall, "warm_load": statistics.median(w["load"] for w in warm_loads),
+            "warm_wall": statistics.median(w for _, w in warm), "warm_cache": warm_loads[0]["cache"],
+            "warm_torch": any(w["torch"] for w in warm_loads)}
+
+
+def bench_cli(cache_dir: Path) -> dict | None:
+    env = {"SMMF_PLAN_CACHE_DIR": str(cache_dir)}
+    code = """
+        import atexit, sys
+        atexit.register(lambda: sys.stderr.write("TORCH=%s\\n" % ("torch" in sys.modules)))
+        from smmf_plan.cli import main
+        main(["resnet50", "--json"])
+    """
+
+    def once():
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                           env={**os.environ, **env}, timeout=600)
+        wall = time.perf_counter() - t
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-1000:])
+        json.loads(r.stdout)
+        return wall, "TORCH=True" in r.stderr
+
+    try:
+        cold = once()
+    except Exception as e:  # noqa: BLE001 - the CLI belongs to another module; report, don't crash
+        return {"error": str(e).splitlines()[-1] if str(e) else type(e).__name__}
+    warm = [once() for _ in range(5)]
+    entry = Path(sys.executable).with_name("smmf-plan")
+    script = None
+    if entry.exists():
+        ws = []
+        for _ in range(5):
+            t = time.perf_counter()
+            subprocess.run([str(entry), "resnet50", "--json"], capture_output=True, env={**os.environ, **env},
+                           check=True, timeout=600)
+            ws.append(time.perf_counter() - t)
+        script = statistics.median(ws)
+    return {"cold": cold[0], "cold_torch": cold[1], "warm": statistics.median(w for w, _ in warm),
+            "warm_torch": any(t for _, t in warm), "script": script}
+
+
+def render(r70: dict, rn: dict, cli: dict | None) -> str:
+    h = r70["headers"]
+    c = r70["with_config"]
+    gib = 1024 ** 3
+    lines = [
+        START,
+        "## Planner: model sources (`bench/bench_planner.py`)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+        "### LLaMA-70B-shaped sharded safetensors checkpoint, headers only",
+        "",
+        f"{r70['numel']:,} parameters in {h['tensors']} tensors, fp16, 15 shards + index; "
+        f"{r70['apparent'] / gib:.1f} GiB apparent size, {r70['on_disk'] / 1024:.0f} KiB on disk (sparse).",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| `load_model(index.json)` median of 7, no cache | {h['median'] * 1000:.1f} ms | well under 1 s |",
+        f"| first call in a fresh process | {h['first'] * 1000:.1f} ms | |",
+        f"| peak RSS of that process | {h['rss_kib'] / 1024:.1f} MiB | < 300 MB |",
+        f"| peak RSS of a process that only imports `smmf_plan.sources` | {r70['base_rss_kib'] / 1024:.1f} MiB | |",
+        f"| torch imported | {'yes' if h['torch'] else 'no'} | |",
+        f"| with config.json beside the shards: first call (imports transformers, builds LlamaForCausalLM on meta) | {c['first']:.2f} s | |",
+        f"| with config.json: second call in the same process | {c['second'] * 1000:.0f} ms | |",
+        f"| with config.json: peak RSS | {c['rss_kib'] / 1024:.0f} MiB | |",
+        "",
+        "### Shape cache: `load_model(\"resnet50\")`",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| import timm + torch and build resnet50 on meta (in-process time) | {rn['meta_build'] * 1000:.0f} ms |",
+        f"| cold `load_model` (empty cache), in-process incl. imports | {rn['cold']['load'] * 1000:.0f} ms |",
+        f"| cached `load_model`, in-process incl. importing smmf_plan, median of 5 | {rn['warm_load'] * 1000:.1f} ms |",
+        f"| whole process, cold / cached (median of 5) | {rn['cold_wall'] * 1000:.0f} ms / {rn['warm_wall'] * 1000:.0f} ms |",
+        f"| torch imported on a cache hit | {'yes' if rn['warm_torch'] else 'no'} |",
+    ]
+    lines += ["", "### CLI: `smmf-plan resnet50 --json`", ""]
+    if cli is None or "error" in (cli or {}):
+        lines.append(f"Not measured: {cli.get('error') if cli else 'CLI missing'}.")
+    else:
+        lines += [
+            "| measure | value |",
+            "|---|---|",
+            f"| cold (empty shape cache), whole process | {cli['cold'] * 1000:.0f} ms |",
+            f"| repeated (cache hit), whole process, median of 5 | {cli['warm'] * 1000:.0f} ms |",
+            f"| torch imported: cold / repeated | {'yes' if cli['cold_torch'] else 'no'} / {'yes' if cli['warm_torch'] else 'no'} |",
+        ]
+        if cli.get("script"):
+            lines.append(f"| repeated via the `smmf-plan` console script, median of 5 | {cli['script'] * 1000:.0f} ms |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
+    pat = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
+    REPORT.write_text(text)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="smmf-bench-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "llama70b").mkdir()
+        r70 = bench_70b(tmp / "llama70b")
+        rn = bench_resnet50(tmp / "cache-load")
+        cli = bench_cli(tmp / "cache-cli")
+    section = render(r70, rn, cli)
+    write_section(section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ not grow with the batch).
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
@@ -142,6 +143,15 @@ def _upto(f: Fit) -> str:
     return f" (fits up to batch {f.max_batch_text()})" if 0 < f.max_batch_size < f.batch_size else ""
 
 
+def _largest(f: Fit) -> str:
+    """``, largest batch 16`` (nothing when unknown: max_batch_size 0 on a fitting step)."""
+    return f", largest batch {f.max_batch_text()}" if f.fits and f.max_batch_size else ""
+
+
+def _paren(clause: str) -> str:
+    return f" ({clause[2:]})" if clause else ""
+
+
 def _pytorch_caveat(device: Device, any_fits: bool) -> str:
     why = f" ({device.pytorch_reason})" if device.pytorch_reason else ""
     if device.pytorch_training == "no":
@@ -153,13 +163,17 @@ def _pytorch_caveat(device: Device, any_fits: bool) -> str:
     return ""
 
 
-def recommendation(device: Device, fits: Mapping[str, Fit]) -> str:
+def recommendation(device: Device, fits: Mapping[str, Fit], *, batch_known: bool = True) -> str:
     """One line: which optimizers fit ``device``, at what cost, and what the others need.
+    ``batch_known=False`` (no activation model: totals do not grow with the batch) leaves out the
+    largest-batch clauses.
 
     ``Only smmf fits rpi-zero (383 MiB usable): 318 MiB at batch 1; adam needs 698 MiB — fits in
     memory, but PyTorch does not run on rpi-zero (ARMv6: no PyTorch wheels)``"""
     if not fits:
         return f"No optimizer to check against {device.describe()}."
+    if not batch_known:
+        fits = {o: dataclasses.replace(f, max_batch_size=0, capped=False) for o, f in fits.items()}
     order: Sequence[tuple[str, Fit]] = sorted(fits.items(), key=lambda kv: kv[1].total_bytes)
     batch = order[0][1].batch_size
     yes = [(o, f) for o, f in order if f.fits]
@@ -169,15 +183,15 @@ def recommendation(device: Device, fits: Mapping[str, Fit]) -> str:
         o, f = order[0]
         if f.fits:
             line = (f"{o} fits {where}: {_b(f.total_bytes)} at batch {batch}, "
-                    f"{_b(f.headroom_bytes)} to spare, largest batch {f.max_batch_text()}")
+                    f"{_b(f.headroom_bytes)} to spare" + _largest(f))
         else:
             line = (f"{o} does not fit {where}: needs {_b(f.total_bytes)} at batch {batch}, "
                     f"{_b(-f.headroom_bytes)} over{_upto(f)}")
     elif not no:
         (lo, flo), (hi, fhi) = order[0], order[-1]
         line = (f"All {len(order)} optimizers fit {where} at batch {batch}: {lo} needs least, "
-                f"{_b(flo.total_bytes)} (largest batch {flo.max_batch_text()}); {hi} needs most, "
-                f"{_b(fhi.total_bytes)} (largest batch {fhi.max_batch_text()})")
+                f"{_b(flo.total_bytes)}{_paren(_largest(flo))}; {hi} needs most, "
+                f"{_b(fhi.total_bytes)}{_paren(_largest(fhi))}")
     elif not yes:
         o, f = order[0]
         rest = ", ".join(f"{p} {_b(g.total_bytes)}{_upto(g)}" for p, g in order[1:])
@@ -192,3 +206,74 @@ def recommendation(device: Device, fits: Mapping[str, Fit]) -> str:
         others = ", ".join(f"{o} needs {_b(f.total_bytes)}{_upto(f)}" for o, f in no)
         line = f"Only {names} fit{'s' if len(yes) == 1 else ''} {where}: {needs}; {others}"
     return line + _pytorch_caveat(device, bool(yes))
+
+
+# --------------------------------------------------------------------------- step memory per optimizer
+
+#: the parts of a training step, in bar order; JSON field names are ``<part>_bytes`` except
+#: ``grads`` → ``grad_bytes``, ``activations`` → ``activation_bytes``, ``temporaries`` → ``temp_bytes``.
+PARTS = ("weights", "grads", "state", "activations", "temporaries", "runtime")
+JSON_FIELDS = {"weights": "weights_bytes", "grads": "grad_bytes", "state": "state_bytes",
+               "activations": "activation_bytes", "temporaries": "temp_bytes",
+               "runtime": "runtime_bytes"}
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """What one optimizer's training step needs, as the fit layer sees it: the parts at the
+    planned batch size and ``total_at(batch)`` for the largest-batch search. ``complete`` is False
+    when only weights + gradients + state were counted (activations, temporaries and runtime
+    unknown), which every renderer must say."""
+
+    optimizer: str
+    parts: Mapping[str, int]
+    total_at: TotalAt
+    complete: bool = True
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.parts.values())
+
+    def to_dict(self) -> dict:
+        d = {JSON_FIELDS[p]: int(self.parts.get(p, 0)) for p in PARTS}
+        d["total_bytes"] = self.total_bytes
+        return d
+
+
+def state_only(spec, layouts, allocator: str) -> dict[str, StepMemory]:
+    """weights + gradients + optimizer state, each tensor rounded by ``allocator`` (64 B on CPU,
+    512 B on CUDA): the part of a step that does not depend on the batch. Used until (or where) no
+    activation model is available; ``complete`` is False."""
+    from .layouts.base import CPU_ROUND, CUDA_ROUND, round_up
+    from .plan import plan_state
+
+    quantum = {"cpu": CPU_ROUND, "cuda": CUDA_ROUND}[allocator]
+    sizes = [(round_up(p.numel * _itemsize(p.dtype), quantum), p.trainable) for p in spec.params]
+    weights = sum(n for n, _ in sizes)
+    grads = sum(n for n, trainable in sizes if trainable)
+    out = {}
+    for layout in layouts:
+        state = plan_state(spec.params, layout).allocated_bytes[allocator]
+        total = weights + grads + state
+        out[layout.id] = StepMemory(
+            layout.id, {"weights": weights, "grads": grads, "state": state, "activations": 0,
+                        "temporaries": 0, "runtime": 0},
+            (lambda b, t=total: t), complete=False)
+    return out
+
+
+def _itemsize(dtype: str) -> int:
+    from . import dtypes
+
+    return dtypes.itemsize(dtype)
+
+
+def grid(steps_by_allocator: Mapping[str, Mapping[str, StepMemory]], devices: Sequence[Device],
+         batch_size: int) -> dict[str, dict[str, Fit]]:
+    """device id → optimizer id → :class:`Fit`, each device judged with its allocator's totals."""
+    out: dict[str, dict[str, Fit]] = {}
+    for device in devices:
+        steps = steps_by_allocator[device.allocator]
+        out[device.id] = {oid: fit(s.total_at, device.usable_bytes, batch_size)
+                          for oid, s in steps.items()}
+    return out

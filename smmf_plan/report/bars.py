@@ -1,0 +1,276 @@
+"""Stacked bars: one per optimizer (weights / grads / state / activations / temporaries / runtime)
+against a device's usable memory, in the terminal (rich) and as a standalone SVG.
+
+Both renderers share one scale: the larger of the usable memory and the largest total, so the
+usable-memory marker is always on the picture and a bar that runs past it visibly does not fit.
+In the terminal every segment has its own character (█ ▓ ▒ ░ ▚ ·) so the picture reads without
+colour; in SVG segments have colour-blind-safe colours (Okabe–Ito) and most carry a hatch pattern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from xml.sax.saxutils import escape
+
+from ..errors import PlanError
+from ..units import format_bytes
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str
+    #: attribute of a memory breakdown holding this part's bytes.
+    field: str
+    char: str
+    style: str
+    colour: str
+    #: SVG hatch pattern drawn over the colour ("" = plain).
+    hatch: str
+
+
+SEGMENTS: tuple[Segment, ...] = (
+    Segment("weights", "weights_bytes", "█", "blue", "#0072B2", ""),
+    Segment("grads", "grad_bytes", "▓", "cyan", "#56B4E9", "diagonal"),
+    Segment("state", "state_bytes", "▒", "yellow", "#E69F00", ""),
+    Segment("activations", "activation_bytes", "░", "green", "#009E73", "dots"),
+    Segment("temporaries", "temp_bytes", "▚", "magenta", "#CC79A7", "cross"),
+    Segment("runtime", "runtime_bytes", "·", "bright_black", "#999999", "horizontal"),
+)
+SEGMENT_KEYS = tuple(s.key for s in SEGMENTS)
+MARKER = "┃"
+
+
+@dataclass(frozen=True)
+class BarRow:
+    """One bar: a label (the optimizer id) and bytes per segment key (missing keys are 0)."""
+
+    label: str
+    parts: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.parts) - set(SEGMENT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown bar segment(s) {sorted(unknown)}; use {SEGMENT_KEYS}")
+        if any(v < 0 for v in self.parts.values()):
+            raise ValueError("segment bytes must not be negative")
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def get(self, key: str) -> int:
+        return int(self.parts.get(key, 0))
+
+    @classmethod
+    def from_breakdown(cls, label: str, breakdown: Any) -> "BarRow":
+        """From any object with ``weights_bytes``, ``grad_bytes`` … attributes (or a mapping with
+        those keys); absent parts count as 0."""
+        def value(name: str) -> int:
+            if isinstance(breakdown, Mapping):
+                return int(breakdown.get(name) or 0)
+            return int(getattr(breakdown, name, 0) or 0)
+
+        return cls(label, {s.key: value(s.field) for s in SEGMENTS})
+
+
+def _scale(rows: Sequence[BarRow], usable_bytes: int | None) -> int:
+    return max([r.total for r in rows] + [usable_bytes or 0, 1])
+
+
+def cells(row: BarRow, scale: int, width: int) -> list[tuple[Segment, int]]:
+    """Character cells per segment: cumulative rounding, so the cells add up to the rounded total."""
+    out, done, cum = [], 0, 0
+    for seg in SEGMENTS:
+        cum += row.get(seg.key)
+        end = round(cum * width / scale)
+        out.append((seg, end - done))
+        done = end
+    return out
+
+
+def _status(row: BarRow, usable_bytes: int | None) -> str:
+    if usable_bytes is None:
+        return ""
+    gap = usable_bytes - row.total
+    return "✓ fits" if gap >= 0 else f"✗ {format_bytes(-gap, 0)} over"
+
+
+class Bars:
+    """Rich renderable: one labelled stacked bar per row, the usable-memory marker ``┃`` at its
+    place on every bar, and a legend naming each character. The bar width adapts to the console
+    unless ``width`` is given."""
+
+    def __init__(self, rows: Sequence[BarRow], usable_bytes: int | None, width: int | None = None,
+                 title: str | None = None) -> None:
+        if width is not None and width < 8:
+            raise ValueError("bar width must be at least 8 characters")
+        self.rows, self.usable_bytes, self.width, self.title = list(rows), usable_bytes, width, title
+
+    def bar_text(self, row: BarRow, width: int):
+        """The bar of ``row`` as rich Text, exactly ``width`` cells plus the marker."""
+        from rich.text import Text
+
+        scale = _scale(self.rows, self.usable_bytes)
+        mark = None if self.usable_bytes is None else round(self.usable_bytes * width / scale)
+        bar = Text()
+        pos = 0
+        for seg, n in cells(row, scale, width):
+            for _ in range(n):
+                if pos == mark:
+                    bar.append(MARKER, style="bold")
+                bar.append(seg.char, style=seg.style)
+                pos += 1
+        if mark is not None and pos <= mark:
+            bar.append(" " * (mark - pos))
+            bar.append(MARKER, style="bold")
+            pos = mark
+        bar.append(" " * (width - pos))
+        return bar
+
+    def __rich_console__(self, console, options):
+        from rich.table import Table
+        from rich.text import Text
+
+        label_w = max([len(r.label) for r in self.rows] + [4])
+        totals = [format_bytes(r.total, 0) for r in self.rows]
+        status = [_status(r, self.usable_bytes) for r in self.rows]
+        side = max([len(t) for t in totals] + [1]) + max([len(x) for x in status] + [0])
+        width = self.width or max(12, min(60, options.max_width - label_w - side - 8))
+        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1), title=self.title,
+                      title_justify="left", title_style="bold")
+        table.add_column("optimizer", no_wrap=True)
+        table.add_column("bar", no_wrap=True)
+        table.add_column("total", justify="right", no_wrap=True)
+        table.add_column("verdict", no_wrap=True)
+        for row, total, st in zip(self.rows, totals, status):
+            table.add_row(row.label, self.bar_text(row, width), total,
+                          Text(st, style="green" if st.startswith("✓") else "red"))
+        yield table
+        legend = Text()
+        for seg in SEGMENTS:
+            legend.append(seg.char, style=seg.style)
+            legend.append(f" {seg.key}  ")
+        if self.usable_bytes is not None:
+            legend.append(MARKER, style="bold")
+            legend.append(f" usable {format_bytes(self.usable_bytes, 0)}")
+        yield legend
+
+
+def render_bars(rows: Sequence[BarRow], usable_bytes: int | None, *, width: int | None = None,
+                title: str | None = None) -> Bars:
+    """The stacked bars as a rich renderable (see :class:`Bars`)."""
+    return Bars(rows, usable_bytes, width, title)
+
+
+# --------------------------------------------------------------------------- SVG
+
+_PATTERNS = {
+    "diagonal": '<path d="M-1,1 l2,-2 M0,6 l6,-6 M5,7 l2,-2" stroke="#ffffff" stroke-width="1.2"/>',
+    "dots": '<circle cx="3" cy="3" r="1.1" fill="#ffffff"/>',
+    "cross": '<path d="M0,0 L6,6 M6,0 L0,6" stroke="#ffffff" stroke-width="0.9"/>',
+    "horizontal": '<path d="M0,3 H6" stroke="#ffffff" stroke-width="1.2"/>',
+}
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def svg_text(rows: Sequence[BarRow], usable_bytes: int | None, title: str, *,
+             bar_width: int = 480) -> str:
+    """The SVG document as text (UTF-8, standalone, no external references)."""
+    label_w, right_w, row_h, bar_h, top = 120, 150, 28, 18, 48
+    scale = _scale(rows, usable_bytes)
+    width = label_w + bar_width + right_w
+    legend_y = top + row_h * len(rows) + 28
+    height = legend_y + 30
+    x0 = label_w
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" '
+        'font-size="12">',
+        f"<title>{escape(title)}</title>",
+        "<defs>",
+    ]
+    for seg in SEGMENTS:
+        if seg.hatch:
+            out.append(f'<pattern id="p-{seg.key}" width="6" height="6" patternUnits="userSpaceOnUse">'
+                       f'<rect width="6" height="6" fill="{seg.colour}"/>{_PATTERNS[seg.hatch]}</pattern>')
+    out.append("</defs>")
+    out.append(f'<rect width="{width}" height="{height}" fill="#ffffff"/>')
+    out.append(f'<text x="10" y="22" font-size="14" font-weight="bold">{escape(title)}</text>')
+    for i, row in enumerate(rows):
+        y = top + i * row_h
+        out.append(f'<text x="{x0 - 8}" y="{_num(y + bar_h - 4)}" text-anchor="end">'
+                   f"{escape(row.label)}</text>")
+        cum = 0
+        for seg in SEGMENTS:
+            b = row.get(seg.key)
+            if b <= 0:
+                continue
+            x = x0 + cum * bar_width / scale
+            w = b * bar_width / scale
+            fill = f"url(#p-{seg.key})" if seg.hatch else seg.colour
+            out.append(f'<rect class="seg {seg.key}" data-bytes="{b}" x="{_num(x)}" y="{y}" '
+                       f'width="{_num(w)}" height="{bar_h}" fill="{fill}" stroke="#333333" '
+                       f'stroke-width="0.4"><title>{escape(row.label)} {seg.key}: '
+                       f"{format_bytes(b, 1)}</title></rect>")
+            cum += b
+        status = _status(row, usable_bytes)
+        text = format_bytes(row.total, 0) + (f" · {status}" if status else "")
+        out.append(f'<text x="{_num(x0 + row.total * bar_width / scale + 6)}" '
+                   f'y="{_num(y + bar_h - 4)}">{escape(text)}</text>')
+    if usable_bytes is not None:
+        ux = x0 + usable_bytes * bar_width / scale
+        out.append(f'<line class="usable" x1="{_num(ux)}" y1="{top - 10}" x2="{_num(ux)}" '
+                   f'y2="{top + row_h * len(rows)}" stroke="#D55E00" stroke-width="2" '
+                   'stroke-dasharray="5,3"/>')
+        out.append(f'<text x="{_num(ux)}" y="{top - 14}" text-anchor="middle" fill="#D55E00">'
+                   f"usable {escape(format_bytes(usable_bytes, 0))}</text>")
+    x = 10
+    for seg in SEGMENTS:
+        fill = f"url(#p-{seg.key})" if seg.hatch else seg.colour
+        out.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{fill}" '
+                   'stroke="#333333" stroke-width="0.4"/>')
+        out.append(f'<text x="{x + 16}" y="{legend_y}">{seg.key}</text>')
+        x += 16 + 8 * len(seg.key) + 18
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_svg(path: str | os.PathLike, rows: Sequence[BarRow], usable_bytes: int | None,
+              title: str) -> Path:
+    """Write the bars as SVG to ``path`` atomically (a temporary file in the same folder, then
+    renamed), so a reader never sees half a file."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise PlanError(f"--svg {str(path)!r} is a folder: give a file name such as bars.svg")
+    if not folder.is_dir():
+        raise PlanError(f"--svg {str(path)!r}: folder {str(folder)!r} does not exist")
+    text = svg_text(rows, usable_bytes, title)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise PlanError(f"--svg {str(path)!r} cannot be written: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise PlanError(f"--svg {str(path)!r} cannot be written: {e.strerror}") from None
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,170 @@
+"""Rich tables and JSON documents for devices and fit verdicts.
+
+Every verdict is written in words or symbols (✓ fits / ✗ over) as well as colour, so tables read in
+monochrome. JSON documents carry ``schema_version``; without a device the per-optimizer
+``fits`` / ``headroom_bytes`` / ``max_batch_size`` are null.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from rich.table import Table
+from rich.text import Text
+
+from ..devices import Device
+from ..fit import NO_DEVICE, PARTS, Fit, StepMemory
+from ..units import format_bytes
+from . import SCHEMA_VERSION
+
+_PT_STYLE = {"yes": "green", "limited": "", "marginal": "yellow", "no": "red", "unknown": "dim"}
+_HEADS = {"weights": "weights", "grads": "grads", "state": "state", "activations": "activ.",
+          "temporaries": "temp.", "runtime": "runtime"}
+STATE_ONLY_NOTE = ("Counted: weights + gradients + optimizer state only; activations, temporaries "
+                   "and the runtime baseline are not estimated here, so real needs are higher.")
+
+
+# --------------------------------------------------------------------------- devices
+
+def devices_table(devices: Sequence[Device], wide: bool = True) -> Table:
+    """The catalog; ``wide=False`` (terminals under ~120 columns) drops the name, the allocator
+    and the PyTorch reason so that each device stays on one line."""
+    from rich import box
+
+    table = Table(title="Devices", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  caption="usable: what one training process can allocate once the OS/runtime is "
+                          "up; smmf-plan devices --json gives each figure's basis and sources",
+                  caption_justify="left")
+    for col, just in (("id", "left"), ("memory", "right"), ("usable", "right"), ("kind", "left")):
+        table.add_column(col, justify=just, no_wrap=True)
+    if wide:
+        table.add_column("alloc.", no_wrap=True)
+    table.add_column("PyTorch" if not wide else "PyTorch training", no_wrap=not wide)
+    if wide:
+        table.add_column("name")
+    for d in devices:
+        pt = Text(d.pytorch_training, style=_PT_STYLE.get(d.pytorch_training, ""))
+        if wide and d.pytorch_reason:
+            pt.append(f": {d.pytorch_reason}", style="dim")
+        cells = [d.id, format_bytes(d.total_bytes, 0), format_bytes(d.usable_bytes, 0), d.memory_kind]
+        table.add_row(*cells, *([d.allocator, pt, d.name] if wide else [pt]))
+    return table
+
+
+def devices_document(devices: Sequence[Device]) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "devices": [d.to_dict() for d in devices]}
+
+
+def device_header(device: Device) -> Text:
+    """``rpi-zero · Raspberry Pi Zero … · 512 MiB host RAM · 383 MiB usable (basis) · PyTorch: no``"""
+    t = Text()
+    t.append(device.id, style="bold")
+    if device.name != device.id:
+        t.append(f" · {device.name}")
+    t.append(f" · {format_bytes(device.total_bytes, 0)} {device.memory_kind}")
+    t.append(f" · {format_bytes(device.usable_bytes, 0)} usable")
+    if device.usable_basis:
+        t.append(f" ({device.usable_basis})", style="dim")
+    if device.pytorch_training != "unknown":
+        t.append(" · PyTorch training: ")
+        t.append(device.pytorch_training, style=_PT_STYLE.get(device.pytorch_training, ""))
+    return t
+
+
+# --------------------------------------------------------------------------- verdict cells
+
+def short_bytes(n: int) -> str:
+    """Compact binary size for dense tables: ``383M``, ``10.5G``, ``140G``, ``512K``."""
+    sign = "−" if n < 0 else ""
+    n = abs(n)
+    for unit, size in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if n >= size:
+            v = n / size
+            return f"{sign}{v:.1f}{unit}" if v < 10 else f"{sign}{v:.0f}{unit}"
+    return f"{sign}{n}B"
+
+
+def fit_cell(f: Fit, show_batch: bool = True) -> Text:
+    """``✓ 65M ≤16`` (fits, 65 MiB free, largest batch 16) or ``✗ −18M`` (18 MiB short)."""
+    batch = f" ≤{f.max_batch_size:,}" if show_batch and not f.capped and f.max_batch_size else ""
+    if f.fits:
+        return Text(f"✓ {short_bytes(f.headroom_bytes)}{batch}", style="green")
+    return Text(f"✗ {short_bytes(f.headroom_bytes)}{batch}", style="red")
+
+
+def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | None = None,
+                  title: str = "Training step memory") -> Table:
+    """One row per optimizer: every part, the total and (with a device) fits / headroom / largest
+    batch. Rows keep the order of ``steps``. Sizes are compact (M = MiB, G = GiB)."""
+    from rich import box
+
+    complete = all(s.complete for s in steps.values())
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  padding=(0, 0))
+    shown = PARTS if complete else ("weights", "grads", "state")
+    table.add_column("optimizer", no_wrap=True)
+    for head in (*(_HEADS[p] for p in shown), "total"):
+        table.add_column(head, justify="right", no_wrap=True)
+    if fits is not None:
+        table.add_column("fits", no_wrap=True)
+        table.add_column("headroom", justify="right", no_wrap=True)
+        if complete:
+            table.add_column("max batch", justify="right", no_wrap=True)
+    for oid, step in steps.items():
+        parts = [short_bytes(step.parts.get(p, 0)) for p in shown]
+        row = [oid, *parts, Text(short_bytes(step.total_bytes), style="bold")]
+        if fits is not None:
+            f = fits[oid]
+            row += [Text("✓ yes" if f.fits else "✗ no", style="green" if f.fits else "red"),
+                    short_bytes(f.headroom_bytes)] + ([f.max_batch_text()] if complete else [])
+        table.add_row(*row)
+    caption = "K/M/G: KiB/MiB/GiB"
+    if not complete:
+        caption = "Only weights + gradients + optimizer state counted. " + caption
+    table.caption = caption
+    table.caption_justify = "left"
+    return table
+
+
+def size_table(devices: Sequence[Device], optimizers: Sequence[str],
+               fits: Mapping[str, Mapping[str, Fit]], batch_size: int) -> Table:
+    """Devices (rows, in the given order) × optimizers (columns): memory left or missing and the
+    largest batch that fits."""
+    from rich import box
+
+    any_batch = any(not f.capped and f.max_batch_size for row in fits.values() for f in row.values())
+    caption = "✓ fits, with that much memory free · ✗ does not fit, short by that much"
+    if any_batch:
+        caption += " · ≤N: largest batch that fits"
+    table = Table(title=f"Devices × optimizers at batch {batch_size}", title_justify="left",
+                  header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 0),
+                  caption=caption + " (K/M/G/T: KiB/MiB/GiB/TiB)", caption_justify="left")
+    table.add_column("device", overflow="ellipsis")
+    table.add_column("usable", justify="right", no_wrap=True, min_width=6)
+    cells = {o: [fit_cell(fits[d.id][o]) for d in devices] for o in optimizers}
+    for oid in optimizers:
+        widest = max([len(c.plain) for c in cells[oid]] + [len(oid)])
+        table.add_column(oid, justify="right", no_wrap=True, min_width=widest)
+    for i, d in enumerate(devices):
+        name = Text(d.id)
+        if not d.runs_pytorch:
+            name.append(" ⊘", style="dim")
+        table.add_row(name, short_bytes(d.usable_bytes), *(cells[o][i] for o in optimizers))
+    if any(not d.runs_pytorch for d in devices):
+        table.caption += "; ⊘: PyTorch does not run on that device"
+    return table
+
+
+# --------------------------------------------------------------------------- JSON
+
+def device_json(device: Device | None) -> dict | None:
+    return None if device is None else device.reference()
+
+
+def fit_json(f: Fit | None) -> dict:
+    return dict(NO_DEVICE) if f is None else f.to_dict()
+
+
+def optimizer_json(step: StepMemory, f: Fit | None) -> dict:
+    """Per optimizer: every part, ``total_bytes`` (their sum), and the verdict fields."""
+    return {**step.to_dict(), **fit_json(f)}

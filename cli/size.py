@@ -194,8 +194,7 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from smmf_plan.fit import recommendation
-    from smmf_plan.report.fit_table import STATE_ONLY_NOTE, device_header, size_table, verdict_table
+    from smmf_plan.report.fit_table import STATE_ONLY_NOTE, size_table
     from smmf_plan.report.state_table import model_header
     from smmf_plan.units import format_bytes
 
@@ -206,16 +205,10 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
     devices = result["devices"]
     grid = result["grid"]
     if len(devices) == 1:
-        from smmf_plan.report.bars import render_bars
+        from smmf_plan.report.fit_table import device_report
 
         d = devices[0]
-        steps = result["steps"][d.allocator]
-        console.print(device_header(d))
-        console.print(verdict_table({oid: steps[oid] for oid in result["order"]}, grid[d.id],
-                                    title=f"Training step at batch {batch} on {d.id}"))
-        console.print(render_bars(_bar_rows(result, d), d.usable_bytes))
-        console.print(Text("→ " + recommendation(d, grid[d.id], batch_known=result["complete"]),
-                           style="bold"))
+        console.print(device_report(result["steps"][d.allocator], d, batch, grid[d.id]))
         return
     console.print(size_table(devices, result["order"], grid, batch))
     lines = Text(f"Smallest device that fits at batch {batch} (and runs PyTorch):\n", style="bold")

@@ -198,3 +198,64 @@ def test_single_optimizer_and_marginal_pytorch():
     assert "PyTorch training on rpi-3b is marginal" in ok
     bad = recommendation(d, {"adam": F(800 * MiB, d.usable_bytes)})
     assert bad.startswith("adam does not fit rpi-3b (729 MiB usable): needs 800 MiB at batch 1, 71 MiB over")
+
+
+# ---------------------------------------------------------------- step memory and plan JSON
+
+def toy_spec():
+    from smmf_plan.model import ModelSpec
+    from smmf_plan.shapes import ParamSpec
+
+    return ModelSpec("toy", "test", [ParamSpec("w", (300, 200), "float32", True),
+                                     ParamSpec("b", (3,), "float32", True),
+                                     ParamSpec("frozen", (50, 50), "float16", False)])
+
+
+def test_state_only_counts_weights_grads_state_rounded():
+    from smmf_plan.fit import state_only
+
+    spec = toy_spec()
+    steps = state_only(spec, parse_layouts("adam,smmf"), "cuda")
+    adam = steps["adam"]
+    assert adam.parts["weights"] == 240_128 + 512 + 5120  # each tensor in 512-B blocks
+    assert adam.parts["grads"] == 240_128 + 512
+    assert adam.parts["state"] == plan_state(spec.params, parse_layouts("adam")[0]).allocated_bytes["cuda"]
+    assert adam.total_bytes == sum(adam.parts.values()) and not adam.complete
+    assert adam.total_at(1) == adam.total_at(1000) == adam.total_bytes
+    cpu = state_only(spec, parse_layouts("adam"), "cpu")["adam"]
+    assert cpu.parts["weights"] == 240_000 + 64 + 5056  # 64-B aligned
+
+
+def test_steps_document_with_and_without_device():
+    from smmf_plan.fit import state_only
+    from smmf_plan.report.fit_table import judge, steps_document
+
+    steps = state_only(toy_spec(), parse_layouts("adam,smmf"), "cpu")
+    doc = steps_document(steps, None, None)
+    assert doc["device"] is None
+    for oid, o in doc["optimizers"].items():
+        assert (o["fits"], o["headroom_bytes"], o["max_batch_size"]) == (None, None, None)
+        assert o["total_bytes"] == sum(o[k] for k in ("weights_bytes", "grad_bytes", "state_bytes",
+                                                      "activation_bytes", "temp_bytes", "runtime_bytes"))
+    device = get_device("700KiB")
+    fits = judge(steps, device, 1)
+    doc = steps_document(steps, device, fits)
+    assert doc["device"]["name"] and doc["device"]["memory_bytes"] == doc["device"]["usable_bytes"] == 700 * 1024
+    smmf = doc["optimizers"]["smmf"]
+    assert smmf["fits"] is True and smmf["headroom_bytes"] == 700 * 1024 - smmf["total_bytes"]
+    assert doc["optimizers"]["adam"]["fits"] is False
+
+
+def test_from_estimate_uses_the_memory_model():
+    memory = pytest.importorskip("smmf_plan.memory")
+    from smmf_plan.fit import from_estimate
+
+    spec = toy_spec()
+    layouts = parse_layouts("adam,smmf")
+    est = memory.estimate(spec, layouts, batch_size=2, input_size=None, seq_len=None, dtype=None,
+                          amp=None, grad_checkpointing=False, allocator="cpu")
+    steps = from_estimate(est, 2)
+    assert set(steps) == {"adam", "smmf"}
+    for s in steps.values():
+        assert s.complete and s.total_at(2) == s.total_bytes
+        assert s.total_at(4) >= s.total_at(2)

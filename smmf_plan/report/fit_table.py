@@ -168,3 +168,44 @@ def fit_json(f: Fit | None) -> dict:
 def optimizer_json(step: StepMemory, f: Fit | None) -> dict:
     """Per optimizer: every part, ``total_bytes`` (their sum), and the verdict fields."""
     return {**step.to_dict(), **fit_json(f)}
+
+
+# --------------------------------------------------------------------------- one device, whole report
+
+def judge(steps: Mapping[str, StepMemory], device: Device, batch_size: int) -> dict[str, Fit]:
+    """Each optimizer's :class:`Fit` on ``device`` (steps must use ``device.allocator``)."""
+    from ..fit import fit
+
+    return {oid: fit(s.total_at, device.usable_bytes, batch_size) for oid, s in steps.items()}
+
+
+def device_report(steps: Mapping[str, StepMemory], device: Device, batch_size: int,
+                  fits: Mapping[str, Fit] | None = None):
+    """Device line, step table with verdicts, stacked bars and the one-line recommendation, as one
+    rich renderable (what ``smmf-plan MODEL --device X`` shows below the model line)."""
+    from rich.console import Group
+
+    from ..fit import recommendation
+    from .bars import BarRow, render_bars
+
+    fits = dict(fits) if fits is not None else judge(steps, device, batch_size)
+    complete = all(s.complete for s in steps.values())
+    order = sorted(steps, key=lambda o: (steps[o].total_bytes, o))
+    return Group(
+        device_header(device),
+        verdict_table({o: steps[o] for o in order}, fits,
+                      title=f"Training step at batch {batch_size} on {device.id}"),
+        render_bars([BarRow(o, dict(steps[o].parts)) for o in order], device.usable_bytes),
+        Text("→ " + recommendation(device, fits, batch_known=complete), style="bold"),
+    )
+
+
+def steps_document(steps: Mapping[str, StepMemory], device: Device | None,
+                   fits: Mapping[str, Fit] | None) -> dict:
+    """JSON additions for a plan: ``"device"`` (null without one) and per optimizer every part,
+    ``total_bytes`` and ``fits`` / ``headroom_bytes`` / ``max_batch_size`` (null without a device)."""
+    return {
+        "device": device_json(device),
+        "optimizers": {oid: optimizer_json(s, None if fits is None else fits[oid])
+                       for oid, s in steps.items()},
+    }

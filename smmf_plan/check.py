@@ -135,9 +135,9 @@ class CheckConfig:
     tolerance: Tolerance | None = None
 
 
-def parse_tolerance(text: str | int | float, what: str = "--tolerance") -> Tolerance:
+def parse_tolerance(text: str | int, what: str = "--tolerance") -> Tolerance:
     """``"1%"``, ``"0.5 %"`` (of the baseline) or a size: ``"2MiB"``, ``"4096"`` (bytes)."""
-    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise PlanError(f"{what} {text!r} is not a tolerance: write a percentage such as 1% or a "
                         "size such as 2MiB")
     s = str(text).strip()
@@ -151,7 +151,7 @@ def parse_tolerance(text: str | int | float, what: str = "--tolerance") -> Toler
                             "or a size such as 2MiB")
         return Tolerance(s, fraction=pct / 100.0, nbytes=None)
     try:
-        n = parse_size(s if not isinstance(text, float) else str(text), what)
+        n = parse_size(s, what)
     except PlanError:
         raise PlanError(f"{what} {text!r} is not a tolerance: write a percentage such as 1% or a "
                         "size such as 2MiB") from None
@@ -475,30 +475,48 @@ def _per_optimizer(estimate: Any) -> Mapping[str, Any]:
     raise TypeError(f"cannot read per-optimizer breakdowns from {type(estimate).__name__}")
 
 
-def _resolve_device(text: str, where: str):
+def _resolve_device(text: str, where: str, search_from: str | Path | None = None):
     from .devices import get_device
 
     try:
-        return get_device(text)
+        return get_device(text, search_from=search_from)
     except PlanError as e:
         raise PlanError(f"{where}: device: {e}") from None
 
 
-def evaluate_check(check: Check, *, default_device: str | None = None, use_cache: bool = True
-                   ) -> Evaluated:
-    """Load the check's model (no weights) and measure every metric for each of its optimizers."""
-    from .layouts import parse_layout
-    from .plan import plan_state, with_dtype
+def _load_spec(check: Check, use_cache: bool, memo: dict | None):
+    """The check's ModelSpec; ``memo`` shares one load between checks of the same model."""
+    import copy
+
     from .sources import load_model
 
-    device_text = check.device or default_device
-    device = _resolve_device(device_text, check.where) if device_text else None
+    key = (check.model, check.num_classes, check.trainable, check.freeze, check.lora_rank,
+           check.lora_targets)
+    if memo is not None and key in memo:
+        return copy.deepcopy(memo[key])
     try:
         spec = load_model(check.model, num_classes=check.num_classes, trainable=check.trainable,
                           freeze=check.freeze, lora_rank=check.lora_rank,
                           lora_targets=check.lora_targets, use_cache=use_cache)
     except PlanError as e:
         raise PlanError(f"{check.where}: model {check.model!r}: {e}") from None
+    if memo is not None:
+        memo[key] = copy.deepcopy(spec)
+    return spec
+
+
+def evaluate_check(check: Check, *, default_device: str | None = None, use_cache: bool = True,
+                   search_from: str | Path | None = None, memo: dict | None = None) -> Evaluated:
+    """Load the check's model (no weights) and measure every metric for each of its optimizers.
+
+    Device ids are looked up in the catalog and in the ``[tool.smmf-plan.devices]`` of the
+    pyproject.toml nearest ``search_from`` (the configuration file's directory)."""
+    from .layouts import parse_layout
+    from .plan import plan_state, with_dtype
+
+    device_text = check.device or default_device
+    device = _resolve_device(device_text, check.where, search_from) if device_text else None
+    spec = _load_spec(check, use_cache, memo)
     spec.params = with_dtype(spec.params, check.dtype)
     layouts = [parse_layout(i) for i in check.optimizers]
     values: dict[str, dict[str, int]] = {
@@ -533,11 +551,13 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
 def evaluate(config: CheckConfig, *, use_cache: bool = True,
              progress: Callable[[Check], None] | None = None) -> list[Evaluated]:
     """Evaluate every check of ``config`` in order (a configuration error stops at the first)."""
-    out = []
+    out: list[Evaluated] = []
+    memo: dict = {}
     for check in config.checks:
         if progress is not None:
             progress(check)
-        out.append(evaluate_check(check, default_device=config.device, use_cache=use_cache))
+        out.append(evaluate_check(check, default_device=config.device, use_cache=use_cache,
+                                  search_from=Path(config.path).resolve().parent, memo=memo))
     return out
 
 
@@ -854,9 +874,10 @@ def run(config: CheckConfig, *, baseline_path: str | None = None, tolerance: Tol
                         "baseline = \"...\" under [tool.smmf-plan]")
     old: Baseline | None = None
     if path:
-        if update_baseline and not os.path.exists(path):
-            old = None
-        else:
+        parent = Path(path).parent
+        if update_baseline and str(parent) and not parent.is_dir():
+            raise PlanError(f"baseline {path}: directory {parent} does not exist; create it first")
+        if not (update_baseline and not os.path.exists(path)):
             old = load_baseline(path)
     evaluated = evaluate(config, use_cache=use_cache, progress=progress)
     report = compare(config, evaluated, old, tol, updating=update_baseline)

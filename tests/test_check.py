@@ -296,6 +296,8 @@ def test_table_reads_in_monochrome(tiny, capsys, monkeypatch):
      ["check 1 ('no-such-model-xyz')", "model 'no-such-model-xyz'"]),
     ('tolerance = "lots"\n[[tool.smmf-plan.checks]]\nmodel = "tiny.safetensors"\n',
      ["tolerance 'lots' is not a tolerance"]),
+    ('tolerance = 0.01\n[[tool.smmf-plan.checks]]\nmodel = "tiny.safetensors"\n',
+     ["tolerance 0.01 is not a tolerance"]),
     ('', ["has no checks"]),
 ])
 def test_configuration_errors_exit_2_naming_the_offending_key(tiny, capsys, body, needles):
@@ -317,6 +319,7 @@ def test_configuration_errors_exit_2_naming_the_offending_key(tiny, capsys, body
     (["--tolerance", "-3%"], None, "--tolerance '-3%' is not a tolerance"),
     (["--format", "html"], None, "--format 'html'"),
     (["--config", "nope.toml"], None, "nope.toml: no such file"),
+    (["-b", "nodir/base.json", "--update-baseline"], None, "directory nodir does not exist"),
 ])
 def test_usage_errors_exit_2(tiny, capsys, args, baseline_text, needle):
     write_pyproject(tiny, TINY.format(budget="1 MiB"))
@@ -346,3 +349,20 @@ def test_config_file_outside_the_working_directory(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(elsewhere)
     code, out, _ = run_cli(capsys, "--config", str(proj / "gate.toml"))
     assert code == 1 and "tiny [adam]: state 16.5 KiB > max-state 16.0 KiB" in out
+
+
+def test_the_projects_own_gate_is_valid_and_matches_its_baseline():
+    """The repository's [tool.smmf-plan] parses, and its committed baseline covers exactly its
+    checks × optimizers (CI runs the full `smmf-plan check` against it)."""
+    from smmf_plan.check import load_baseline, load_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "pyproject.toml")
+    assert config.baseline == "reports/check-baseline.json"
+    baseline = load_baseline(root / config.baseline)
+    expected = {(c.id, o) for c in config.checks for o in c.optimizers}
+    assert {(c, o) for c, o, _ in baseline.keys()} == expected
+    for c in config.checks:
+        for o in c.optimizers:
+            if c.max_state is not None:
+                assert baseline.get(c.id, o, "state") <= c.max_state

@@ -31,6 +31,8 @@ def _category(row: "Row") -> str:
         return "Below or at the paper's printed resolution"
     if r.startswith("a constant the plan does not model"):
         return "End-to-end: a per-run constant that is not parameters, gradients or optimizer state"
+    if r.startswith("unstated"):
+        return "A model detail the paper leaves open"
     return "Other"
 
 
@@ -116,7 +118,8 @@ def render(summary: "Summary") -> str:
         for r in groups[cat]:
             w(f"* **{r.table}, {r.model}, {r.dataset}, {r.optimizer}, "
               f"{'optimizer' if r.kind == 'optimizer' else 'end-to-end'}**: paper {r.paper_value} "
-              f"{r.paper_unit}, planned {_num(r.planned_cuda_mib)} MiB (ratio {r.ratio:.3f}). {r.reason}")
+              f"{r.paper_unit}, planned {_num(r.planned_cuda_mib)} MiB (ratio {r.ratio:.3f}). "
+              f"{r.reason[:1].upper()}{r.reason[1:]}")
         w("")
 
     w("## Definitions\n")

@@ -17,9 +17,11 @@ level of any TOML file given with ``--config``)::
 
 Metrics (all in bytes, exact integers): ``state`` is the optimizer state the planner counts
 (:func:`smmf_plan.plan.plan_state`, logical bytes, the number ``smmf-plan plan`` shows); ``total`` is
-the end-to-end training-step estimate of :func:`smmf_plan.memory.estimate` and is only measured when
-that module is installed. A check with a ``device`` and no ``max-total`` uses the device's usable
-memory as its ``total`` budget.
+the end-to-end training-step estimate of :func:`smmf_plan.memory.estimate` (weights, gradients,
+state, activations at ``batch-size``, runtime; rounded as the device's allocator rounds), measured
+only for checks with a ``max-total`` or a ``device`` (it traces a forward and backward pass, so
+state-only checks stay fast). A check with a ``device`` and no ``max-total`` uses the device's
+usable memory as its ``total`` budget.
 
 Outcome per metric: ``FAIL`` when it exceeds its budget or grew past the baseline by more than the
 tolerance, ``IMPROVED`` when it shrank below the baseline, ``NEW`` when the baseline has no entry for
@@ -39,7 +41,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import PlanError
 from .units import format_bytes, parse_size
@@ -56,7 +58,8 @@ BASELINE_KIND = "smmf-plan check baseline"
 #: keys of one ``[[tool.smmf-plan.checks]]`` table.
 CHECK_KEYS = (
     "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
-    "num-classes", "trainable", "freeze", "lora-rank", "lora-targets", "max-state", "max-total",
+    "num-classes", "trainable", "freeze", "lora-rank", "lora-targets", "grad-checkpointing",
+    "max-state", "max-total",
 )
 #: keys of ``[tool.smmf-plan]`` itself. ``devices`` belongs to :mod:`smmf_plan.devices` (user
 #: device tables) and is accepted here without being read.
@@ -88,6 +91,7 @@ class Check:
     freeze: tuple[str, ...] = ()
     lora_rank: int | None = None
     lora_targets: tuple[str, ...] = ()
+    grad_checkpointing: bool = False
     max_state: int | None = None
     max_total: int | None = None
     #: "pyproject.toml: check 2" — where error messages point.
@@ -102,6 +106,7 @@ class Check:
             "device": self.device, "batch_size": self.batch_size,
             "input_size": list(self.input_size) if self.input_size else None,
             "seq_len": self.seq_len, "dtype": self.dtype, "num_classes": self.num_classes,
+            "grad_checkpointing": self.grad_checkpointing,
             "max_state_bytes": self.max_state, "max_total_bytes": self.max_total,
         }
 
@@ -190,6 +195,12 @@ def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
     if not items:
         raise PlanError(f"{where}: {key} is empty")
     return tuple(items)
+
+
+def _bool(value: Any, where: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise PlanError(f"{where}: {key} = {value!r} must be true or false")
+    return value
 
 
 def _budget(value: Any, where: str, key: str) -> int:
@@ -296,6 +307,7 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         freeze=_strings(table["freeze"], label, "freeze") if "freeze" in table else (),
         lora_rank=lora_rank,
         lora_targets=lora_targets,
+        grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),
         max_state=_budget(table["max-state"], label, "max-state") if "max-state" in table else None,
         max_total=_budget(table["max-total"], label, "max-total") if "max-total" in table else None,
         where=label,
@@ -522,10 +534,12 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
     values: dict[str, dict[str, int]] = {
         layout.id: {"state": plan_state(spec.params, layout).state_bytes} for layout in layouts}
     notes: list[str] = []
-    estimate = _memory_estimate()
+    estimate = _memory_estimate() if check.max_total is not None or device is not None else None
     if estimate is not None:
         kwargs: dict[str, Any] = {"batch_size": check.batch_size, "input_size": check.input_size,
                                   "seq_len": check.seq_len, "dtype": check.dtype}
+        if check.grad_checkpointing:
+            kwargs["grad_checkpointing"] = True
         if device is not None:
             kwargs["allocator"] = device.allocator
         try:

@@ -6,12 +6,12 @@ parameters, where per-operator overhead dominates). All arithmetic runs in the s
 (fp32 for half-precision parameters); half-precision gradients are read through type promotion
 without an explicit up-cast copy.
 
-The first moment is computed *scaled*: ``M' = M / (1 - β1,t) = G + (β1,t / (1 - β1,t)) · Ŝ ⊙ (r ⊗ c)``
-in one ``addcmul``; ``sign(M') = sign(M)``, the normalised factor is scale-free, the row factor is
-multiplied back by ``1 - β1,t`` and the update uses ``lr · (1 - β1,t)``. When ``β1,t == 1`` (the
-gradient is ignored) the unscaled form is used. This reorders floating-point operations with
-respect to the reference, so trajectories agree to rounding (tested at tight tolerance), not
-bit for bit.
+Element-wise arithmetic mirrors the reference code operation for operation (``r ⊗ c``, sign,
+``·β1 + (1-β1)·G``, ``·β2 + (1-β2)·G²``), so ``M`` — and hence the sign bits, which amplify any
+rounding difference of a near-zero element into a full ``±r_i·c_j`` flip next step — is bit-identical
+to the reference given the same factors. Row sums are the same reductions; column sums of a
+parameter processed in several row blocks are accumulated block by block, which may round
+differently from the reference's single reduction.
 
 Per element, a step makes about a dozen passes over (cache-resident) temporaries: unpack signs,
 scale, addcmul, compare/pack, outer product for V, addcmul, two reductions, sqrt, +eps, addcdiv,
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._signbits import pack_positive, unpack_signs
+from ._signbits import pack_positive, unpack_bools, unpack_signs
 
 
 @dataclass
@@ -62,100 +62,123 @@ def factorized_update(
 
     ``grads`` are the effective gradients (coupled weight decay already added). Updates the
     parameters and writes the new factors and signs into the given state tensors in place.
+    A single parameter is processed in blocks of rows (:func:`_single_update`); several are
+    stacked (:func:`_stacked_update`).
     """
+    first = h.beta1 is not None
+    if len(params) == 1:
+        _single_update(params[0], grads[0], rows_m[0] if first else None,
+                       cols_m[0] if first else None, signs[0] if first else None,
+                       rows_v[0], cols_v[0], shape, packed, h)
+    else:
+        _stacked_update(params, grads, rows_m, cols_m, signs, rows_v, cols_v, shape, packed, h)
+
+
+#: elements per row block of :func:`_single_update`: its half-dozen temporaries stay in cache
+#: and are small enough for the allocator to recycle them without page faults.
+BLOCK_NUMEL = 1 << 20
+
+
+def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper) -> None:
+    n, m = shape
+    work = p if p.is_contiguous() else p.contiguous()
+    pmat = work.view(n, m)
+    gmat = g.reshape(n, m)
+    vdtype = rv.dtype
+    first = h.beta1 is not None
+    rows = max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)  # multiple of 8: blocks start on a byte
+    rv_col = rv.clone().view(n, 1)  # old factors stay readable while the new ones are written
+    cv_row = cv.view(1, m)
+    acc_cv = torch.zeros(m, dtype=vdtype, device=p.device)
+    if first:
+        rm_col = rm.clone().view(n, 1)
+        cm_row = cm.view(1, m)
+        acc_cm = torch.zeros(m, dtype=vdtype, device=p.device)
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        gb = gmat[i0:i1]
+        if first:
+            # decompression: ±1 from the stored signs (exact, so packed and bool agree bitwise),
+            # then the reference's own operations and rounding: ±(r ⊗ c)·β1 + (1 - β1)·G
+            if packed:
+                sb = sgn[i0 * m // 8: -(-(i1 * m) // 8)]
+                mat = unpack_signs(sb, (i1 - i0) * m, vdtype).view(i1 - i0, m)
+            else:
+                sb = sgn[i0:i1]
+                mat = unpack_bools(sb, vdtype).view(i1 - i0, m)
+            mat.mul_(rm_col[i0:i1]).mul_(cm_row).mul_(h.beta1).add_(gb, alpha=1.0 - h.beta1)
+            # compression, part 1: signs (M > 0, as the reference code)
+            if packed:
+                pack_positive(mat, sb)
+            else:
+                torch.gt(mat, 0, out=sb)
+        vmat = torch.mul(rv_col[i0:i1], cv_row)
+        vmat.mul_(h.beta2).add_(gb * gb, alpha=1.0 - h.beta2)
+        torch.sum(vmat, dim=1, out=rv[i0:i1])
+        acc_cv.add_(vmat.sum(dim=0))
+        vmat.sqrt_().add_(h.eps)
+        pmat[i0:i1].addcdiv_(mat if first else gb, vmat, value=-h.lr)
+        if first:
+            mat.abs_()
+            torch.sum(mat, dim=1, out=rm[i0:i1])
+            acc_cm.add_(mat.sum(dim=0))
+    _normalize_(rv.view(1, n), acc_cv.view(1, m))
+    cv.copy_(acc_cv)
+    if first:
+        _normalize_(rm.view(1, n), acc_cm.view(1, m))
+        cm.copy_(acc_cm)
+    if work is not p:
+        p.copy_(work)
+
+
+def _stacked_update(params, grads, rows_m, cols_m, signs, rows_v, cols_v, shape, packed,
+                    h: Hyper) -> None:
     n, m = shape
     batch = len(params)
     vdtype = rows_v[0].dtype
-    single = batch == 1
-    if single:
-        g = grads[0].reshape(n, m)
-        rv, cv = rows_v[0].view(n, 1), cols_v[0].view(1, m)
-    else:
-        g = torch.stack([x.reshape(n, m) for x in grads])
-        rv = torch.stack(rows_v).view(batch, n, 1)
-        cv = torch.stack(cols_v).view(batch, 1, m)
-
+    g = torch.stack([x.reshape(n, m) for x in grads])
+    rv = torch.stack(rows_v).view(batch, n, 1)
+    cv = torch.stack(cols_v).view(batch, 1, m)
     first = h.beta1 is not None
     if first:
-        b1 = h.beta1
-        scaled = b1 < 1.0
-        k = b1 / (1.0 - b1) if scaled else b1
-        if single:
-            rm, cm = rows_m[0].view(n, 1), cols_m[0].view(1, m)
-            sgn = signs[0]
-        else:
-            rm = torch.stack(rows_m).view(batch, n, 1)
-            cm = torch.stack(cols_m).view(batch, 1, m)
-            sgn = torch.stack(signs)
-        # ±1 from the stored signs (exact, so packed and bool storage give identical numbers).
+        rm = torch.stack(rows_m).view(batch, n, 1)
+        cm = torch.stack(cols_m).view(batch, 1, m)
+        sgn = torch.stack(signs)
         if packed:
-            mat = unpack_signs(sgn, n * m, vdtype)
-            mat = mat.reshape(n, m) if single else mat.reshape(batch, n, m)
+            mat = unpack_signs(sgn, n * m, vdtype).reshape(batch, n, m)
         else:
-            mat = torch.where(sgn, 1.0, -1.0).to(vdtype)
-            mat = mat.view(n, m) if single else mat.view(batch, n, m)
-        mat.mul_(cm * k)  # Ŝ ⊙ (k·c) broadcast over rows
-        if scaled:
-            mmat = torch.addcmul(g, mat, rm, out=mat)  # M' = G + Ŝ ⊙ (k·r ⊗ c)
-        else:
-            mmat = mat.mul_(rm)  # β1,t = 1: M = Ŝ ⊙ (r ⊗ c)
-        # new signs (M > 0, as the reference code)
+            mat = unpack_bools(sgn, vdtype).view(batch, n, m)
+        mat.mul_(rm).mul_(cm).mul_(h.beta1).add_(g, alpha=1.0 - h.beta1)
         if packed:
-            if single:
-                pack_positive(mmat, sgn)
-            else:
-                new = torch.empty_like(sgn)
-                pack_positive(mmat, new)
+            new = torch.empty_like(sgn)
+            pack_positive(mat, new)
         else:
-            if single:
-                torch.gt(mmat, 0, out=sgn)
-            else:
-                new = mmat > 0
-        if not single:
-            torch._foreach_copy_(signs, list(new.unbind(0)))
+            new = mat > 0
+        torch._foreach_copy_(signs, list(new.unbind(0)))
 
-    # V = β2 · (r ⊗ c) + (1 - β2) · G²
-    vmat = torch.mul(rv * h.beta2, cv)
-    vmat.addcmul_(g, g, value=1.0 - h.beta2)
+    vmat = torch.mul(rv, cv)
+    vmat.mul_(h.beta2).add_(g * g, alpha=1.0 - h.beta2)
     new_rv = vmat.sum(dim=-1)
     new_cv = vmat.sum(dim=-2)
     _normalize_(new_rv, new_cv)
-    if single:
-        rows_v[0].copy_(new_rv)
-        cols_v[0].copy_(new_cv)
-    else:
-        torch._foreach_copy_(rows_v, list(new_rv.unbind(0)))
-        torch._foreach_copy_(cols_v, list(new_cv.unbind(0)))
+    torch._foreach_copy_(rows_v, list(new_rv.unbind(0)))
+    torch._foreach_copy_(cols_v, list(new_cv.unbind(0)))
     denom = vmat.sqrt_().add_(h.eps)
 
-    numer = mmat if first else g
-    value = -h.lr * ((1.0 - h.beta1) if (first and scaled) else 1.0)
-    _apply(params, numer, denom, value, n, m)
+    numer = mat if first else g
+    _apply(params, numer, denom, -h.lr, n, m)
 
     if first:
-        amat = mmat.abs_()
+        amat = mat.abs_()
         new_rm = amat.sum(dim=-1)
         new_cm = amat.sum(dim=-2)
-        if scaled:
-            new_rm.mul_(1.0 - b1)
         _normalize_(new_rm, new_cm)
-        if single:
-            rows_m[0].copy_(new_rm)
-            cols_m[0].copy_(new_cm)
-        else:
-            torch._foreach_copy_(rows_m, list(new_rm.unbind(0)))
-            torch._foreach_copy_(cols_m, list(new_cm.unbind(0)))
+        torch._foreach_copy_(rows_m, list(new_rm.unbind(0)))
+        torch._foreach_copy_(cols_m, list(new_cm.unbind(0)))
 
 
 def _apply(params, numer, denom, value, n, m) -> None:
-    """``p += value · numer / denom`` for every parameter of the batch (in place)."""
-    if numer.dim() == 2:
-        p = params[0]
-        if p.is_contiguous():
-            p.view(n, m).addcdiv_(numer, denom, value=value)
-        else:
-            p.add_((numer / denom).view(p.shape), alpha=value)
-        return
+    """``p += value · numer / denom`` for every parameter of a stacked batch (in place)."""
     if all(p.is_contiguous() for p in params):
         views = [p.view(n, m) for p in params]
         torch._foreach_addcdiv_(views, list(numer.unbind(0)), list(denom.unbind(0)), value)
@@ -177,7 +200,7 @@ def dense_update(
     vdtype = exp_avg_sqs[0].dtype
     g = [x if x.dtype == vdtype else x.to(vdtype) for x in grads]
     torch._foreach_mul_(exp_avg_sqs, h.beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, g, g, 1.0 - h.beta2)
+    torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(g, g), alpha=1.0 - h.beta2)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, h.eps)
     if h.beta1 is not None:

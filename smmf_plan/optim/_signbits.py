@@ -43,6 +43,24 @@ def unpack_signs(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.
     return out
 
 
+def bools_to_bytes(flags: torch.Tensor) -> torch.Tensor:
+    """Pack a contiguous ``bool`` tensor whose element count is a multiple of 8 into a fresh
+    flat ``uint8`` tensor (same bit layout as :func:`pack_positive`)."""
+    words = flags.reshape(-1).view(torch.uint8).view(torch.int64) * _MAGIC
+    return words.bitwise_right_shift_(56).to(torch.uint8)
+
+
+def unpack_bools(flags: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``±1`` of ``dtype`` for a ``bool`` tensor (same shape): packs to bits first, because
+    the 8-wide table gather is several times faster than an element-wise ``where``."""
+    numel = flags.numel()
+    if numel % 8:
+        padded = torch.zeros(numel + (-numel) % 8, dtype=torch.bool, device=flags.device)
+        padded[:numel] = flags.reshape(-1)
+        flags = padded
+    return unpack_signs(bools_to_bytes(flags), numel, dtype)
+
+
 def pack_positive(matrix: torch.Tensor, out: torch.Tensor) -> None:
     """Write the bits of ``matrix > 0`` into ``out`` (uint8, ``(B, ⌈N/8⌉)`` or ``(⌈N/8⌉,)`` for
     ``matrix`` of ``(B, ...)`` or ``(...)``); ``out`` is overwritten in place (never re-allocated).

@@ -60,7 +60,7 @@ DEFINITIONS = """\
   reproduced by **weights + gradients + optimizer state** in Tables 1-4, 6 and 7, and by
   **weights + optimizer state** in the appendix Tables 8-13 (there e2e − optimizer is one copy of
   the weights plus a few tens of MiB, never two copies). Activations are not in it: ResNet-50 at batch 128
-  would need several GiB of activations, the printed e2e is optimizer + 2 × weights within 1 %; and
+  would need several GiB of activations, the printed e2e is optimizer + 2 × weights within 2.5 %; and
   LLaMA-7b's 24.9 GiB is exactly fp32 weights (24.6 GiB) + LoRA gradients + state. Table 3's
   Megatron-LM runs (fp16 weights) fit fp16 weights + fp16 gradients + fp32 main weights + fp32 main
   gradients (12 B per parameter) + state (all 15 figures within 2.5 %).

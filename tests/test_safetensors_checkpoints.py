@@ -299,3 +299,33 @@ def test_empty_directory_cli_exit_2(tmp_path, capsys):
         smmf_plan.cli.main([str(tmp_path), "--no-cache"])
     assert e.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --num-classes
+def test_num_classes_resizes_the_head_of_a_checkpoint_with_config(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=8, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    two = load_model(str(tmp_path), use_cache=False)
+    assert next(p for p in two.params if p.name == "classifier.weight").shape == (2, 16)
+    five = load_model(str(tmp_path), num_classes=5, use_cache=False)
+    assert next(p for p in five.params if p.name == "classifier.weight").shape == (5, 16)
+    assert five.num_params == two.num_params + 3 * 16 + 3
+    assert five.meta["reshaped_by_num_classes"] == ["classifier.weight", "classifier.bias"]
+    with pytest.raises(SourceError, match="does not match the weights"):
+        cfg.num_labels = 7
+        (tmp_path / "config.json").write_text(cfg.to_json_string())
+        load_model(str(tmp_path), use_cache=False)
+
+
+def test_num_classes_without_config_is_an_error(tmp_path, tiny):
+    from safetensors.torch import save_file
+
+    from smmf_plan.errors import PlanError
+
+    save_file(tiny.state_dict(), tmp_path / "m.safetensors")
+    with pytest.raises(PlanError, match="--num-classes needs an architecture"):
+        load_model(str(tmp_path / "m.safetensors"), num_classes=3, use_cache=False)

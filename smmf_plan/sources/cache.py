@@ -68,8 +68,18 @@ def fingerprint(source: str) -> list[Any] | None:
         return None
 
 
+def _bundled_digest(source: str) -> str | None:
+    from . import registry
+
+    name = registry.resolve_bundled(source)
+    if name is None:
+        return None
+    return hashlib.sha256((registry._configs_dir() / f"{name}.json").read_bytes()).hexdigest()
+
+
 def make_key(source: str, options: dict[str, Any]) -> str:
     material = {
+        "bundled": _bundled_digest(source),
         "cache": CACHE_VERSION, "spec_format": SPEC_FORMAT, "source": source,
         "options": options, "versions": versions(), "files": fingerprint(source),
         "env": {k: os.environ.get(k) for k in ("HF_ENDPOINT",)},

@@ -203,11 +203,12 @@ def _name_maps(ckpt_names: list[str], model_names: set[str], base_prefix: str):
     return best
 
 
-def specs_by_architecture(tensors: list[StoredTensor], module, where: str
-                          ) -> tuple[list[ParamSpec], dict[str, Any]] | None:
+def specs_by_architecture(tensors: list[StoredTensor], module, where: str, *,
+                          new_head: bool = False) -> tuple[list[ParamSpec], dict[str, Any]] | None:
     """Parameters as the architecture has them, dtypes as the checkpoint stores them. ``None`` when
     the checkpoint does not fit the architecture well enough to trust the match (under half the
-    model's parameters found)."""
+    model's parameters found). A shape that differs from the checkpoint's is an error unless
+    ``new_head`` (``--num-classes`` resized the classifier, which is then re-initialized)."""
     canon: dict[int, str] = {}
     names_of: dict[str, list[str]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -235,13 +236,15 @@ def specs_by_architecture(tensors: list[StoredTensor], module, where: str
     floats = Counter(dtypes.canonical(t.dtype) for t in tensors
                      if dtypes.canonical(t.dtype) in dtypes.FLOATING)
     default_dt = floats.most_common(1)[0][0] if floats else "float32"
-    params, missing = [], []
+    params, missing, mismatched = [], [], []
     for c in canon.values():
         t = found.get(c)
         if t is not None and tuple(t.shape) != shapes[c]:
-            raise SourceError(f"{where}: config.json does not match the weights: {c} is "
-                              f"{list(t.shape)} in the checkpoint but {list(shapes[c])} in the "
-                              "architecture; use the config.json saved with these weights")
+            if not new_head:
+                raise SourceError(f"{where}: config.json does not match the weights: {c} is "
+                                  f"{list(t.shape)} in the checkpoint but {list(shapes[c])} in the "
+                                  "architecture; use the config.json saved with these weights")
+            mismatched.append(c)
         if t is None:
             missing.append(c)
         dt = dtypes.canonical(t.dtype) if t is not None else default_dt
@@ -252,4 +255,6 @@ def specs_by_architecture(tensors: list[StoredTensor], module, where: str
         info["num_missing_from_checkpoint"] = len(missing)
     if unused:
         info["unused_checkpoint_tensors"] = unused
+    if mismatched:
+        info["reshaped_by_num_classes"] = mismatched[:20]
     return params, info

@@ -63,7 +63,7 @@ def _from_checkpoint(name: str, kind: str, tensors: list[StoredTensor], cfg: dic
         raise SourceError(f"{weights}: holds no tensors; point at the model's weights")
     if cfg is not None:
         model, info = _build(cfg, num_classes=num_classes, device="meta", where=where)
-        got = specs_by_architecture(tensors, model, where)
+        got = specs_by_architecture(tensors, model, where, new_head=num_classes is not None)
         if got is not None:
             params, extra = got
             return ModelSpec(name, kind, params, _meta(info, weights=weights, **extra))
@@ -71,6 +71,9 @@ def _from_checkpoint(name: str, kind: str, tensors: list[StoredTensor], cfg: dic
         return ModelSpec(name, kind, params, _meta(
             {"library": info.get("library")}, weights=weights,
             config_ignored=f"{where} does not describe these weights", **extra))
+    if num_classes is not None:
+        raise PlanError(f"--num-classes needs an architecture but {weights} has no config.json "
+                        "beside it: add the model's config.json or drop --num-classes")
     params, extra = specs_by_heuristics(tensors)
     return ModelSpec(name, kind, params, _meta(weights=weights, **extra))
 

@@ -1,0 +1,233 @@
+"""Measure the peak memory of a real training step on the CPU (the ground truth the estimate is
+checked against; the probe reuses it).
+
+Two measurements of the same step, taken in a fresh process so nothing else lives in it:
+
+* **RSS growth**: ``VmRSS`` after the imports and before the model exists is the baseline; just
+  before the measured step ``5`` is written to ``/proc/self/clear_refs`` (resets ``VmHWM``, the
+  peak RSS), and after it ``VmHWM - baseline`` is what the step cost the process, model and
+  optimizer state included. Under default glibc this varies run to run by up to ~7%; with
+  ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (every allocation ≥ 128 KiB is its own
+  mapping, returned to the OS when freed) it is deterministic, and that is what
+  :func:`measure_in_subprocess` sets by default.
+* **Tensor level**: a :class:`~smmf_plan.activations.StorageTracker` on the real tensors counts
+  the live bytes of the storages the step creates (parameters, buffers and optimizer state are
+  counted separately and exactly), so ``params + buffers + state + step peak`` is the peak of live
+  tensor bytes, free of allocator effects. The optimizer step's own peak above what was live when
+  it started is ``step_extra_bytes`` (the temporaries).
+
+The measured step is the last of ``steps`` (default 3: the first creates the optimizer state,
+``zero_grad(set_to_none=True)`` before each), with a fresh input batch per step.
+
+Run as ``python -m smmf_plan.peak RECIPE_JSON``; it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+#: what :func:`measure_in_subprocess` sets in the child's environment by default.
+DETERMINISTIC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def read_status() -> dict[str, int]:
+    """``VmRSS``, ``VmHWM`` (and the other ``Vm*`` lines) of this process, in bytes."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Vm"):
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[-1] == "kB":
+                    out[key] = int(parts[0]) * 1024
+    return out
+
+
+def reset_hwm() -> bool:
+    """Reset the peak RSS (``VmHWM``) to the current RSS; False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class StepMeasurement:
+    baseline_rss: int
+    #: VmHWM during the measured step minus the baseline (model, state and step all included).
+    rss_growth: int
+    param_bytes: int
+    buffer_bytes: int
+    state_bytes: int
+    #: peak live bytes of storages the measured step created (fwd + bwd + optimizer step).
+    step_peak_bytes: int
+    #: optimizer step's peak live bytes above what was live when ``step()`` began.
+    step_extra_bytes: int
+    #: params + buffers + state + step_peak_bytes (None without the tensor-level tracker).
+    tensor_peak_bytes: int | None
+    seconds: float
+    hwm_reset: bool
+    env: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _build(recipe: dict):
+    import torch
+
+    m = recipe["model"]
+    torch.manual_seed(0)
+    if "timm" in m:
+        import timm
+
+        return timm.create_model(m["timm"], pretrained=False, **m.get("kwargs", {}))
+    if "transformers" in m:
+        import transformers
+
+        t = m["transformers"]
+        config = getattr(transformers, t["config_class"])(**t.get("config", {}))
+        return getattr(transformers, t["model_class"])(config)
+    if "source" in m:
+        from .sources import build_module, load_model
+
+        return build_module(load_model(m["source"]), device="cpu")
+    raise ValueError(f"unknown model recipe {m!r}")
+
+
+def _import_for(recipe: dict) -> None:
+    m = recipe["model"]
+    import torch  # noqa: F401
+
+    if "timm" in m or "source" in m:
+        import timm  # noqa: F401
+    if "transformers" in m or "source" in m:
+        import transformers  # noqa: F401
+    if "transformers" in m:  # transformers imports lazily: load the model's code before the baseline
+        getattr(transformers, m["transformers"]["model_class"])
+        getattr(transformers, m["transformers"]["config_class"])
+
+
+def _storage_set_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        st = t.untyped_storage()
+        if st._cdata not in seen:
+            seen.add(st._cdata)
+            total += st.nbytes()
+    return total
+
+
+def _state_tensors(opt):
+    import torch
+
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                yield v
+
+
+def measure_step(recipe: dict) -> StepMeasurement:
+    """Measure in this process (call it in a fresh one; see the module docstring).
+
+    ``recipe``: ``{"model": {"timm": NAME, "kwargs": {...}} | {"transformers": {"config_class",
+    "model_class", "config": {...}}} | {"source": NAME}, "optimizer": ID, "batch_size": B,
+    "input_size": [C, H, W] | None, "seq_len": S | None, "steps": 3, "tensor_level": bool,
+    "threads": 1}``."""
+    _import_for(recipe)
+    import torch
+
+    from .activations import StorageTracker, _default_loss, input_spec_for
+    from .layouts import parse_layout
+
+    torch.set_num_threads(int(recipe.get("threads", 1)))
+    baseline = read_status()["VmRSS"]
+    t0 = time.perf_counter()
+    model = _build(recipe)
+    model.train()
+    opt = parse_layout(recipe.get("optimizer", "adam")).build(
+        [p for p in model.parameters() if p.requires_grad], **recipe.get("hyper", {}))
+    spec = input_spec_for(model, int(recipe["batch_size"]), recipe.get("input_size"),
+                          recipe.get("seq_len"))
+    steps = int(recipe.get("steps", 3))
+    tensor_level = bool(recipe.get("tensor_level", False))
+    hwm_ok, tracker = False, None
+    step_extra = 0
+    for i in range(steps):
+        last = i == steps - 1
+        opt.zero_grad(set_to_none=True)
+        if last:
+            if tensor_level:
+                tracker = StorageTracker()
+                tracker.ignore(model.parameters())
+                tracker.ignore(model.buffers())
+                tracker.ignore(_state_tensors(opt))
+            hwm_ok = reset_hwm()
+        mode = tracker.mode() if tracker is not None else None
+        if mode is not None:
+            mode.__enter__()
+        try:
+            args, kwargs, target = spec.make("cpu")
+            if tracker is not None:
+                for t in list(args) + list(kwargs.values()) + [target]:
+                    if isinstance(t, torch.Tensor):
+                        tracker.add(t)
+            out = model(*args, **kwargs)
+            loss = _default_loss(out, target)
+            loss.backward()
+            if tracker is not None:
+                before = dict(tracker.live)
+                tracker_peak_bwd = dict(tracker.peak)
+                tracker.reset_peak()
+            opt.step()
+            if tracker is not None:
+                step_extra = tracker.peak["raw"] - before["raw"]
+                tracker.peak = {k: max(tracker.peak[k], tracker_peak_bwd[k]) for k in tracker.peak}
+        finally:
+            if mode is not None:
+                mode.__exit__(None, None, None)
+        del out, loss, args, kwargs, target
+    hwm = read_status()["VmHWM"]
+    params = _storage_set_bytes(model.parameters())
+    buffers = _storage_set_bytes(model.buffers())
+    state = _storage_set_bytes(_state_tensors(opt))
+    step_peak = tracker.peak["raw"] if tracker is not None else 0
+    return StepMeasurement(
+        baseline_rss=baseline, rss_growth=hwm - baseline, param_bytes=params, buffer_bytes=buffers,
+        state_bytes=state, step_peak_bytes=step_peak, step_extra_bytes=step_extra,
+        tensor_peak_bytes=params + buffers + state + step_peak if tracker is not None else None,
+        seconds=time.perf_counter() - t0, hwm_reset=hwm_ok,
+        env={k: os.environ.get(k, "") for k in DETERMINISTIC_ENV})
+
+
+def measure_in_subprocess(recipe: dict, *, env: dict[str, str] | None = None,
+                          timeout: float = 600) -> StepMeasurement:
+    """:func:`measure_step` in a fresh Python process (``env`` adds to the environment; default
+    :data:`DETERMINISTIC_ENV`)."""
+    full_env = dict(os.environ)
+    full_env.update(DETERMINISTIC_ENV if env is None else env)
+    proc = subprocess.run([sys.executable, "-m", "smmf_plan.peak", json.dumps(recipe)],
+                          capture_output=True, text=True, env=full_env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measurement failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+    return StepMeasurement(**json.loads(line))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    recipe = json.loads(argv[0])
+    print(json.dumps(measure_step(recipe).to_dict()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,6 +22,7 @@ app = typer.Typer(
 
 from . import plan as _plan  # noqa: E402  (commands register themselves on `app`)
 from . import devices as _devices  # noqa: E402,F401
+from . import models as _models  # noqa: E402,F401
 from . import optimizers as _optimizers  # noqa: E402,F401
 from . import reproduce as _reproduce  # noqa: E402,F401
 from . import shapes as _shapes  # noqa: E402,F401

@@ -25,6 +25,13 @@ from .base import OptimizerLayout, StateTensor, parse_bool, parse_optional_float
 SIGN_STORAGES = ("packed", "bool")
 
 
+def parse_sign(text: str) -> str:
+    t = text.strip().lower()
+    if t not in SIGN_STORAGES:
+        raise ValueError(f"sign must be one of {', '.join(SIGN_STORAGES)}, got {text!r}")
+    return t
+
+
 def is_factorized(shape: Shape, vector_reshape: bool) -> bool:
     """The reference's routing: only a squeezed-rank-1 tensor with ``vector_reshape=False`` takes
     the dense path (``(1, 768)`` and ``(C, 1, 1, 1)`` count as vectors)."""
@@ -63,15 +70,10 @@ class SMMFLayout(OptimizerLayout):
     summary = "SMMF: square-matricized rank-1 factors for both moments + a sign matrix"
     implementation = "smmf_plan.optim.SMMF"
     options = {
-        "sign": ("packed", str),
+        "sign": ("packed", parse_sign),
         "beta": (0.9, parse_optional_float),
         "vector_reshape": (True, parse_bool),
     }
-
-    def __init__(self, id: str, **opts: Any) -> None:
-        super().__init__(id, **opts)
-        if self.opts["sign"] not in SIGN_STORAGES:
-            raise ValueError(f"sign must be one of {', '.join(SIGN_STORAGES)}, got {self.opts['sign']!r}")
 
     def state(self, spec: ParamSpec) -> list[StateTensor]:
         return smmf_state(

@@ -1,0 +1,115 @@
+"""The plan / shapes / optimizers / models commands: JSON schema, default command, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from smmf_plan.cli import main
+from smmf_plan.layouts import parse_layout
+from smmf_plan.sources import load_model
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_default_command_is_plan_and_json_schema(capsys):
+    code, out, _ = run(["gpt2", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["schema_version"] == 1
+    assert set(doc["model"]) >= {"name", "source", "num_params", "num_tensors", "trainable_params"}
+    assert doc["model"]["num_params"] == 124_439_808
+    assert list(doc["optimizers"]) == ["adam", "adafactor", "came", "sm3", "smmf"]
+    spec = load_model("gpt2")
+    for oid, entry in doc["optimizers"].items():
+        layout = parse_layout(oid)
+        assert entry["state_bytes"] == sum(layout.state_bytes(p) for p in spec.trainable)
+        assert set(entry["allocated_bytes"]) == {"cuda", "cpu"}
+        assert entry["allocated_bytes"]["cuda"] >= entry["state_bytes"] - 4 * spec.num_tensors
+    assert doc["optimizers"]["adam"]["state_bytes"] == 995_519_056  # measured on torch Adam
+    code2, out2, _ = run(["plan", "gpt2", "--json"], capsys)
+    assert code2 == 0 and json.loads(out2)["optimizers"] == doc["optimizers"]
+
+
+def test_optimizer_ids_are_kept_as_given(capsys):
+    code, out, _ = run(["shapes", "resnet18", "--json", "-o", "adam,smmf:sign=bool,adafactor:beta1=none"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    row = next(r for r in doc["params"] if r["name"] == "conv1.weight")
+    assert row["shape"] == [64, 3, 7, 7] and row["numel"] == 9408 and row["smmf_shape"] == [98, 96]
+    assert row["state_bytes"] == {"adam": 75268, "smmf:sign=bool": 8 * (98 + 96) + 98 * 96,
+                                  "adafactor:beta1=none": 4 * (64 * 3 * 7 + 64 * 3 * 7 + 1)}
+    assert row["trainable"] is True and row["dtype"] == "float32"
+
+
+def test_dtype_option_retypes_floating_params(capsys):
+    code, out, _ = run(["resnet18", "--json", "--dtype", "bf16", "-o", "adam,adafactor"], capsys)
+    doc = json.loads(out)
+    n = doc["model"]["num_params"]
+    assert code == 0 and doc["model"]["dtype"] == "bfloat16"
+    # Adam keeps bf16 moments (+ a 4-byte fp32 step per tensor); Adafactor up-casts to fp32
+    assert doc["optimizers"]["adam"]["state_bytes"] == 2 * 2 * n + 4 * doc["model"]["num_tensors"]
+
+
+def test_lora_plan(capsys):
+    code, out, _ = run(["llama-2-7b", "--json", "-o", "adam", "--lora-rank", "8", "--lora-targets",
+                        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["model"]["trainable_params"] == 19_988_480
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["resnet5"], "did you mean"),
+    (["resnet18", "-o", "adamm"], "did you mean adam"),
+    (["resnet18", "-o", "smmf:sign=nibble"], "sign"),
+    (["resnet18", "-o", "adam:betas=1"], "bad option"),
+    (["resnet18", "--dtype", "int8"], "--dtype"),
+    (["resnet18", "--dtype", "fp12"], "unknown dtype"),
+    (["resnet18", "--lora-rank", "8"], "--lora-targets"),
+    (["resnet18", "--bogus"], "No such option"),
+    (["shapes"], "Missing argument"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle, capsys):
+    code, out, err = run(args, capsys)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_optimizers_command_lists_registry(capsys):
+    code, out, _ = run(["optimizers", "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and {r["name"] for r in doc["optimizers"]} == {"adam", "adamw", "adafactor", "came", "sm3", "smmf"}
+
+
+def test_models_command(capsys):
+    code, out, _ = run(["models", "resnet5*", "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and "resnet50" in doc["timm"] and doc["bundled"] == []
+    code, out, _ = run(["models", "--json"], capsys)
+    assert {b["name"] for b in json.loads(out)["bundled"]} >= {"gpt2", "llama-2-7b", "t5-small"}
+
+
+def test_console_script_and_module_entry_points(tmp_path):
+    env = {**os.environ, "SMMF_PLAN_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "smmf_plan", "--version"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("smmf-plan ")
+    exe = os.path.join(os.path.dirname(sys.executable), "smmf-plan")
+    r = subprocess.run([exe, "optimizers", "--json"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["schema_version"] == 1

@@ -59,7 +59,7 @@ BASELINE_KIND = "smmf-plan check baseline"
 CHECK_KEYS = (
     "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
     "num-classes", "trainable", "freeze", "lora-rank", "lora-targets", "grad-checkpointing",
-    "max-state", "max-total",
+    "amp", "max-state", "max-total",
 )
 #: keys of ``[tool.smmf-plan]`` itself. ``devices`` belongs to :mod:`smmf_plan.devices` (user
 #: device tables) and is accepted here without being read.
@@ -92,6 +92,8 @@ class Check:
     lora_rank: int | None = None
     lora_targets: tuple[str, ...] = ()
     grad_checkpointing: bool = False
+    #: mixed precision for the total estimate: "bf16" or "fp16" (fp32 master weights).
+    amp: str | None = None
     max_state: int | None = None
     max_total: int | None = None
     #: "pyproject.toml: check 2" — where error messages point.
@@ -106,7 +108,7 @@ class Check:
             "device": self.device, "batch_size": self.batch_size,
             "input_size": list(self.input_size) if self.input_size else None,
             "seq_len": self.seq_len, "dtype": self.dtype, "num_classes": self.num_classes,
-            "grad_checkpointing": self.grad_checkpointing,
+            "grad_checkpointing": self.grad_checkpointing, "amp": self.amp,
             "max_state_bytes": self.max_state, "max_total_bytes": self.max_total,
         }
 
@@ -195,6 +197,13 @@ def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
     if not items:
         raise PlanError(f"{where}: {key} is empty")
     return tuple(items)
+
+
+def _amp(value: Any, where: str) -> str:
+    text = _string(value, where, "amp").lower()
+    if text not in ("bf16", "bfloat16", "fp16", "float16"):
+        raise PlanError(f"{where}: amp = {value!r} is not a mixed-precision dtype: use \"bf16\" or \"fp16\"")
+    return text
 
 
 def _bool(value: Any, where: str, key: str) -> bool:
@@ -308,6 +317,7 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         lora_rank=lora_rank,
         lora_targets=lora_targets,
         grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),
+        amp=_amp(table["amp"], label) if "amp" in table else None,
         max_state=_budget(table["max-state"], label, "max-state") if "max-state" in table else None,
         max_total=_budget(table["max-total"], label, "max-total") if "max-total" in table else None,
         where=label,
@@ -540,6 +550,8 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
                                   "seq_len": check.seq_len, "dtype": check.dtype}
         if check.grad_checkpointing:
             kwargs["grad_checkpointing"] = True
+        if check.amp is not None:
+            kwargs["amp"] = check.amp
         if device is not None:
             kwargs["allocator"] = device.allocator
         try:

@@ -366,3 +366,30 @@ def test_the_projects_own_gate_is_valid_and_matches_its_baseline():
         for o in c.optimizers:
             if c.max_state is not None:
                 assert baseline.get(c.id, o, "state") <= c.max_state
+
+
+# --------------------------------------------------------------------------- end-to-end total
+
+def test_max_total_and_device_budgets_use_the_memory_estimate(tiny, capsys):
+    memory = pytest.importorskip("smmf_plan.memory")
+    from smmf_plan.layouts import parse_layouts
+    from smmf_plan.sources import load_model
+
+    est = memory.estimate(load_model(str(tiny / "tiny.safetensors")), parse_layouts("adam,smmf"))
+    expected = {k: b.total_bytes for k, b in est.breakdowns.items()}
+    body = TINY.format(budget="1 MiB") + f'max-total = "{expected["adam"]}"\n'
+    write_pyproject(tiny, body)
+    code, out, err = run_cli(capsys, "--json")
+    assert code == 0, err
+    totals = {r["optimizer"]: r for r in json.loads(out)["results"] if r["metric"] == "total"}
+    assert {k: r["now_bytes"] for k, r in totals.items()} == expected
+    assert totals["adam"]["budget_source"] == "max-total"
+    # one byte less and Adam's total is over its budget
+    write_pyproject(tiny, TINY.format(budget="1 MiB") + f'max-total = "{expected["adam"] - 1}"\n')
+    code, out, _ = run_cli(capsys)
+    assert code == 1 and "tiny [adam]: total" in out and "> max-total" in out and "(+1 B," in out
+    # a device without max-total: its usable memory is the budget
+    small = expected["smmf"] - 1
+    write_pyproject(tiny, f'device = "{small}B"\n' + TINY.format(budget="1 MiB"))
+    code, out, _ = run_cli(capsys)
+    assert code == 1 and f"> usable memory of {small}B" in out

@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 
 from . import plan as _plan  # noqa: E402  (commands register themselves on `app`)
+from . import check as _check  # noqa: E402,F401
 from . import devices as _devices  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import optimizers as _optimizers  # noqa: E402,F401

@@ -135,13 +135,14 @@ def _state_tensors(opt):
                 yield v
 
 
-def measure_step(recipe: dict) -> StepMeasurement:
+def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
     """Measure in this process (call it in a fresh one; see the module docstring).
 
     ``recipe``: ``{"model": {"timm": NAME, "kwargs": {...}} | {"transformers": {"config_class",
     "model_class", "config": {...}}} | {"source": NAME}, "optimizer": ID, "batch_size": B,
     "input_size": [C, H, W] | None, "seq_len": S | None, "steps": 3, "tensor_level": bool,
-    "threads": 1}``."""
+    "threads": 1}``. With ``"batch_sizes": [...]`` instead of ``batch_size`` the same model and
+    optimizer are measured at each batch in turn (a list comes back)."""
     _import_for(recipe)
     import torch
 
@@ -155,8 +156,18 @@ def measure_step(recipe: dict) -> StepMeasurement:
     model.train()
     opt = parse_layout(recipe.get("optimizer", "adam")).build(
         [p for p in model.parameters() if p.requires_grad], **recipe.get("hyper", {}))
-    spec = input_spec_for(model, int(recipe["batch_size"]), recipe.get("input_size"),
-                          recipe.get("seq_len"))
+    results = []
+    for b in recipe.get("batch_sizes") or [recipe["batch_size"]]:
+        results.append(_measure(recipe, model, opt, int(b), baseline, t0))
+    return results if recipe.get("batch_sizes") else results[0]
+
+
+def _measure(recipe: dict, model, opt, batch_size: int, baseline: int, t0: float) -> StepMeasurement:
+    import torch
+
+    from .activations import StorageTracker, _default_loss, input_spec_for
+
+    spec = input_spec_for(model, batch_size, recipe.get("input_size"), recipe.get("seq_len"))
     steps = int(recipe.get("steps", 3))
     tensor_level = bool(recipe.get("tensor_level", False))
     hwm_ok, tracker = False, None
@@ -209,7 +220,7 @@ def measure_step(recipe: dict) -> StepMeasurement:
 
 
 def measure_in_subprocess(recipe: dict, *, env: dict[str, str] | None = None,
-                          timeout: float = 600) -> StepMeasurement:
+                          timeout: float = 600) -> StepMeasurement | list[StepMeasurement]:
     """:func:`measure_step` in a fresh Python process (``env`` adds to the environment; default
     :data:`DETERMINISTIC_ENV`)."""
     full_env = dict(os.environ)
@@ -218,14 +229,18 @@ def measure_in_subprocess(recipe: dict, *, env: dict[str, str] | None = None,
                           capture_output=True, text=True, env=full_env, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
-    return StepMeasurement(**json.loads(line))
+    doc = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))][-1])
+    if isinstance(doc, list):
+        return [StepMeasurement(**d) for d in doc]
+    return StepMeasurement(**doc)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     recipe = json.loads(argv[0])
-    print(json.dumps(measure_step(recipe).to_dict()), flush=True)
+    got = measure_step(recipe)
+    doc = [g.to_dict() for g in got] if isinstance(got, list) else got.to_dict()
+    print(json.dumps(doc), flush=True)
     return 0
 
 

@@ -1,0 +1,310 @@
+"""End-to-end memory of one training step, per optimizer:
+weights + gradients + optimizer state + activations + step temporaries + runtime.
+
+The model of a step (every term is a stated assumption, listed in ``MemoryEstimate.assumptions``):
+
+* **weights**: every parameter (frozen ones included) and buffer, in the planned dtype. With
+  ``amp`` the weights stay fp32 (master weights); the low-precision copies autocast makes are
+  created by the step, so the trace counts them under activations.
+* **grads**: one gradient per trainable parameter, in its dtype (fp32 under ``amp``).
+* **state**: :func:`smmf_plan.plan.plan_state` (each tensor rounded as the allocator rounds).
+* **activations**: the traced step's peak beyond the gradients (see
+  :mod:`smmf_plan.activations`): saved activations still alive, backward transients and the
+  gradients not produced yet all netted out; two traces give ``a + b·batch``.
+* **temporaries**: the optimizer step runs after backward has freed the activations, so its
+  temporaries (:mod:`smmf_plan.temporaries`, plus what the caller still holds, e.g. logits) add
+  to the total only where they exceed the activation term: ``max(0, retained + step_temp -
+  activations)``. The sum of the terms is then the larger of the backward peak and the step peak.
+* **runtime**: a documented constant per allocator (:data:`RUNTIME`), see below.
+
+``total_bytes`` is the exact sum of the six terms.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from . import dtypes
+from .errors import PlanError
+from .layouts import OptimizerLayout
+from .layouts.base import CPU_ROUND, CUDA_ROUND, round_up
+from .model import ModelSpec
+from .plan import plan_state, with_dtype
+from .shapes import ParamSpec
+from .temporaries import step_temp_bytes
+
+MiB = 1 << 20
+
+#: CPU runtime, stated. ``pytorch``: RSS of a process after ``import torch`` for a CPU-only build,
+#: taken as this machine's measurement (508 MiB, CUDA build, x86-64, torch 2.14) minus the 161 MiB
+#: resident in CUDA libraries: an upper bound for a CPU-only build, not measured on ARM (a
+#: Raspberry Pi's aarch64 wheel is CPU-only). ``library``: what importing the model's library
+#: added here (timm 196 MiB, transformers with a model's code 220 MiB). ``step_overhead``: RSS
+#: growth beyond the tensor-level peak of a step with ``MALLOC_MMAP_THRESHOLD_=131072``, measured
+#: 24-43 MiB on resnet50/resnet18/mobilenetv2/vit-tiny/tiny GPT-2 (Python objects, kernel code
+#: pages, small-allocation heaps): the upper end, rounded up.
+CPU_RUNTIME = {"pytorch": 350 * MiB, "step_overhead": 44 * MiB}
+LIBRARY_RUNTIME = {"timm": 196 * MiB, "transformers": 220 * MiB}
+#: CUDA runtime, stated: the CUDA context is NOT included (a device's usable memory already
+#: subtracts it); counted are cuBLAS/cuBLASLt workspaces the caching allocator holds (8 × 4 MiB,
+#: torch's default ``CUBLAS_WORKSPACE_CONFIG=:4096:8``). Caching-allocator slack (reserved but not
+#: allocated) is not modelled.
+CUDA_RUNTIME = {"cublas_workspace": 32 * MiB}
+
+ALLOCATORS = ("cpu", "cuda")
+_QUANTUM = {"cpu": CPU_ROUND, "cuda": CUDA_ROUND}
+AMP_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+
+
+@dataclass
+class MemoryBreakdown:
+    """Bytes of one training step for one optimizer; ``total_bytes`` is their exact sum."""
+
+    weights_bytes: int
+    grad_bytes: int
+    state_bytes: int
+    activation_bytes: int
+    temp_bytes: int
+    runtime_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.weights_bytes + self.grad_bytes + self.state_bytes + self.activation_bytes
+                + self.temp_bytes + self.runtime_bytes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["total_bytes"] = self.total_bytes
+        return d
+
+
+@dataclass
+class MemoryEstimate:
+    model: str
+    batch_size: int
+    allocator: str
+    breakdowns: dict[str, MemoryBreakdown]
+    activation_model: Any  # ActivationModel | None
+    assumptions: list[str]
+    #: per optimizer id: the raw step temporaries (before netting against activations).
+    step_temp: dict[str, int] = field(default_factory=dict)
+    #: named parts of ``runtime_bytes``.
+    runtime_parts: dict[str, int] = field(default_factory=dict)
+    input: str | None = None
+    seconds: float = 0.0
+    _fixed: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
+
+    def breakdown_at(self, optimizer: str, batch: int) -> MemoryBreakdown:
+        """The breakdown at another batch size, from the affine activation model (no re-trace)."""
+        w, g, s = self._fixed[optimizer]
+        act, temp = _act_temp(self.activation_model, batch, self.allocator,
+                              self.step_temp[optimizer])
+        return MemoryBreakdown(w, g, s, act, temp, sum(self.runtime_parts.values()))
+
+    def total_at(self, optimizer: str) -> Callable[[int], int]:
+        """``batch -> total bytes`` for the fit stage's largest-batch search (non-decreasing)."""
+        return lambda batch: self.breakdown_at(optimizer, batch).total_bytes
+
+    @property
+    def complete(self) -> bool:
+        return self.activation_model is not None
+
+    def to_dict(self) -> dict:
+        am = self.activation_model
+        return {
+            "model": self.model, "batch_size": self.batch_size, "allocator": self.allocator,
+            "input": self.input,
+            "optimizers": {k: b.to_dict() for k, b in self.breakdowns.items()},
+            "runtime_parts": dict(self.runtime_parts),
+            "activation_model": None if am is None else {
+                "traced_batches": list(am.batches),
+                "fixed_bytes": am.activation[self.allocator].fixed,
+                "per_sample_bytes": am.activation[self.allocator].per_sample,
+                "saved_bytes": am.saved_at(self.batch_size),
+            },
+            "assumptions": list(self.assumptions),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _act_temp(am, batch: int, allocator: str, step_temp: int) -> tuple[int, int]:
+    if am is None:
+        return 0, step_temp
+    act = am.bytes_at(batch, allocator)
+    retained = am.retained_at(batch, allocator)
+    return act, max(0, retained + step_temp - act)
+
+
+def _sum_rounded(specs: Sequence[ParamSpec], q: int, trainable_only: bool = False) -> int:
+    return sum(round_up(s.nbytes, q) for s in specs if s.nbytes and (s.trainable or not trainable_only))
+
+
+def runtime_parts(allocator: str, library: str | None) -> dict[str, int]:
+    if allocator == "cuda":
+        return dict(CUDA_RUNTIME)
+    parts = {"pytorch": CPU_RUNTIME["pytorch"]}
+    if library in LIBRARY_RUNTIME:
+        parts["library"] = LIBRARY_RUNTIME[library]
+    parts["step_overhead"] = CPU_RUNTIME["step_overhead"]
+    return parts
+
+
+def _library_of(model_spec: ModelSpec, module) -> str | None:
+    lib = (model_spec.meta or {}).get("library")
+    if lib:
+        return lib
+    if module is not None:
+        if hasattr(module, "config") and hasattr(module.config, "to_dict"):
+            return "transformers"
+        if hasattr(module, "pretrained_cfg"):
+            return "timm"
+    return None
+
+
+def _apply_trainable(module, specs: Sequence[ParamSpec]) -> None:
+    """Freeze the module's parameters the spec marks frozen (names and aliases)."""
+    frozen = {n for s in specs if not s.trainable for n in (s.name, *s.aliases)}
+    if not frozen:
+        return
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if name in frozen:
+            p.requires_grad_(False)
+
+
+def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch_size: int = 1,
+             input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
+             dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
+             allocator: str = "cpu", module_factory: Callable[[], Any] | None = None,
+             trace: bool = True) -> MemoryEstimate:
+    """Estimate one training step's memory for each optimizer in ``layouts``.
+
+    ``module_factory()`` returns the model as an ``nn.Module`` on the meta device (default:
+    :func:`smmf_plan.sources.build_module`); it is what gets traced. ``dtype`` re-types the
+    weights (pure low-precision training); ``amp`` ("bf16"/"fp16") keeps fp32 master weights and
+    traces forward under autocast. Without a buildable module (weights without a config) or with
+    ``trace=False`` the activation term is 0 and the estimate says so."""
+    from .activations import activation_model, input_spec_for
+    from .fit import check_batch_size
+
+    t0 = time.perf_counter()
+    batch_size = check_batch_size(batch_size)
+    if allocator not in ALLOCATORS:
+        raise PlanError(f"unknown allocator {allocator!r}: use one of {', '.join(ALLOCATORS)}")
+    if amp is not None and str(amp).lower() not in AMP_DTYPES:
+        raise PlanError(f"--amp {amp!r} is not a mixed-precision dtype: use bf16 or fp16")
+    if amp is not None and dtype is not None and dtypes.canonical(dtype) != "float32":
+        raise PlanError("--amp keeps fp32 master weights: drop --dtype or set it to float32")
+    amp_name = AMP_DTYPES[str(amp).lower()] if amp is not None else None
+    if dtype is not None:
+        try:
+            dtypes.canonical(dtype)
+        except Exception:  # noqa: BLE001
+            raise PlanError(f"--dtype {dtype!r} is not a dtype: use e.g. float32, bfloat16") from None
+    specs = with_dtype(model_spec.params, dtype)
+    q = _QUANTUM[allocator]
+    assumptions: list[str] = []
+
+    am, module, buffer_bytes, in_desc = None, None, 0, None
+    if trace:
+        import torch
+
+        def factory():
+            if module_factory is not None:
+                m = module_factory()
+            else:
+                from .sources import build_module
+
+                m = build_module(model_spec, device="meta")
+            if dtype is not None:
+                m = m.to(getattr(torch, dtypes.canonical(dtype)))
+            _apply_trainable(m, specs)
+            return m
+
+        try:
+            module = factory()
+        except PlanError as e:
+            assumptions.append(f"activations not estimated: {e}")
+        if module is not None:
+            spec_in = input_spec_for(module, batch_size, input_size, seq_len)
+            if dtype is not None and spec_in.kind == "image":
+                from dataclasses import replace
+
+                spec_in = replace(spec_in, float_dtype=dtypes.canonical(dtype))
+            in_desc = spec_in.describe()
+            buffer_bytes = sum(round_up(b.numel() * b.element_size(), q) for b in module.buffers())
+            first = [module]
+
+            def reuse():  # the first trace reuses the module built above
+                return first.pop() if first else factory()
+
+            am = activation_model(reuse, spec_in, grad_checkpointing=grad_checkpointing,
+                                  amp_dtype=getattr(torch, amp_name) if amp_name else None)
+            b1, b2 = am.batches
+            how = f"fake CPU tensors under {amp_name} autocast" if amp_name else "meta tensors"
+            assumptions.append(
+                f"activations: one forward+backward traced on {how} at batch {b1} and {b2} "
+                f"({in_desc.split(' · ', 1)[-1]}), every storage's lifetime tracked; other batch "
+                "sizes extrapolated linearly")
+            if spec_in.kind != "image":
+                assumptions.append(f"text input: {spec_in.seq_len} tokens per sample "
+                                   f"(--seq-len; default {128} or the model's maximum positions)")
+            if grad_checkpointing:
+                assumptions.append("gradient checkpointing on (recomputation traced)")
+    elif not trace:
+        assumptions.append("activations not estimated (tracing off)")
+
+    weights = _sum_rounded(specs, q) + buffer_bytes
+    grads = _sum_rounded(specs, q, trainable_only=True)
+    library = _library_of(model_spec, module)
+    rparts = runtime_parts(allocator, library)
+    runtime = sum(rparts.values())
+    assumptions.append(
+        f"weights: {len(specs)} parameter tensors" + (f" + buffers ({buffer_bytes:,} B)" if buffer_bytes else "")
+        + (f", fp32 master weights; {amp_name} copies made by autocast counted in activations"
+           if amp_name else f", dtype {dtypes.canonical(dtype)}" if dtype else "")
+        + "; gradients for trainable parameters only")
+    if allocator == "cpu":
+        assumptions.append(
+            "allocator cpu: 64-B aligned tensors; RSS modelled with MALLOC_MMAP_THRESHOLD_=131072 "
+            "(deterministic, measured = tensor peak + 24-43 MiB); under default glibc RSS measured "
+            "up to 1.35x the tensor-level peak - set that variable in the training process")
+        assumptions.append(
+            "runtime baseline (stated, not measured on the device): PyTorch CPU-only process "
+            f"{rparts['pytorch'] // MiB} MiB (x86-64 import RSS minus CUDA libraries; ARM builds "
+            "not measured; this machine's CUDA build is 508 MiB)"
+            + (f" + {library} import {rparts['library'] // MiB} MiB" if "library" in rparts else "")
+            + f" + {rparts['step_overhead'] // MiB} MiB step overhead (Python objects, kernel pages)")
+    else:
+        assumptions.append("allocator cuda: every tensor rounded up to 512 B (memory_allocated); "
+                           "caching-allocator slack not modelled")
+        assumptions.append("runtime baseline: 32 MiB cuBLAS workspaces; the CUDA context is not "
+                           "counted because a device's usable memory already excludes it")
+
+    breakdowns, temps, fixed = {}, {}, {}
+    trainable = [s for s in specs if s.trainable]
+    for layout in layouts:
+        state = plan_state(specs, layout).allocated_bytes[allocator]
+        st = step_temp_bytes(layout, trainable, allocator=allocator)
+        temps[layout.id] = st
+        fixed[layout.id] = (weights, grads, state)
+        act, temp = _act_temp(am, batch_size, allocator, st)
+        breakdowns[layout.id] = MemoryBreakdown(weights, grads, state, act, temp, runtime)
+    assumptions.append(
+        "temporaries: the optimizer step's peak temporaries (for-loop Adam on CPU, foreach on "
+        "CUDA) plus outputs still held, counted only beyond the activation term (the step runs "
+        "after backward has freed the activations)")
+    est = MemoryEstimate(model_spec.name, batch_size, allocator, breakdowns, am, assumptions,
+                         temps, rparts, in_desc, 0.0, fixed)
+    est.seconds = time.perf_counter() - t0
+    return est
+
+
+def spec_of_module(module, name: str = "model", **meta: Any) -> ModelSpec:
+    """A :class:`ModelSpec` for an ``nn.Module`` built by hand (tests, scripts)."""
+    from .sources.module import specs_from_module
+
+    lib = "transformers" if hasattr(getattr(module, "config", None), "to_dict") else \
+        "timm" if hasattr(module, "pretrained_cfg") else None
+    return ModelSpec(name, lib or "module", specs_from_module(module), {"library": lib, **meta})

@@ -1,0 +1,111 @@
+"""End-to-end step memory: the breakdown's arithmetic, and its accuracy against real CPU steps."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from smmf_plan.errors import PlanError
+from smmf_plan.layouts import parse_layouts
+from smmf_plan.memory import MemoryBreakdown, estimate, spec_of_module
+from smmf_plan.peak import measure_in_subprocess
+
+GPT2 = {"config_class": "GPT2Config", "model_class": "GPT2LMHeadModel",
+        "config": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256}}
+CASES = {  # name → (recipe model, input_size, seq_len, batches)
+    "resnet18": ({"timm": "resnet18"}, [3, 96, 96], None, (2, 8)),
+    "vit_tiny": ({"timm": "vit_tiny_patch16_224", "kwargs": {"img_size": 96}}, None, None, (2, 8)),
+    "gpt2_tiny": ({"transformers": GPT2}, None, 64, (2, 8)),
+}
+
+
+def _meta_factory(model):
+    def make():
+        with torch.device("meta"):
+            if "timm" in model:
+                import timm
+
+                return timm.create_model(model["timm"], pretrained=False, **model.get("kwargs", {}))
+            import transformers
+
+            t = model["transformers"]
+            cfg = getattr(transformers, t["config_class"])(**t["config"])
+            return getattr(transformers, t["model_class"])(cfg)
+    return make
+
+
+def test_total_is_exact_sum_and_parts_are_exact():
+    make = _meta_factory({"timm": "resnet18"})
+    spec = spec_of_module(make(), "resnet18")
+    est = estimate(spec, parse_layouts("adam,smmf"), batch_size=2, input_size=(3, 64, 64),
+                   module_factory=make)
+    params = sum(-(-p.numel() * 4 // 64) * 64 for p in make().parameters())  # 64-B aligned
+    for oid, b in est.breakdowns.items():
+        d = b.to_dict()
+        assert d["total_bytes"] == sum(v for k, v in d.items() if k != "total_bytes")
+        assert b.grad_bytes == params
+        assert b.total_bytes == est.total_at(oid)(2)
+        assert est.breakdown_at(oid, 2) == b
+    assert est.breakdowns["adam"].state_bytes > 2 * params > est.breakdowns["smmf"].state_bytes
+    assert est.total_at("adam")(16) > est.total_at("adam")(2)
+    assert any("extrapolated linearly" in a for a in est.assumptions)
+    assert est.to_dict()["optimizers"]["adam"]["total_bytes"] == est.breakdowns["adam"].total_bytes
+
+
+def test_frozen_parameters_get_no_gradient_and_cuda_rounds_to_512():
+    make = _meta_factory({"timm": "resnet18"})
+    spec = spec_of_module(make(), "resnet18")
+    from smmf_plan.shapes import ParamSpec
+
+    spec.params = [ParamSpec(p.name, p.shape, p.dtype, p.name.startswith("fc."), p.aliases)
+                   for p in spec.params]
+    est = estimate(spec, parse_layouts("adam"), input_size=(3, 64, 64), module_factory=make,
+                   allocator="cuda")
+    b = est.breakdowns["adam"]
+    assert b.grad_bytes == (512 * 1000 * 4) + 512 * 8  # fc.weight, fc.bias (4000 B → 4096 B)
+    assert est.runtime_parts == {"cublas_workspace": 32 << 20}
+
+
+def test_bad_options_are_plan_errors():
+    make = _meta_factory({"timm": "resnet18"})
+    spec = spec_of_module(make(), "resnet18")
+    with pytest.raises(PlanError):
+        estimate(spec, parse_layouts("adam"), batch_size=0, module_factory=make)
+    with pytest.raises(PlanError, match="--amp"):
+        estimate(spec, parse_layouts("adam"), amp="int4", module_factory=make)
+    with pytest.raises(PlanError, match="allocator"):
+        estimate(spec, parse_layouts("adam"), allocator="tpu", module_factory=make)
+    assert MemoryBreakdown(1, 2, 3, 4, 5, 6).total_bytes == 21
+
+
+def _measure(case):
+    model, size, seq, batches = CASES[case]
+    recipe = {"model": model, "batch_sizes": list(batches), "optimizer": "adam"}
+    if size:
+        recipe["input_size"] = size
+    if seq:
+        recipe["seq_len"] = seq
+    return case, measure_in_subprocess(recipe)
+
+
+@pytest.fixture(scope="module")
+def measured():
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(_measure, CASES))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_estimate_within_15_percent_of_measured_rss(case, measured):
+    """One real CPU step per batch in a fresh process (MALLOC_MMAP_THRESHOLD_=131072), RSS
+    growth over the post-import baseline; the estimate without its import terms must be within
+    ±15% at both batch sizes."""
+    model, size, seq, batches = CASES[case]
+    make = _meta_factory(model)
+    spec = spec_of_module(make(), case)
+    for b, m in zip(batches, measured[case]):
+        assert m.hwm_reset
+        est = estimate(spec, parse_layouts("adam"), batch_size=b, input_size=size, seq_len=seq,
+                       module_factory=make)
+        rp = est.runtime_parts
+        predicted = est.breakdowns["adam"].total_bytes - rp["pytorch"] - rp.get("library", 0)
+        assert abs(predicted - m.rss_growth) <= 0.15 * m.rss_growth, (case, b, predicted, m.rss_growth)

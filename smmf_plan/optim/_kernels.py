@@ -6,10 +6,11 @@ parameters, where per-operator overhead dominates). All arithmetic runs in the s
 (fp32 for half-precision parameters); half-precision gradients are read through type promotion
 without an explicit up-cast copy.
 
-Element-wise arithmetic mirrors the reference code operation for operation (``r ⊗ c``, sign,
-``·β1 + (1-β1)·G``, ``·β2 + (1-β2)·G²``), so ``M`` — and hence the sign bits, which amplify any
-rounding difference of a near-zero element into a full ``±r_i·c_j`` flip next step — is bit-identical
-to the reference given the same factors. Row sums are the same reductions; column sums of a
+The first moment mirrors the reference code operation for operation (``r ⊗ c``, sign,
+``·β1 + (1-β1)·G``), so ``M`` — and hence the sign bits, which amplify any rounding difference of a
+near-zero element into a full ``±r_i·c_j`` flip next step — is bit-identical to the reference given
+the same factors. ``V`` only scales the update, so it takes the shorter
+``(β2·r) ⊗ c + (1-β2)·G·G`` (two passes instead of four), equal to rounding. Row sums are the same reductions; column sums of a
 parameter processed in several row blocks are accumulated block by block, which may round
 differently from the reference's single reduction.
 
@@ -87,7 +88,7 @@ def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper) -> None:
     vdtype = rv.dtype
     first = h.beta1 is not None
     rows = max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)  # multiple of 8: blocks start on a byte
-    rv_col = rv.clone().view(n, 1)  # old factors stay readable while the new ones are written
+    rv_col = (rv * h.beta2).view(n, 1)  # a copy: old factors stay readable while new ones are written
     cv_row = cv.view(1, m)
     acc_cv = torch.zeros(m, dtype=vdtype, device=p.device)
     if first:
@@ -113,7 +114,7 @@ def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper) -> None:
             else:
                 torch.gt(mat, 0, out=sb)
         vmat = torch.mul(rv_col[i0:i1], cv_row)
-        vmat.mul_(h.beta2).add_(gb * gb, alpha=1.0 - h.beta2)
+        vmat.addcmul_(gb, gb, value=1.0 - h.beta2)
         torch.sum(vmat, dim=1, out=rv[i0:i1])
         acc_cv.add_(vmat.sum(dim=0))
         vmat.sqrt_().add_(h.eps)
@@ -156,8 +157,8 @@ def _stacked_update(params, grads, rows_m, cols_m, signs, rows_v, cols_v, shape,
             new = mat > 0
         torch._foreach_copy_(signs, list(new.unbind(0)))
 
-    vmat = torch.mul(rv, cv)
-    vmat.mul_(h.beta2).add_(g * g, alpha=1.0 - h.beta2)
+    vmat = torch.mul(rv * h.beta2, cv)
+    vmat.addcmul_(g, g, value=1.0 - h.beta2)
     new_rv = vmat.sum(dim=-1)
     new_cv = vmat.sum(dim=-2)
     _normalize_(new_rv, new_cv)

@@ -1,0 +1,114 @@
+"""``smmf-plan probe MODEL``: a few real training steps per optimizer, measured beside the plan."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from . import options as o
+from .app import app
+
+Steps = Annotated[int, typer.Option("--steps", help="Training steps per optimizer (step 1 is a warm-up for timing).", min=1)]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size of the synthetic batch.", min=1)]
+InputSize = Annotated[Optional[str], typer.Option(
+    "--input-size", help="Image input C,H,W (or H for a square image with the model's channels). "
+                         "Default: the architecture's.")]
+SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per sequence for language models (default: min(128, max positions)).", min=1)]
+DeviceType = Annotated[str, typer.Option("--device-type", help="Run on cpu or cuda.")]
+DeviceCap = Annotated[Optional[str], typer.Option(
+    "--device", help="Run under this device's usable memory as a cap (catalog id such as rpi-zero, "
+                     "or a size such as 512MiB). CPU: Linux address-space limit over the post-import "
+                     "baseline (conservative); CUDA: per-process memory fraction.")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Learning rate for every optimizer (default: a per-optimizer value, see the README).")]
+Report = Annotated[Optional[str], typer.Option("--report", help="Also write a Markdown report to this file.")]
+GlibcDefault = Annotated[bool, typer.Option(
+    "--glibc-default", help="Measure CPU runs under glibc's default malloc instead of "
+                            "MALLOC_MMAP_THRESHOLD_=131072 (what the estimate assumes; the default "
+                            "keeps freed memory resident, so RSS reads up to ~1.35x higher).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads in each run (default: torch's).", min=1)]
+Timeout = Annotated[Optional[float], typer.Option("--timeout", help="Seconds allowed per optimizer run (default: no limit).", min=1)]
+
+
+def _command_line(model: str, **opts) -> str:
+    """The command that reproduces a run (for the report's header)."""
+    import shlex
+
+    parts = ["smmf-plan", "probe", model]
+    for key, value in opts.items():
+        if value is None or (key == "device_type" and value == "cpu"):
+            continue
+        parts += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+@app.command("probe")
+def probe(
+    model: o.Model,
+    optimizer: o.Optimizers = None,
+    steps: Steps = 10,
+    batch_size: BatchSize = 1,
+    input_size: InputSize = None,
+    seq_len: SeqLen = None,
+    device_type: DeviceType = "cpu",
+    device: DeviceCap = None,
+    lr: Lr = None,
+    num_classes: o.NumClasses = None,
+    trainable: o.Trainable = None,
+    freeze: o.Freeze = None,
+    json_out: o.Json = False,
+    report: Report = None,
+    timeout: Timeout = None,
+    glibc_default: GlibcDefault = False,
+    threads: Threads = None,
+) -> None:
+    """Train MODEL (random weights, synthetic batch) a few steps with each optimizer, each in a fresh
+    subprocess, and show measured state, peak memory and step times beside the plan."""
+    from smmf_plan.errors import PlanError
+    from smmf_plan.probe.runner import run_probe
+
+    layouts = o.layouts(optimizer)
+    if device_type not in ("cpu", "cuda"):
+        raise PlanError(f"--device-type {device_type!r}: use cpu or cuda")
+    dev = None
+    if device is not None:
+        from smmf_plan.devices import get_device
+
+        dev = get_device(device)
+    spec = o.load_model(model, num_classes=num_classes, trainable=trainable, freeze=freeze,
+                        quiet=json_out)
+    size = None
+    if input_size is not None:
+        from smmf_plan.activations import parse_input_size
+
+        size = list(parse_input_size(input_size))
+    doc = run_probe(spec, layouts, steps=steps, batch_size=batch_size, input_size=size,
+                    seq_len=seq_len, device_type=device_type, device=dev, lr=lr,
+                    progress=not json_out and sys.stderr.isatty(), timeout_s=timeout,
+                    num_threads=threads, deterministic_malloc=not glibc_default)
+    if report:
+        from smmf_plan.report.probe_report import markdown
+
+        command = _command_line(model, optimizer=optimizer, steps=steps, batch_size=batch_size,
+                                input_size=input_size, seq_len=seq_len, device_type=device_type,
+                                device=device, lr=lr, threads=threads,
+                                glibc_default=glibc_default or None, report=report)
+        try:
+            with open(report, "w", encoding="utf-8") as f:
+                f.write(markdown(doc, command=command))
+        except OSError as e:
+            raise PlanError(f"--report {report}: cannot write ({e.strerror or e}); check the path") from None
+    if json_out:
+        o.emit_json(doc)
+        return
+    from rich.console import Console
+
+    from smmf_plan.report.probe_report import problems, probe_table
+
+    console = Console()
+    console.print(probe_table(doc))
+    for line in problems(doc):
+        console.print(line, highlight=False)
+    if report:
+        console.print(f"report written to {report}", highlight=False)

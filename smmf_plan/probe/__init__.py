@@ -1,0 +1,21 @@
+"""Measured training probe: run a few real training steps of a model with each optimizer, each in a
+fresh subprocess, and set what was measured beside what the planner predicted.
+
+Parent side: :mod:`.runner` (``run_probe``). Child side: :mod:`.worker` (``python -m
+smmf_plan.probe.worker``, job JSON on stdin, JSON lines on stdout). Memory caps: :mod:`.limits`.
+CPU peak measurement: :mod:`.rss`. Synthetic batches: :mod:`.inputs`.
+
+Importing this package imports no torch.
+"""
+
+from .job import DEFAULT_LR, ProbeJob
+
+__all__ = ["DEFAULT_LR", "ProbeJob", "run_probe"]
+
+
+def __getattr__(name):  # lazy: the runner pulls in rich and the planner
+    if name == "run_probe":
+        from .runner import run_probe
+
+        return run_probe
+    raise AttributeError(name)

@@ -1,0 +1,168 @@
+"""Renderers for the probe document (:func:`smmf_plan.probe.runner.run_probe`): a rich table of
+predicted vs measured with the error in percent, and a Markdown report.
+
+Statuses are written in words and symbols (✓ ok / ✗ OOM / ! error) as well as colour, so the table
+reads in monochrome. The measured peak is compared with the predicted total minus the predicted
+runtime (the measurement subtracts the runtime baseline taken before the model exists).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..units import format_bytes
+
+MiB = 2**20
+
+METHOD_NOTES = (
+    "Each optimizer ran in a fresh subprocess (`python -m smmf_plan.probe.worker`) on the same "
+    "random-initialised model and the same synthetic batch (fixed seeds), so peaks do not mix.",
+    "**State** is the exact byte count of every tensor in `optimizer.state` after the last step.",
+    "**Peak** (CPU) is the peak resident-set growth over a baseline taken after imports and a "
+    "warm-up op, before the model is created: `/proc/self/clear_refs` ← `5` resets `VmHWM`, which "
+    "is read after model creation and after every step; the largest growth is reported. It counts "
+    "every resident page (tensors, allocator slack, glibc arenas), so it is what the machine must "
+    "provide beyond the runtime. On CUDA it is `torch.cuda.max_memory_allocated` over the same "
+    "window.",
+    "**Predicted peak** is the plan's total minus its runtime term; **error** is "
+    "100 × (measured − predicted) / predicted.",
+    "**fwd+bwd** and **opt.step** are medians over steps 2..N; step 1 is a warm-up (lazy state "
+    "allocation, first-touch page faults) and is excluded.",
+)
+
+
+def _mib(n) -> str:
+    return "–" if n is None else f"{n / MiB:,.1f}"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{x:+.1f}%"
+
+
+def _ms(x) -> str:
+    return "–" if x is None else (f"{x:,.0f}" if x >= 100 else f"{x:.1f}")
+
+
+def status_text(entry: dict) -> str:
+    st = entry.get("status")
+    if st == "ok":
+        return "✓ " + ("fits" if entry.get("verdict") == "fits" else "ok")
+    if st == "oom":
+        step = entry.get("at_step")
+        return f"✗ OOM at step {step}" if step else "✗ OOM at setup"
+    return "! error"
+
+
+def _losses(m: dict | None) -> str:
+    if not m or not m.get("losses"):
+        return "–"
+    ls = m["losses"]
+    return f"{ls[0]:.4g} → {ls[-1]:.4g}"
+
+
+def header_line(doc: dict) -> str:
+    mo, inp, st = doc["model"], doc["input"], doc["settings"]
+    shape = ("×".join(str(x) for x in inp["input_size"]) if inp.get("input_size")
+             else f"{inp.get('seq_len')} tokens")
+    cap = ""
+    if st.get("cap_bytes") is not None:
+        dev = st.get("device") or {}
+        cap = f" · cap {format_bytes(st['cap_bytes'])} ({st.get('cap_method')}" + \
+              (f", {dev.get('id')}" if dev.get("id") else "") + ")"
+    return (f"{mo['name']} ({mo.get('library') or mo.get('source')}) · "
+            f"{mo['num_params'] / 1e6:.2f} M params · {inp['task']} · batch {inp['batch_size']} · "
+            f"{shape} · {st['steps']} steps on {st['device_type']}{cap}")
+
+
+def rows(doc: dict) -> list[list[str]]:
+    out = []
+    for oid, e in doc["optimizers"].items():
+        p, m, err = e.get("predicted") or {}, e.get("measured") or {}, e.get("error_pct") or {}
+        out.append([
+            oid, status_text(e),
+            _mib(p.get("state_bytes")), _mib(m.get("state_bytes")), _pct(err.get("state_bytes")),
+            _mib(p.get("peak_bytes")), _mib(m.get("peak_bytes")), _pct(err.get("peak_bytes")),
+            _ms(m.get("step_ms")), _ms(m.get("optimizer_step_ms")), _losses(m),
+        ])
+    return out
+
+
+COLUMNS = ["optimizer", "status", "state pred. MiB", "state meas. MiB", "state err",
+           "peak pred. MiB", "peak meas. MiB", "peak err", "fwd+bwd ms", "opt.step ms", "loss first → last"]
+
+
+def probe_table(doc: dict):
+    """A rich table: one row per optimizer."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=header_line(doc), title_justify="left")
+    for i, c in enumerate(COLUMNS):
+        t.add_column(c, justify="left" if i in (0, 1, 10) else "right")
+    for row, e in zip(rows(doc), doc["optimizers"].values()):
+        style = {"ok": "green", "oom": "red"}.get(e.get("status"), "yellow")
+        t.add_row(row[0], Text(row[1], style=style), *row[2:])
+    t.caption = ("✓ ran · ✗ out of memory · ! error · peak = growth over the runtime baseline · "
+                 "times are medians excluding the warm-up step 1")
+    return t
+
+
+def problems(doc: dict) -> list[str]:
+    """One line per optimizer that did not finish (its verdict and message)."""
+    out = []
+    for oid, e in doc["optimizers"].items():
+        if e.get("status") != "ok":
+            msg = e.get("error") or ""
+            out.append(f"{oid}: {e.get('verdict')}" + (f" — {msg}" if msg and e['status'] == 'oom' else ""))
+    return out
+
+
+def markdown(doc: dict, *, command: str | None = None) -> str:
+    """The probe's Markdown report."""
+    mo, inp, st, host = doc["model"], doc["input"], doc["settings"], doc.get("host") or {}
+    lines = [f"# Probe: {mo['name']} on {st['device_type']}", ""]
+    if command:
+        lines += ["Generated by:", "", "```", command, "```", ""]
+    lines += [f"- Model: {header_line(doc)}",
+              f"- Host: {host.get('cpu')}, {host.get('cores')} cores, Python {host.get('python')}, "
+              f"torch {host.get('torch')}"]
+    if st.get("cap_bytes") is not None:
+        lines.append(f"- Memory cap: {format_bytes(st['cap_bytes'])} via {st.get('cap_method')}")
+    lrs = ", ".join(f"{k} {e.get('lr'):g}" for k, e in doc["optimizers"].items() if e.get("lr"))
+    lines += [f"- Learning rates: {lrs}", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |",
+              "|" + "|".join("---" if i in (0, 1, 10) else "---:" for i in range(len(COLUMNS))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(doc)]
+    lines.append("")
+    for p in problems(doc):
+        lines.append(f"- {p}")
+    # predicted breakdown
+    keys = ["weights_bytes", "grad_bytes", "state_bytes", "activation_bytes", "temp_bytes",
+            "runtime_bytes", "total_bytes"]
+    if any((e.get("predicted") or {}).get("total_bytes") is not None for e in doc["optimizers"].values()):
+        lines += ["", "## Predicted breakdown (MiB)", "",
+                  "| optimizer | " + " | ".join(k.removesuffix("_bytes") for k in keys) + " |",
+                  "|---|" + "---:|" * len(keys)]
+        for oid, e in doc["optimizers"].items():
+            p = e.get("predicted") or {}
+            lines.append(f"| {oid} | " + " | ".join(_mib(p.get(k)) for k in keys) + " |")
+    lines += ["", "## Measured per step", "",
+              "| optimizer | step | loss | peak growth MiB |", "|---|---:|---:|---:|"]
+    for oid, e in doc["optimizers"].items():
+        m = e.get("measured") or {}
+        peaks = m.get("step_peak_bytes") or []
+        for i, loss in enumerate(m.get("losses") or []):
+            lines.append(f"| {oid} | {i + 1} | {loss:.5g} | {_mib(peaks[i]) if i < len(peaks) else '–'} |")
+    rt = next(((e.get("measured") or {}).get("runtime_bytes") for e in doc["optimizers"].values()
+               if (e.get("measured") or {}).get("runtime_bytes")), None)
+    lines += ["", "## Method", ""] + [f"- {n}" for n in METHOD_NOTES]
+    if rt:
+        lines.append(f"- Runtime baseline (VmRSS after imports, not part of the peak): {_mib(rt)} MiB.")
+    return "\n".join(lines) + "\n"
+
+
+def summary(doc: dict) -> dict[str, Any]:
+    """Compact figures per optimizer (for logs and tests)."""
+    return {oid: {"status": e.get("status"), "state": (e.get("measured") or {}).get("state_bytes"),
+                  "peak": (e.get("measured") or {}).get("peak_bytes")}
+            for oid, e in doc["optimizers"].items()}

@@ -32,6 +32,56 @@ LoraTargets = Annotated[Optional[str], typer.Option(
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (schema in the README) instead of tables.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Rebuild the parameter specs instead of using the shape cache.")]
 
+# end-to-end training-step options (smmf_plan.memory.estimate)
+BatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", help="Samples per training step (default 1).", show_default=False)]
+InputSize = Annotated[Optional[str], typer.Option(
+    "--input-size", help="Image input C,H,W (default: the model's pretrained config).",
+    show_default=False)]
+SeqLen = Annotated[Optional[int], typer.Option(
+    "--seq-len", help="Tokens per sample for text models (default 128, or the model's maximum "
+                      "positions if smaller).", show_default=False)]
+Amp = Annotated[Optional[str], typer.Option(
+    "--amp", help="Mixed precision compute dtype (bf16 or fp16) with fp32 master weights.",
+    show_default=False)]
+GradCheckpointing = Annotated[bool, typer.Option(
+    "--grad-checkpointing", help="Recompute activations in backward instead of keeping them.")]
+Svg = Annotated[Optional[str], typer.Option(
+    "--svg", help="Also write the stacked bars as SVG to this file (needs exactly one device).",
+    show_default=False)]
+
+# devices (smmf_plan.devices)
+Device = Annotated[Optional[str], typer.Option(
+    "--device", "-d",
+    help="Check the fit on this device: a catalog id (smmf-plan devices), an id from --devices-file "
+         "or pyproject.toml [tool.smmf-plan.devices], or a size such as 512MiB or 4GB.",
+    show_default=False)]
+Devices = Annotated[Optional[list[str]], typer.Option(
+    "--device", "-d",
+    help="Only these devices (repeatable): catalog ids, ids from --devices-file, or sizes such "
+         "as 512MiB. Default: every known device.",
+    show_default=False)]
+DevicesFile = Annotated[Optional[list[str]], typer.Option(
+    "--devices-file",
+    help="TOML file of extra devices, one [ID] table each (the catalog's format); repeatable.",
+    show_default=False)]
+
+
+def batch_size(value: int | None) -> int:
+    from smmf_plan.fit import check_batch_size
+
+    return check_batch_size(1 if value is None else value)
+
+
+def estimate_options(input_size, seq_len, amp, grad_checkpointing, dtype) -> dict:
+    """Keyword arguments for :func:`smmf_plan.memory.estimate`, validated."""
+    from smmf_plan.errors import PlanError
+
+    if seq_len is not None and seq_len < 1:
+        raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number >= 1")
+    return {"input_size": input_size, "seq_len": seq_len, "dtype": dtype, "amp": amp,
+            "grad_checkpointing": grad_checkpointing}
+
 
 def split_csv(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]

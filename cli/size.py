@@ -1,14 +1,11 @@
 """``smmf-plan size MODEL``: devices × optimizers — fits, headroom, largest batch — and the smallest
 device that fits with each optimizer.
 
-The memory per optimizer comes from :mod:`smmf_plan.memory` (the end-to-end estimate) where that
-module is installed; otherwise only weights + gradients + optimizer state are counted, and the
-output says so.
+The memory per optimizer is the end-to-end estimate of :mod:`smmf_plan.memory`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from typing import Annotated, Any, Optional, Sequence
 
@@ -16,41 +13,14 @@ import typer
 
 from . import options as o
 from .app import app
-from .devices import Devices, DevicesFile
-
-BatchSize = getattr(o, "BatchSize", Annotated[int, typer.Option(
-    "--batch-size", "-b", help="Samples per training step.")])
-InputSize = getattr(o, "InputSize", Annotated[Optional[str], typer.Option(
-    "--input-size", help="Image input C,H,W (default: the model's pretrained config).",
-    show_default=False)])
-SeqLen = getattr(o, "SeqLen", Annotated[Optional[int], typer.Option(
-    "--seq-len", help="Tokens per sample for text models.", show_default=False)])
-Amp = getattr(o, "Amp", Annotated[Optional[str], typer.Option(
-    "--amp", help="Mixed precision compute dtype (bf16 or fp16) with fp32 master weights.",
-    show_default=False)])
-GradCheckpointing = getattr(o, "GradCheckpointing", Annotated[bool, typer.Option(
-    "--grad-checkpointing", help="Recompute activations in backward instead of keeping them.")])
-Svg = Annotated[Optional[str], typer.Option(
-    "--svg", help="Also write the stacked bars as SVG to this file (needs exactly one --device).",
-    show_default=False)]
-
-
-def has_memory_model() -> bool:
-    """True when the end-to-end estimate (:mod:`smmf_plan.memory`) is available."""
-    return importlib.util.find_spec("smmf_plan.memory") is not None
-
 
 def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_options: dict[str, Any]):
     """optimizer id → :class:`~smmf_plan.fit.StepMemory` under ``allocator``."""
-    from smmf_plan import fit
+    from smmf_plan import fit, memory
 
-    if has_memory_model():
-        from smmf_plan import memory
-
-        est = memory.estimate(spec, layouts, batch_size=batch_size, allocator=allocator,
-                              **estimate_options)
-        return fit.from_estimate(est, batch_size)
-    return fit.state_only(spec, layouts, allocator)
+    est = memory.estimate(spec, layouts, batch_size=batch_size, allocator=allocator,
+                          **estimate_options)
+    return fit.from_estimate(est, batch_size)
 
 
 def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
@@ -106,11 +76,6 @@ def size_document(spec, dtype: str | None, batch_size: int, result: dict) -> dic
     }
 
 
-def _estimate_options(input_size, seq_len, amp, grad_checkpointing, dtype) -> dict[str, Any]:
-    return {"input_size": input_size, "seq_len": seq_len, "dtype": dtype, "amp": amp,
-            "grad_checkpointing": grad_checkpointing}
-
-
 @app.command("size")
 def size(
     model: o.Model,
@@ -121,26 +86,23 @@ def size(
     freeze: o.Freeze = None,
     lora_rank: o.LoraRank = None,
     lora_targets: o.LoraTargets = None,
-    batch_size: BatchSize = 1,
-    input_size: InputSize = None,
-    seq_len: SeqLen = None,
-    amp: Amp = None,
-    grad_checkpointing: GradCheckpointing = False,
-    device: Devices = None,
-    devices_file: DevicesFile = None,
-    svg: Svg = None,
+    batch_size: o.BatchSize = None,
+    input_size: o.InputSize = None,
+    seq_len: o.SeqLen = None,
+    amp: o.Amp = None,
+    grad_checkpointing: o.GradCheckpointing = False,
+    device: o.Devices = None,
+    devices_file: o.DevicesFile = None,
+    svg: o.Svg = None,
     json_out: o.Json = False,
     no_cache: o.NoCache = False,
 ) -> None:
     """Which devices can train MODEL, with which optimizer, at what batch size."""
     from smmf_plan.devices import get_device, list_devices
     from smmf_plan.errors import PlanError
-    from smmf_plan.fit import check_batch_size
     from smmf_plan.plan import with_dtype
 
-    batch = check_batch_size(batch_size)
-    if seq_len is not None and seq_len < 1:
-        raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number ≥ 1")
+    batch = o.batch_size(batch_size)
     layouts = o.layouts(optimizer)
     dt = o.dtype(dtype)
     files = tuple(devices_file or ())
@@ -155,15 +117,9 @@ def size(
                         lora_rank=lora_rank, lora_targets=lora_targets, no_cache=no_cache,
                         quiet=json_out)
     spec.params = with_dtype(spec.params, dt)
-    asked = {"--input-size": input_size, "--seq-len": seq_len, "--amp": amp,
-             "--grad-checkpointing": grad_checkpointing or None}
-    if not has_memory_model() and any(v is not None for v in asked.values()):
-        names = ", ".join(k for k, v in asked.items() if v is not None)
-        print(f"note: {names} ignored: activations are not estimated in this build", file=sys.stderr)
-    with o.status("Estimating training memory…", json_out):
-        result = size_model(spec, layouts, chosen, batch_size=batch,
-                            estimate_options=_estimate_options(input_size, seq_len, amp,
-                                                               grad_checkpointing, dt))
+    options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt)
+    with o.status("Estimating training memory (tracing one step on meta tensors)…", json_out):
+        result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options)
     if json_out:
         o.emit_json(size_document(spec, dt, batch, result))
         if svg is not None:
@@ -194,14 +150,15 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from smmf_plan.report.fit_table import STATE_ONLY_NOTE, size_table
+    from smmf_plan.report.fit_table import size_table
     from smmf_plan.report.state_table import model_header
     from smmf_plan.units import format_bytes
 
     console = Console()
     console.print(model_header(spec, dtype))
     if not result["complete"]:
-        console.print(Text(STATE_ONLY_NOTE, style="yellow"))
+        console.print(Text("Activations not estimated (no architecture for these weights): "
+                           "the totals are lower bounds.", style="yellow"))
     devices = result["devices"]
     grid = result["grid"]
     if len(devices) == 1:

@@ -33,6 +33,7 @@ from .layouts.base import CPU_ROUND, CUDA_ROUND, round_up
 from .model import ModelSpec
 from .plan import plan_state, with_dtype
 from .shapes import ParamSpec
+from .activations import DEFAULT_SEQ_LEN
 from .temporaries import step_temp_bytes
 
 MiB = 1 << 20
@@ -185,7 +186,6 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
     weights (pure low-precision training); ``amp`` ("bf16"/"fp16") keeps fp32 master weights and
     traces forward under autocast. Without a buildable module (weights without a config) or with
     ``trace=False`` the activation term is 0 and the estimate says so."""
-    from .activations import activation_model, input_spec_for
     from .fit import check_batch_size
 
     t0 = time.perf_counter()
@@ -206,58 +206,34 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
     q = _QUANTUM[allocator]
     assumptions: list[str] = []
 
-    am, module, buffer_bytes, in_desc = None, None, 0, None
+    am, buffer_bytes, in_desc, library = None, 0, None, (model_spec.meta or {}).get("library")
     if trace:
-        import torch
-
-        def factory():
-            if module_factory is not None:
-                m = module_factory()
-            else:
-                from .sources import build_module
-
-                m = build_module(model_spec, device="meta")
-            if dtype is not None:
-                m = m.to(getattr(torch, dtypes.canonical(dtype)))
-            _apply_trainable(m, specs)
-            return m
-
-        try:
-            module = factory()
-        except PlanError as e:
-            assumptions.append(f"activations not estimated: {e}")
-        if module is not None:
-            spec_in = input_spec_for(module, batch_size, input_size, seq_len)
-            if dtype is not None and spec_in.kind == "image":
-                from dataclasses import replace
-
-                spec_in = replace(spec_in, float_dtype=dtypes.canonical(dtype))
-            in_desc = spec_in.describe()
-            buffer_bytes = sum(round_up(b.numel() * b.element_size(), q) for b in module.buffers())
-            first = [module]
-
-            def reuse():  # the first trace reuses the module built above
-                return first.pop() if first else factory()
-
-            am = activation_model(reuse, spec_in, grad_checkpointing=grad_checkpointing,
-                                  amp_dtype=getattr(torch, amp_name) if amp_name else None)
+        facts = _cached_facts(model_spec, specs, dtype=dtype, amp_name=amp_name,
+                              input_size=input_size, seq_len=seq_len, batch_size=batch_size,
+                              grad_checkpointing=grad_checkpointing, module_factory=module_factory)
+        library = facts["library"]
+        if facts.get("error"):
+            assumptions.append(f"activations not estimated: {facts['error']}")
+        else:
+            am = _model_from_facts(facts)
+            buffer_bytes = facts["buffer_bytes"][allocator]
+            in_desc = facts["input"]
             b1, b2 = am.batches
             how = f"fake CPU tensors under {amp_name} autocast" if amp_name else "meta tensors"
             assumptions.append(
                 f"activations: one forward+backward traced on {how} at batch {b1} and {b2} "
                 f"({in_desc.split(' · ', 1)[-1]}), every storage's lifetime tracked; other batch "
                 "sizes extrapolated linearly")
-            if spec_in.kind != "image":
-                assumptions.append(f"text input: {spec_in.seq_len} tokens per sample "
-                                   f"(--seq-len; default {128} or the model's maximum positions)")
+            if facts["kind"] != "image":
+                assumptions.append(f"text input: {facts['seq_len']} tokens per sample "
+                                   f"(--seq-len; default {DEFAULT_SEQ_LEN} or the model's maximum positions)")
             if grad_checkpointing:
                 assumptions.append("gradient checkpointing on (recomputation traced)")
-    elif not trace:
+    else:
         assumptions.append("activations not estimated (tracing off)")
 
     weights = _sum_rounded(specs, q) + buffer_bytes
     grads = _sum_rounded(specs, q, trainable_only=True)
-    library = _library_of(model_spec, module)
     rparts = runtime_parts(allocator, library)
     runtime = sum(rparts.values())
     assumptions.append(
@@ -299,6 +275,112 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
                          temps, rparts, in_desc, 0.0, fixed)
     est.seconds = time.perf_counter() - t0
     return est
+
+
+# --------------------------------------------------------------------------- traced facts + cache
+
+#: bump when the cached trace facts change meaning.
+FACTS_VERSION = 1
+
+
+def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, amp_name, input_size,
+                 seq_len, batch_size: int, grad_checkpointing: bool, module_factory) -> dict:
+    """Trace the model and return what an estimate needs from the trace, as plain JSON data."""
+    import torch
+
+    from .activations import activation_model, input_spec_for
+
+    def factory():
+        if module_factory is not None:
+            m = module_factory()
+        else:
+            from .sources import build_module
+
+            m = build_module(model_spec, device="meta")
+        if dtype is not None:
+            m = m.to(getattr(torch, dtypes.canonical(dtype)))
+        _apply_trainable(m, specs)
+        return m
+
+    try:
+        module = factory()
+    except PlanError as e:
+        return {"error": str(e), "library": _library_of(model_spec, None)}
+    spec_in = input_spec_for(module, batch_size, input_size, seq_len)
+    if dtype is not None and spec_in.kind == "image":
+        from dataclasses import replace
+
+        spec_in = replace(spec_in, float_dtype=dtypes.canonical(dtype))
+    buffers = {a: sum(round_up(b.numel() * b.element_size(), _QUANTUM[a]) for b in module.buffers())
+               for a in ALLOCATORS}
+    first = [module]
+
+    def reuse():  # the first trace reuses the module built above
+        return first.pop() if first else factory()
+
+    am = activation_model(reuse, spec_in, grad_checkpointing=grad_checkpointing,
+                          amp_dtype=getattr(torch, amp_name) if amp_name else None)
+    return {
+        "error": None,
+        "library": _library_of(model_spec, module),
+        "batches": list(am.batches),
+        "activation": {k: [v.fixed, v.per_sample] for k, v in am.activation.items()},
+        "retained": {k: [v.fixed, v.per_sample] for k, v in am.retained.items()},
+        "saved": [am.saved.fixed, am.saved.per_sample],
+        "buffer_bytes": buffers,
+        "input": spec_in.describe(),
+        "kind": spec_in.kind,
+        "seq_len": spec_in.seq_len,
+        "trace_seconds": round(am.seconds, 3),
+    }
+
+
+def _model_from_facts(facts: dict):
+    from .activations import ActivationModel, Affine
+
+    return ActivationModel(
+        batches=tuple(facts["batches"]),
+        activation={k: Affine(*v) for k, v in facts["activation"].items()},
+        retained={k: Affine(*v) for k, v in facts["retained"].items()},
+        saved=Affine(*facts["saved"]),
+    )
+
+
+def _facts_key(model_spec: ModelSpec, options: dict) -> str:
+    import hashlib
+    import json
+
+    from .sources.cache import versions
+
+    spec = model_spec.to_dict()
+    spec["meta"] = {k: v for k, v in spec["meta"].items() if k != "cache"}
+    blob = json.dumps({"v": FACTS_VERSION, "spec": spec, "options": options, "versions": versions()},
+                      sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _cached_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, module_factory, **options) -> dict:
+    """:func:`_trace_facts`, cached as JSON beside the shape cache so that a repeated estimate
+    imports no torch. Only estimates of a resolved source are cached (a hand-built
+    ``module_factory`` has no stable identity)."""
+    import json
+    import os
+
+    from .sources.cache import cache_dir, write_json_atomic
+
+    if module_factory is not None:
+        return _trace_facts(model_spec, specs, module_factory=module_factory, **options)
+    path = os.path.join(cache_dir(), "activations", _facts_key(model_spec, options) + ".json")
+    try:
+        with open(path, "rb") as f:
+            facts = json.load(f)
+        if facts.get("error") is None and {"batches", "activation", "retained", "saved"} <= set(facts):
+            return facts
+    except (OSError, ValueError):
+        pass
+    facts = _trace_facts(model_spec, specs, module_factory=None, **options)
+    write_json_atomic(path, facts)
+    return facts
 
 
 def spec_of_module(module, name: str = "model", **meta: Any) -> ModelSpec:

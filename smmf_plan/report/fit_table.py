@@ -20,8 +20,6 @@ from . import SCHEMA_VERSION
 _PT_STYLE = {"yes": "green", "limited": "", "marginal": "yellow", "no": "red", "unknown": "dim"}
 _HEADS = {"weights": "weights", "grads": "grads", "state": "state", "activations": "activ.",
           "temporaries": "temp.", "runtime": "runtime"}
-STATE_ONLY_NOTE = ("Counted: weights + gradients + optimizer state only; activations, temporaries "
-                   "and the runtime baseline are not estimated here, so real needs are higher.")
 
 
 # --------------------------------------------------------------------------- devices

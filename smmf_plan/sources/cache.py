@@ -103,14 +103,15 @@ def get(key: str) -> ModelSpec | None:
         return None
 
 
-def put(key: str, spec: ModelSpec) -> None:
-    path = _entry(key)
+def write_json_atomic(path: str, doc: Any) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically (temporary file + ``os.replace``); errors are
+    swallowed, since a cache is an accelerator, never a requirement."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"key": key, "spec": spec.to_dict()}, f, separators=(",", ":"))
+                json.dump(doc, f, separators=(",", ":"))
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -120,3 +121,7 @@ def put(key: str, spec: ModelSpec) -> None:
             raise
     except (OSError, TypeError, ValueError):
         pass
+
+
+def put(key: str, spec: ModelSpec) -> None:
+    write_json_atomic(_entry(key), {"key": key, "spec": spec.to_dict()})

@@ -56,17 +56,21 @@ def model_shapes(name: str) -> list[tuple[int, ...]]:
     return [tuple(p.shape) for p in model.parameters()]  # tied weights appear once
 
 
-def optimizers(params):
+CPP = "SMMF packed, fused C++ (opt-in)"
+
+
+def optimizers(params, with_cpp: bool):
     from reference_smmf import SMMF as ReferenceSMMF
     from smmf_plan.optim import SMMF
 
+    extra = {CPP: SMMF(params, lr=1e-3, sign="packed")} if with_cpp else {}
     return {
         "Adam (foreach)": torch.optim.Adam(params, lr=1e-3, foreach=True),
         "AdamW (fused)": torch.optim.AdamW(params, lr=1e-3, fused=True),
         "SMMF reference (Appendix M)": ReferenceSMMF(params, lr=1e-3),
         "SMMF packed (smmf_plan)": SMMF(params, lr=1e-3, sign="packed"),
         "SMMF bool (smmf_plan)": SMMF(params, lr=1e-3, sign="bool"),
-    }
+    } | extra
 
 
 class _LiveBytes:
@@ -141,25 +145,38 @@ def peak_temporary_bytes(opt) -> int:
     return tracker.peak
 
 
-def bench_model(name: str, reps: int) -> dict:
+def _step(name: str, opt) -> None:
+    from smmf_plan.optim import _cpp
+
+    _cpp.enable(name == CPP)
+    opt.step()
+
+
+def bench_model(name: str, reps: int, with_cpp: bool) -> dict:
     shapes = model_shapes(name)
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen)
-    opts = optimizers(params)
-    for opt in opts.values():
-        opt.step()
-        opt.step()
+    opts = optimizers(params, with_cpp)
+    for k, opt in opts.items():
+        _step(k, opt)
+        _step(k, opt)
     times = {k: [] for k in opts}
     cpu = {k: [] for k in opts}
     for _ in range(reps):
         for k, opt in opts.items():
             c0, t0 = time.process_time(), time.perf_counter()
-            opt.step()
+            _step(k, opt)
             times[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
-    peaks = {k: peak_temporary_bytes(opt) for k, opt in opts.items()}
+    peaks = {}
+    for k, opt in opts.items():
+        from smmf_plan.optim import _cpp
+
+        _cpp.enable(k == CPP)
+        peaks[k] = peak_temporary_bytes(opt)
+    _cpp.enable(False)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"name": name, "numel": sum(p.numel() for p in params), "tensors": len(params),
             "median": med, "times": times, "peak": peaks,
@@ -236,11 +253,20 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--models", default="resnet50,gpt2")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--cpp", action="store_true",
+                    help="also time the opt-in fused C++ kernel (builds it; needs a compiler)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = []
+    with_cpp = False
+    if args.cpp:
+        from smmf_plan.optim import _cpp
+
+        with_cpp = _cpp.enable(True)
+        _cpp.enable(False)
+        print("fused C++ kernel:", "built" if with_cpp else "could not be built, row omitted")
     for name in args.models.split(","):
-        r = bench_model(name.strip(), args.reps)
+        r = bench_model(name.strip(), args.reps, with_cpp)
         results.append(r)
         for k, v in r["median"].items():
             print(f"{name:9s} {k:30s} {v * 1e3:9.1f} ms  x{v / r['median']['Adam (foreach)']:.2f}"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _cpp
 from ._signbits import pack_positive, unpack_bools, unpack_signs
 
 
@@ -67,6 +68,15 @@ def factorized_update(
     stacked (:func:`_stacked_update`).
     """
     first = h.beta1 is not None
+    if _cpp.enabled() and _cpp.module() is not None and all(
+            _cpp.usable(p, g, rv) for p, g, rv in zip(params, grads, rows_v)):
+        fused = _cpp.module().smmf_fused
+        empty = torch.empty(0)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            fused(p, g.contiguous(), rows_m[i] if first else empty, cols_m[i] if first else empty,
+                  signs[i] if first else empty, rows_v[i], cols_v[i], shape[0], shape[1], first,
+                  packed, h.beta1 if first else 0.0, h.beta2, h.lr, h.eps)
+        return
     if len(params) == 1:
         _single_update(params[0], grads[0], rows_m[0] if first else None,
                        cols_m[0] if first else None, signs[0] if first else None,

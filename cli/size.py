@@ -20,7 +20,7 @@ def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_opti
 
     est = memory.estimate(spec, layouts, batch_size=batch_size, allocator=allocator,
                           **estimate_options)
-    return fit.from_estimate(est, batch_size)
+    return fit.from_estimate(est)
 
 
 def size_model(spec, layouts, devices: Sequence, *, batch_size: int,

@@ -279,45 +279,12 @@ def grid(steps_by_allocator: Mapping[str, Mapping[str, StepMemory]], devices: Se
     return out
 
 
-def from_estimate(estimate, batch_size: int) -> dict[str, StepMemory]:
-    """Adapter for :func:`smmf_plan.memory.estimate`'s result: per-optimizer breakdowns with
-    ``weights_bytes``, ``grad_bytes``, ``state_bytes``, ``activation_bytes``, ``temp_bytes``,
-    ``runtime_bytes`` (and ``total_bytes``) at ``batch_size``, and an activation model whose
-    ``bytes_at(batch)`` is affine in the batch. Only activations grow with the batch, so
-    ``total_at(b) = total - bytes_at(batch_size) + bytes_at(b)``; a breakdown's own ``total_at``
-    is used where it has one."""
-    breakdowns = _first_mapping(estimate, ("optimizers", "breakdowns", "per_optimizer", "by_optimizer"))
-    out = {}
-    for oid, bd in breakdowns.items():
-        parts = {p: int(getattr(bd, JSON_FIELDS[p], 0) or 0) for p in PARTS}
-        total = sum(parts.values())
-        own = getattr(bd, "total_at", None)
-        if callable(own):
-            total_at = own
-        else:
-            model = _activation_model(bd) or _activation_model(estimate)
-            if model is None:
-                total_at = (lambda b, t=total: t)
-            else:
-                base = total - int(model.bytes_at(batch_size))
-                total_at = (lambda b, base=base, m=model: base + int(m.bytes_at(b)))
-        out[str(oid)] = StepMemory(str(oid), parts, total_at, complete=True)
-    return out
-
-
-def _first_mapping(obj, names: Sequence[str]) -> Mapping:
-    if isinstance(obj, Mapping):
-        return obj
-    for name in names:
-        value = getattr(obj, name, None)
-        if isinstance(value, Mapping):
-            return value
-    raise TypeError(f"{type(obj).__name__} has no per-optimizer mapping (looked for {', '.join(names)})")
-
-
-def _activation_model(obj):
-    for name in ("activation_model", "activations", "activation"):
-        value = getattr(obj, name, None)
-        if value is not None and callable(getattr(value, "bytes_at", None)):
-            return value
-    return None
+def from_estimate(estimate) -> dict[str, StepMemory]:
+    """Per optimizer of a :class:`smmf_plan.memory.MemoryEstimate`: its parts at the estimated
+    batch and the estimate's own ``total_at`` (the affine activation model and the step
+    temporaries re-evaluated at each batch, rounded for the estimate's allocator)."""
+    return {
+        oid: StepMemory(oid, {p: int(getattr(bd, JSON_FIELDS[p])) for p in PARTS},
+                        estimate.total_at(oid), complete=estimate.complete)
+        for oid, bd in estimate.breakdowns.items()
+    }

@@ -1,4 +1,5 @@
-"""``smmf-plan plan MODEL`` (also plain ``smmf-plan MODEL``): optimizer state per optimizer."""
+"""``smmf-plan plan MODEL`` (also plain ``smmf-plan MODEL``): optimizer state per optimizer and,
+with ``--device`` or any training-step option, the end-to-end training memory and the fit."""
 
 from __future__ import annotations
 
@@ -16,24 +17,77 @@ def plan(
     freeze: o.Freeze = None,
     lora_rank: o.LoraRank = None,
     lora_targets: o.LoraTargets = None,
+    device: o.Device = None,
+    devices_file: o.DevicesFile = None,
+    batch_size: o.BatchSize = None,
+    input_size: o.InputSize = None,
+    seq_len: o.SeqLen = None,
+    amp: o.Amp = None,
+    grad_checkpointing: o.GradCheckpointing = False,
+    svg: o.Svg = None,
     json_out: o.Json = False,
     no_cache: o.NoCache = False,
 ) -> None:
-    """Optimizer-state bytes of MODEL for each optimizer (logical and allocator-rounded)."""
+    """Optimizer-state bytes of MODEL for each optimizer (logical and allocator-rounded); with
+    --device (or --batch-size, --input-size, --seq-len, --amp, --grad-checkpointing) the whole
+    training step: weights, gradients, state, activations, temporaries, runtime, and the fit."""
+    from smmf_plan.errors import PlanError
     from smmf_plan.plan import adam_reference_bytes, plan_model, with_dtype
 
     layouts = o.layouts(optimizer)
     dt = o.dtype(dtype)
+    end_to_end = device is not None or svg is not None or grad_checkpointing or any(
+        v is not None for v in (batch_size, input_size, seq_len, amp))
+    if end_to_end:
+        batch = o.batch_size(batch_size)
+        options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt)
+        dev = None
+        if device is not None:
+            from smmf_plan.devices import get_device
+
+            dev = get_device(device, tuple(devices_file or ()))
+        elif svg is not None:
+            raise PlanError(f"--svg {svg!r} draws the bars against a device's usable memory: add --device ID")
     spec = o.load_model(model, num_classes=num_classes, trainable=trainable, freeze=freeze,
                         lora_rank=lora_rank, lora_targets=lora_targets, no_cache=no_cache,
                         quiet=json_out)
     spec.params = with_dtype(spec.params, dt)
     plans = plan_model(spec, layouts)
     adam = adam_reference_bytes(spec)
+    est = steps = fits = None
+    if end_to_end:
+        from smmf_plan import fit, memory
+        from smmf_plan.report.fit_table import judge
+
+        with o.status("Estimating the training step (tracing on meta tensors)…", json_out):
+            est = memory.estimate(spec, layouts, batch_size=batch,
+                                  allocator=dev.allocator if dev else "cpu", **options)
+        steps = fit.from_estimate(est)
+        fits = judge(steps, dev, batch) if dev else None
+    if svg is not None:
+        from smmf_plan.report.bars import BarRow, write_svg
+
+        path = write_svg(svg, [BarRow(oid, dict(s.parts)) for oid, s in steps.items()],
+                         dev.usable_bytes, f"{spec.name} · batch {batch} · {dev.id} ({dev.name})")
     if json_out:
         from smmf_plan.report.state_json import plan_document
 
-        o.emit_json(plan_document(spec, plans, adam, dt))
+        doc = plan_document(spec, plans, adam, dt)
+        if end_to_end:
+            from smmf_plan.report.fit_table import steps_document
+
+            extra = steps_document(steps, dev, fits)
+            doc["device"] = extra["device"]
+            doc["training"] = {"batch_size": batch, "input": est.input, "allocator": est.allocator,
+                               "assumptions": est.assumptions}
+            for oid, fields in extra["optimizers"].items():
+                # "state_bytes" stays the logical figure; the step counts the allocator's
+                # rounding of it, which is allocated_bytes[training.allocator]
+                fields.pop("state_bytes")
+                doc["optimizers"][oid].update(fields)
+            if dev is not None:
+                doc["recommendation"] = fit.recommendation(dev, fits, batch_known=est.complete)
+        o.emit_json(doc)
         return
     from rich.console import Console
 
@@ -42,3 +96,17 @@ def plan(
     console = Console()
     console.print(model_header(spec, dt))
     console.print(state_table(plans, adam))
+    if not end_to_end:
+        return
+    from smmf_plan.report.fit_table import device_report, verdict_table
+    from smmf_plan.report.state_table import assumptions_text
+
+    order = sorted(steps, key=lambda oid: (steps[oid].total_bytes, oid))
+    if dev is not None:
+        console.print(device_report({oid: steps[oid] for oid in order}, dev, batch, fits))
+    else:
+        console.print(verdict_table({oid: steps[oid] for oid in order},
+                                    title=f"Training step at batch {batch} ({est.allocator} allocator)"))
+    console.print(assumptions_text(est.assumptions))
+    if svg is not None:
+        console.print(f"wrote {path}", style="dim")

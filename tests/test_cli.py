@@ -113,3 +113,59 @@ def test_console_script_and_module_entry_points(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "smmf-plan")
     r = subprocess.run([exe, "optimizers", "--json"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and json.loads(r.stdout)["schema_version"] == 1
+
+
+PARTS = ("weights_bytes", "grad_bytes", "activation_bytes", "temp_bytes", "runtime_bytes")
+
+
+def test_plan_with_device_adds_the_training_step_and_the_fit(capsys, tmp_path):
+    svg = tmp_path / "bars.svg"
+    code, out, err = run(["mobilenetv2_050", "--device", "rpi-zero-2w", "-b", "2", "--input-size",
+                          "3,96,96", "-o", "adam,smmf", "--json", "--svg", str(svg)], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["device"]["name"] and doc["device"]["usable_bytes"] == 372_244_480
+    assert doc["training"]["batch_size"] == 2 and doc["training"]["allocator"] == "cpu"
+    assert doc["training"]["assumptions"] and "3×96×96" in doc["training"]["input"]
+    for oid, o in doc["optimizers"].items():
+        # the step counts the state as the allocator rounds it
+        assert o["total_bytes"] == sum(o[p] for p in PARTS) + o["allocated_bytes"]["cpu"]
+        assert o["headroom_bytes"] == doc["device"]["usable_bytes"] - o["total_bytes"]
+        assert o["fits"] == (o["headroom_bytes"] >= 0) and o["activation_bytes"] > 0
+        assert isinstance(o["max_batch_size"], int)
+    assert doc["optimizers"]["smmf"]["total_bytes"] < doc["optimizers"]["adam"]["total_bytes"]
+    assert doc["recommendation"] and "\n" not in doc["recommendation"]
+    assert svg.read_text().lstrip().startswith("<?xml") or "<svg" in svg.read_text()
+
+
+def test_plan_without_device_has_null_verdicts(capsys):
+    code, out, _ = run(["mobilenetv2_050", "-b", "1", "--input-size", "3,64,64", "-o", "smmf", "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["device"] is None
+    o = doc["optimizers"]["smmf"]
+    assert o["fits"] is None and o["headroom_bytes"] is None and o["max_batch_size"] is None
+
+
+def test_plan_human_output_names_every_term_and_assumption(capsys):
+    code, out, _ = run(["mobilenetv2_050", "-d", "rpi-zero", "--input-size", "3,64,64", "-o", "adam,smmf"], capsys)
+    flat = " ".join(out.split())
+    assert code == 0
+    for word in ("weights", "grads", "state", "activ.", "temp.", "runtime", "total", "max batch",
+                 "Assumptions:", "PyTorch does not run on rpi-zero"):
+        assert word in flat, word
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["resnet18", "-d", "rpi-zer0"], "did you mean"),
+    (["resnet18", "-b", "0"], "--batch-size"),
+    (["resnet18", "-b", "-3"], "--batch-size"),
+    (["resnet18", "--seq-len", "0"], "--seq-len"),
+    (["resnet18", "--input-size", "3,x,4"], "input"),
+    (["resnet18", "-d", "12 parsecs"], "12 parsecs"),
+    (["resnet18", "--svg", "/tmp/x.svg"], "--device"),
+    (["resnet18", "--amp", "fp8"], "--amp"),
+])
+def test_plan_end_to_end_bad_input(args, needle, capsys):
+    code, out, err = run(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and needle in lines[0], err

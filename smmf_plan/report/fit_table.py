@@ -104,18 +104,18 @@ def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | Non
     for head in (*(_HEADS[p] for p in shown), "total"):
         table.add_column(head, justify="right", no_wrap=True)
     if fits is not None:
-        table.add_column("fits", no_wrap=True)
-        table.add_column("headroom", justify="right", no_wrap=True)
+        table.add_column("fits (free)", justify="right", no_wrap=True)
         table.add_column("max batch", justify="right", no_wrap=True)
     for oid, step in steps.items():
         parts = [short_bytes(step.parts.get(p, 0)) for p in shown]
         row = [oid, *parts, Text(short_bytes(step.total_bytes), style="bold")]
         if fits is not None:
             f = fits[oid]
-            row += [Text("✓ yes" if f.fits else "✗ no", style="green" if f.fits else "red"),
-                    short_bytes(f.headroom_bytes), f.max_batch_text()]
+            row += [fit_cell(f, show_batch=False), f.max_batch_text()]
         table.add_row(*row)
     caption = "K/M/G: KiB/MiB/GiB"
+    if fits is not None:
+        caption = "✓ fits with that much free · ✗ short by that much · " + caption
     if not complete:
         caption = "Activations not estimated (no architecture for these weights): totals are lower bounds. " + caption
     table.caption = caption

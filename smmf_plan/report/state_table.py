@@ -64,3 +64,13 @@ def shapes_table(model: ModelSpec, layouts: Sequence[OptimizerLayout]) -> Table:
             f"{n}×{m}", *cells, style=None if spec.trainable else "dim",
         )
     return table
+
+
+def assumptions_text(assumptions: Sequence[str]) -> Text:
+    """The assumptions an estimate was made with, one bullet each (always shown: a plan is only
+    as good as what it assumes)."""
+    t = Text("Assumptions:\n", style="bold")
+    for a in assumptions:
+        t.append(f"  • {a}\n", style="dim")
+    t.rstrip()
+    return t

@@ -25,6 +25,14 @@ _SOURCE = r"""
 #include <cmath>
 #include <vector>
 #include <cstdint>
+#include <cstring>
+
+struct SignLut {
+  float v[256][8];
+  SignLut() { for (int b = 0; b < 256; ++b) for (int k = 0; k < 8; ++k) v[b][k] = ((b >> k) & 1) ? 1.f : -1.f; }
+};
+static const SignLut kSignLutHolder;
+static const float (*kSignLut)[8] = kSignLutHolder.v;
 
 void smmf_fused(torch::Tensor p, torch::Tensor g, torch::Tensor rm, torch::Tensor cm,
                 torch::Tensor sign, torch::Tensor rv, torch::Tensor cv,
@@ -62,18 +70,17 @@ void smmf_fused(torch::Tensor p, torch::Tensor g, torch::Tensor rm, torch::Tenso
         if (first) {
           const float rmi = RM[i];
           if (packed) {
+            float* __restrict__ sgw = sg.data();
+            const uint8_t* __restrict__ Sr = S;
             int64_t j = 0;
             for (; j < m && ((base + j) & 7); ++j) {
               int64_t k = base + j;
-              sg[j] = ((S[k >> 3] >> (k & 7)) & 1) ? 1.f : -1.f;
+              sgw[j] = ((Sr[k >> 3] >> (k & 7)) & 1) ? 1.f : -1.f;
             }
-            for (; j + 8 <= m; j += 8) {
-              const uint8_t byte = S[(base + j) >> 3];
-              for (int b = 0; b < 8; ++b) sg[j + b] = ((byte >> b) & 1) ? 1.f : -1.f;
-            }
+            for (; j + 8 <= m; j += 8) std::memcpy(sgw + j, kSignLut[Sr[(base + j) >> 3]], 8 * sizeof(float));
             for (; j < m; ++j) {
               int64_t k = base + j;
-              sg[j] = ((S[k >> 3] >> (k & 7)) & 1) ? 1.f : -1.f;
+              sgw[j] = ((Sr[k >> 3] >> (k & 7)) & 1) ? 1.f : -1.f;
             }
           } else {
             for (int64_t j = 0; j < m; ++j) sg[j] = S[base + j] ? 1.f : -1.f;
@@ -92,19 +99,24 @@ void smmf_fused(torch::Tensor p, torch::Tensor g, torch::Tensor rm, torch::Tenso
             sum_v += vj; lcv[j] += vj;
           }
           if (packed) {
+            const uint8_t* __restrict__ pr8 = pos.data();
+            uint8_t* __restrict__ Sw = S;
             int64_t j = 0;
-            auto put = [&](int64_t jj) {
-              int64_t k = base + jj;
+            for (; j < m && ((base + j) & 7); ++j) {
+              int64_t k = base + j;
               uint8_t bit = (uint8_t)(1u << (k & 7));
-              if (pp[jj]) S[k >> 3] |= bit; else S[k >> 3] &= (uint8_t)~bit;
-            };
-            for (; j < m && ((base + j) & 7); ++j) put(j);
-            for (; j + 8 <= m; j += 8) {
-              uint8_t byte = 0;
-              for (int b = 0; b < 8; ++b) byte |= (uint8_t)(pp[j + b] << b);
-              S[(base + j) >> 3] = byte;
+              Sw[k >> 3] = pr8[j] ? (uint8_t)(Sw[k >> 3] | bit) : (uint8_t)(Sw[k >> 3] & ~bit);
             }
-            for (; j < m; ++j) put(j);
+            for (; j + 8 <= m; j += 8) {
+              uint64_t w;
+              std::memcpy(&w, pr8 + j, 8);
+              Sw[(base + j) >> 3] = (uint8_t)((w * 0x0102040810204080ULL) >> 56);
+            }
+            for (; j < m; ++j) {
+              int64_t k = base + j;
+              uint8_t bit = (uint8_t)(1u << (k & 7));
+              Sw[k >> 3] = pr8[j] ? (uint8_t)(Sw[k >> 3] | bit) : (uint8_t)(Sw[k >> 3] & ~bit);
+            }
           } else {
             for (int64_t j = 0; j < m; ++j) S[base + j] = pp[j];
           }
@@ -171,7 +183,7 @@ def module():
                 from torch.utils.cpp_extension import load_inline
 
                 _state["module"] = load_inline(
-                    name="smmf_plan_fused_v2", cpp_sources=[_SOURCE], functions=None,
+                    name="smmf_plan_fused_v3", cpp_sources=[_SOURCE], functions=None,
                     extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"], extra_ldflags=["-fopenmp"],
                     verbose=False,
                 )

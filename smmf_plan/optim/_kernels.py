@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _cpp
-from ._signbits import pack_positive, unpack_bools, unpack_signs
+from ._signbits import pack_positive, sign_lut, unpack_bools, unpack_signs
 
 
 @dataclass
@@ -38,6 +38,26 @@ class Hyper:
     eps: float
     beta1: float | None  # β1,t, or None without a first moment
     beta2: float  # β2,t
+
+
+class Workspace:
+    """Scratch buffers shared by every row block (at most ``BLOCK_NUMEL``-ish elements each, kept
+    by the optimizer between steps): a fresh multi-megabyte allocation per block costs more in
+    page faults than the arithmetic."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (name, dtype, str(device))
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._bufs[key] = buf
+        return buf[:numel]
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bufs.values())
 
 
 def _normalize_(row: torch.Tensor, col: torch.Tensor) -> None:
@@ -59,6 +79,7 @@ def factorized_update(
     shape: tuple[int, int],
     packed: bool,
     h: Hyper,
+    ws: Workspace | None = None,
 ) -> None:
     """One SMMF step (Algorithms 1, 3, 4) for a batch of parameters of matricized ``shape``.
 
@@ -80,7 +101,7 @@ def factorized_update(
     if len(params) == 1:
         _single_update(params[0], grads[0], rows_m[0] if first else None,
                        cols_m[0] if first else None, signs[0] if first else None,
-                       rows_v[0], cols_v[0], shape, packed, h)
+                       rows_v[0], cols_v[0], shape, packed, h, ws or Workspace())
     else:
         _stacked_update(params, grads, rows_m, cols_m, signs, rows_v, cols_v, shape, packed, h)
 
@@ -90,7 +111,7 @@ def factorized_update(
 BLOCK_NUMEL = 1 << 20
 
 
-def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper) -> None:
+def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper, ws: Workspace) -> None:
     n, m = shape
     work = p if p.is_contiguous() else p.contiguous()
     pmat = work.view(n, m)
@@ -113,17 +134,22 @@ def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper) -> None:
             # then the reference's own operations and rounding: ±(r ⊗ c)·β1 + (1 - β1)·G
             if packed:
                 sb = sgn[i0 * m // 8: -(-(i1 * m) // 8)]
-                mat = unpack_signs(sb, (i1 - i0) * m, vdtype).view(i1 - i0, m)
+                idx = ws.get("idx", sb.numel(), torch.int32, p.device)
+                idx.copy_(sb)
+                full = ws.get("mat", sb.numel() * 8, vdtype, p.device).view(-1, 8)
+                torch.index_select(sign_lut(p.device, vdtype), 0, idx, out=full)
+                mat = full.view(-1)[: (i1 - i0) * m].view(i1 - i0, m)
             else:
                 sb = sgn[i0:i1]
                 mat = unpack_bools(sb, vdtype).view(i1 - i0, m)
             mat.mul_(rm_col[i0:i1]).mul_(cm_row).mul_(h.beta1).add_(gb, alpha=1.0 - h.beta1)
             # compression, part 1: signs (M > 0, as the reference code)
             if packed:
-                pack_positive(mat, sb)
+                pack_positive(mat, sb, ws)
             else:
                 torch.gt(mat, 0, out=sb)
-        vmat = torch.mul(rv_col[i0:i1], cv_row)
+        vmat = ws.get("vmat", (i1 - i0) * m, vdtype, p.device).view(i1 - i0, m)
+        torch.mul(rv_col[i0:i1], cv_row, out=vmat)
         vmat.addcmul_(gb, gb, value=1.0 - h.beta2)
         torch.sum(vmat, dim=1, out=rv[i0:i1])
         acc_cv.add_(vmat.sum(dim=0))

@@ -61,13 +61,21 @@ def unpack_bools(flags: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return unpack_signs(bools_to_bytes(flags), numel, dtype)
 
 
-def pack_positive(matrix: torch.Tensor, out: torch.Tensor) -> None:
+def pack_positive(matrix: torch.Tensor, out: torch.Tensor, ws=None) -> None:
     """Write the bits of ``matrix > 0`` into ``out`` (uint8, ``(B, ⌈N/8⌉)`` or ``(⌈N/8⌉,)`` for
     ``matrix`` of ``(B, ...)`` or ``(...)``); ``out`` is overwritten in place (never re-allocated).
     """
     nbytes = out.shape[-1]
     lead = out.shape[:-1]
     numel = matrix.numel() // max(1, _prod(lead))
+    if ws is not None and not lead:
+        positive = ws.get("positive", nbytes * 8, torch.bool, matrix.device)
+        torch.gt(matrix.reshape(numel), 0, out=positive[:numel])
+        positive[numel:] = False
+        words = positive.view(torch.uint8).view(torch.int64)
+        words.mul_(_MAGIC).bitwise_right_shift_(56)
+        out.copy_(words)
+        return
     positive = matrix.reshape(*lead, numel) > 0
     if nbytes * 8 != numel:
         padded = torch.zeros(*lead, nbytes * 8, dtype=torch.bool, device=matrix.device)

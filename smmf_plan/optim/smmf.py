@@ -59,7 +59,7 @@ import torch
 
 from ..layouts.smmf import SIGN_STORAGES, is_factorized, smmf_state
 from ..shapes import square_matricize
-from ._kernels import Hyper, dense_update, factorized_update
+from ._kernels import Hyper, Workspace, dense_update, factorized_update
 
 WEIGHT_DECAY_MODES = ("adamw", "adam")
 _DEFAULT_GROWTH = 0.999
@@ -127,6 +127,9 @@ class SMMF(torch.optim.Optimizer):
                         weight_decay_mode=weight_decay_mode)
         super().__init__(params, defaults)
         self.sign = sign
+        #: scratch buffers for row blocks, kept between steps (not state: never saved; about
+        #: 9.5 bytes × min(largest N, ~2^20) — see :meth:`workspace_bytes`).
+        self._workspace = Workspace()
 
     # ------------------------------------------------------------------ state
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
@@ -158,11 +161,12 @@ class SMMF(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        ws = self._workspace
         for group in self.param_groups:
-            self._group_step(group)
+            self._group_step(group, ws)
         return loss
 
-    def _group_step(self, group: dict) -> None:
+    def _group_step(self, group: dict, ws: Workspace) -> None:
         lr, wd = group["lr"], group["weight_decay"]
         beta, growth = group["beta"], group["growth_rate"]
         coupled = wd != 0.0 and group["weight_decay_mode"] == "adam"
@@ -208,12 +212,16 @@ class SMMF(torch.optim.Optimizer):
                     [s["col_m"] for s in states] if first else None,
                     [s["sign"] for s in states] if first else None,
                     [s["row_v"] for s in states], [s["col_v"] for s in states],
-                    shape, packed=self.sign == "packed", h=h,
+                    shape, packed=self.sign == "packed", h=h, ws=ws,
                 )
             else:
                 dense_update(params, grads,
                              [s["exp_avg"] for s in states] if beta is not None else None,
                              [s["exp_avg_sq"] for s in states], h)
+
+    def workspace_bytes(self) -> int:
+        """Bytes of scratch memory this optimizer keeps between steps (not part of the state)."""
+        return self._workspace.nbytes()
 
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict) -> None:

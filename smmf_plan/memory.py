@@ -299,7 +299,11 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, am
             m = build_module(model_spec, device="meta")
         if dtype is not None:
             m = m.to(getattr(torch, dtypes.canonical(dtype)))
-        _apply_trainable(m, specs)
+        _apply_trainable(m, specs)  # by the planned names, before adapters rename the bases
+        if any(s.name.endswith(".lora_A.weight") for s in specs):
+            from .sources.lora import attach_lora
+
+            m = attach_lora(m, specs)
         return m
 
     try:

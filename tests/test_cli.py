@@ -169,3 +169,25 @@ def test_plan_end_to_end_bad_input(args, needle, capsys):
     code, out, err = run(args, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and out == "" and len(lines) == 1 and needle in lines[0], err
+
+
+@pytest.mark.parametrize("config, targets", [
+    ({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128,
+      "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 4, "max_position_embeddings": 64}, "q_proj,v_proj"),
+    ({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 128, "n_embd": 32,
+      "n_layer": 2, "n_head": 4, "n_positions": 64}, "c_attn"),
+])
+def test_lora_plans_trace_the_adapters(config, targets, capsys, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    base = ["-o", "adam", "-b", "2", "--seq-len", "16", "--json"]
+    code, out, err = run([str(path), "--lora-rank", "4", "--lora-targets", targets, *base], capsys)
+    assert code == 0, err
+    lora = json.loads(out)
+    code, out, err = run([str(path), *base], capsys)
+    full = json.loads(out)
+    a, f = lora["optimizers"]["adam"], full["optimizers"]["adam"]
+    assert 0 < lora["model"]["trainable_params"] < full["model"]["trainable_params"]
+    # adapters are traced: the step has activations, and far fewer gradients than full training
+    assert a["activation_bytes"] > 0 and a["grad_bytes"] < f["grad_bytes"] / 5

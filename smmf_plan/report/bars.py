@@ -184,8 +184,13 @@ def _num(x: float) -> str:
 def svg_text(rows: Sequence[BarRow], usable_bytes: int | None, title: str, *,
              bar_width: int = 480) -> str:
     """The SVG document as text (UTF-8, standalone, no external references)."""
-    label_w, right_w, row_h, bar_h, top = 120, 150, 28, 18, 48
+    label_w, row_h, bar_h, top = 120, 28, 18, 48
     scale = _scale(rows, usable_bytes)
+    # room right of the bars for the longest "total · verdict" label (~7.5 px per character)
+    texts = [format_bytes(r.total, 0) + (f" · {_status(r, usable_bytes)}" if _status(r, usable_bytes) else "")
+             for r in rows]
+    right_w = max([150] + [round(12 + 7.5 * len(t) - bar_width * (1 - r.total / scale))
+                          for r, t in zip(rows, texts)])
     width = label_w + bar_width + right_w
     legend_y = top + row_h * len(rows) + 28
     height = legend_y + 30

@@ -76,3 +76,35 @@ def apply_lora(params: list[ParamSpec], rank: int, targets: Sequence[str]) -> li
         raise PlanError(f"--lora-targets {','.join(unknown)} matches no 2-D weight; "
                         f"linear modules in this model: {shown or 'none'}")
     return out
+
+
+def attach_lora(module, params: Sequence[ParamSpec]):
+    """Give a built module (meta or real) the adapters :func:`apply_lora` planned, so a traced or
+    measured step runs them: each target becomes ``base(x) + B(A(x))`` with ``A: in→rank`` and
+    ``B: rank→out`` (no bias, the planned dtype), registered as ``<module>.lora_A`` /
+    ``<module>.lora_B`` so parameter names match the plan. Returns ``module``."""
+    import torch
+    from torch import nn
+
+    class LoRAWrapped(nn.Module):
+        def __init__(self, base: nn.Module, a: nn.Linear, b: nn.Linear) -> None:
+            super().__init__()
+            self.base, self.lora_A, self.lora_B = base, a, b
+
+        def forward(self, x):
+            return self.base(x) + self.lora_B(self.lora_A(x))
+
+    adapters = {p.name[: -len(".lora_A.weight")]: p for p in params if p.name.endswith(".lora_A.weight")}
+    ups = {p.name[: -len(".lora_B.weight")]: p for p in params if p.name.endswith(".lora_B.weight")}
+    for path, a_spec in adapters.items():
+        parent_path, _, leaf = path.rpartition(".")
+        parent = module.get_submodule(parent_path) if parent_path else module
+        base = getattr(parent, leaf)
+        device = next(base.parameters()).device
+        dtype = getattr(torch, a_spec.dtype)
+        rank, fan_in = a_spec.shape
+        fan_out = ups[path].shape[0]
+        a = nn.Linear(fan_in, rank, bias=False, device=device, dtype=dtype)
+        b = nn.Linear(rank, fan_out, bias=False, device=device, dtype=dtype)
+        setattr(parent, leaf, LoRAWrapped(base, a, b))
+    return module

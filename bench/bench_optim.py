@@ -18,11 +18,20 @@ SMMF transcribed from the paper's Appendix M (``tests/reference_smmf.py``), and
   a ``TorchDispatchMode`` (:class:`_LiveBytes`) that follows every storage an operator allocates
   until its last tensor is garbage-collected; the peak of the live sum is reported. It counts what
   a step allocates beyond what was live before it (persistent state is allocated during warm-up).
+* ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (set before torch loads; override it in the
+  environment): with torch's spinning default, other load on a small shared machine made every
+  row several times slower and noisier.
 * The results replace the section between ``<!-- bench:optimizer:start -->`` and
   ``<!-- bench:optimizer:end -->`` of ``reports/benchmarks.md`` (the file is created if missing).
 """
 
 from __future__ import annotations
+
+import os
+
+# Idle OpenMP workers sleep instead of spinning. On a shared 2-core machine torch's default
+# (spinning) made every optimizer 3-10x slower and noisier; it applies to all rows alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import platform
@@ -207,7 +216,8 @@ def render(results: list[dict], threads: int, reps: int) -> str:
         "## Optimizer step time (`bench/bench_optim.py`)",
         "",
         f"Machine: {cpu_model()}, {torch.get_num_threads()} torch threads (requested {threads}), "
-        f"torch {torch.__version__}, Python {platform.python_version()}. fp32 parameters with random "
+        f"torch {torch.__version__}, Python {platform.python_version()}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}. fp32 parameters with random "
         f"gradients; median of {reps} round-robin steps after 2 warm-up steps; all numbers from one run. "
         "Peak temporary memory: peak of the bytes allocated by operators during one step and not yet "
         "freed (a TorchDispatchMode tracking storages; state allocated in warm-up is not counted; for "

@@ -50,6 +50,14 @@ def test_probe_mobilenet_batch_2_json_and_report(tmp_path, capsys):
         # the peak holds at least the weights, gradients and optimizer state
         assert m["peak_bytes"] >= 2 * doc["model"]["param_bytes"] + m["state_bytes"]
         assert m["step_ms"] > 0 and m["optimizer_step_ms"] > 0
+    from rich.console import Console
+
+    from smmf_plan.report.probe_report import probe_table
+
+    console = Console(width=100, no_color=True, record=True, file=open("/dev/null", "w"))
+    console.print(probe_table(doc))
+    shown = console.export_text()
+    assert "mobilenetv2_050" in shown and shown.count("✓ ok") == 2  # words, not only colour
     text = report.read_text()
     assert text.startswith("# Probe: mobilenetv2_050 on cpu")
     assert "smmf-plan probe mobilenetv2_050 --optimizer smmf,adam" in text
@@ -74,6 +82,23 @@ def test_oom_under_a_cap_is_a_verdict_and_the_others_still_run():
     e = tiny["optimizers"]["sm3"]
     assert e["status"] == "oom" and e["at_step"] == 0
     assert e["verdict"] == "does not fit (OOM while building the model and optimizer)"
+
+
+def test_a_transformers_model_under_a_cap_runs_to_the_end(tmp_path):
+    # transformers imports scipy (OpenBLAS) lazily while building a model; under RLIMIT_AS its
+    # thread init spins forever if that happens after the cap: the worker must import first
+    cfg = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 211,
+           "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2, "bos_token_id": 0,
+           "eos_token_id": 0}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    spec = load_model(str(path), use_cache=False)
+    doc = run_probe(spec, parse_layouts("smmf"), steps=2, batch_size=2, seq_len=16,
+                    cap_bytes=256 * MiB, progress=False, timeout_s=240)
+    e = doc["optimizers"]["smmf"]
+    assert e["status"] == "ok", e.get("error")
+    assert e["verdict"] == "fits"
+    assert doc["input"] == {"task": "causal-lm", "batch_size": 2, "seq_len": 16}
 
 
 def test_bad_input_is_one_line_exit_2(capsys):

@@ -108,6 +108,12 @@ def _train(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool) -> 
     elif meta.get("library") == "transformers":
         import transformers  # noqa: F401
     layout.build([torch.nn.Parameter(torch.zeros(1))], lr=job.learning_rate)
+    # building on the meta device imports the modeling code (and what it pulls in lazily, e.g.
+    # scipy's OpenBLAS, whose thread init spins forever when malloc fails under RLIMIT_AS)
+    from ..sources import build_module
+
+    del_me = build_module(spec, device="meta")
+    del del_me
 
     cuda = job.device_type == "cuda"
     if cuda and not torch.cuda.is_available():

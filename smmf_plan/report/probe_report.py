@@ -24,8 +24,11 @@ METHOD_NOTES = (
     "every resident page (tensors, allocator slack, glibc arenas), so it is what the machine must "
     "provide beyond the runtime. On CUDA it is `torch.cuda.max_memory_allocated` over the same "
     "window.",
-    "**Predicted peak** is the plan's total minus its runtime term; **error** is "
-    "100 × (measured − predicted) / predicted.",
+    "**Predicted peak** is the estimate's total minus the runtime that exists before the "
+    "baseline (PyTorch and the model library; on CUDA the cuBLAS workspaces); its step-overhead "
+    "term stays in. **Error** is 100 × (measured − predicted) / predicted.",
+    "CPU runs use `MALLOC_MMAP_THRESHOLD_=131072` (what the estimate assumes; `--glibc-default` "
+    "measures glibc's default instead, which keeps freed memory resident).",
     "**fwd+bwd** and **opt.step** are medians over steps 2..N; step 1 is a warm-up (lazy state "
     "allocation, first-touch page faults) and is excluded.",
 )
@@ -33,6 +36,10 @@ METHOD_NOTES = (
 
 def _mib(n) -> str:
     return "–" if n is None else f"{n / MiB:,.1f}"
+
+
+def _size(n) -> str:
+    return format_bytes(n) if n is not None else "–"
 
 
 def _pct(x) -> str:
@@ -80,15 +87,15 @@ def rows(doc: dict) -> list[list[str]]:
         p, m, err = e.get("predicted") or {}, e.get("measured") or {}, e.get("error_pct") or {}
         out.append([
             oid, status_text(e),
-            _mib(p.get("state_bytes")), _mib(m.get("state_bytes")), _pct(err.get("state_bytes")),
-            _mib(p.get("peak_bytes")), _mib(m.get("peak_bytes")), _pct(err.get("peak_bytes")),
+            _size(p.get("state_bytes")), _size(m.get("state_bytes")), _pct(err.get("state_bytes")),
+            _size(p.get("peak_bytes")), _size(m.get("peak_bytes")), _pct(err.get("peak_bytes")),
             _ms(m.get("step_ms")), _ms(m.get("optimizer_step_ms")), _losses(m),
         ])
     return out
 
 
-COLUMNS = ["optimizer", "status", "state pred. MiB", "state meas. MiB", "state err",
-           "peak pred. MiB", "peak meas. MiB", "peak err", "fwd+bwd ms", "opt.step ms", "loss first → last"]
+COLUMNS = ["optimizer", "status", "state pred.", "state meas.", "state err",
+           "peak pred.", "peak meas.", "peak err", "fwd+bwd ms", "opt.step ms", "loss first → last"]
 
 
 def probe_table(doc: dict):
@@ -98,7 +105,8 @@ def probe_table(doc: dict):
 
     t = Table(title=header_line(doc), title_justify="left")
     for i, c in enumerate(COLUMNS):
-        t.add_column(c, justify="left" if i in (0, 1, 10) else "right")
+        t.add_column(c.replace(" ", "\n", 1), justify="left" if i in (0, 1, 10) else "right",
+                     no_wrap=i in (0, 1))
     for row, e in zip(rows(doc), doc["optimizers"].values()):
         style = {"ok": "green", "oom": "red"}.get(e.get("status"), "yellow")
         t.add_row(row[0], Text(row[1], style=style), *row[2:])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _cpp
-from ._signbits import pack_positive, sign_lut, unpack_bools, unpack_signs
+from ._signbits import pack_positive, positive_into, sign_lut, unpack_bools, unpack_signs
 
 
 @dataclass
@@ -141,13 +141,14 @@ def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper, ws: Works
                 mat = full.view(-1)[: (i1 - i0) * m].view(i1 - i0, m)
             else:
                 sb = sgn[i0:i1]
-                mat = unpack_bools(sb, vdtype).view(i1 - i0, m)
+                mat = ws.get("mat", (i1 - i0) * m, vdtype, p.device).view(i1 - i0, m)
+                mat.copy_(sb.view(torch.uint8)).mul_(2.0).sub_(1.0)  # exact ±1
             mat.mul_(rm_col[i0:i1]).mul_(cm_row).mul_(h.beta1).add_(gb, alpha=1.0 - h.beta1)
             # compression, part 1: signs (M > 0, as the reference code)
             if packed:
                 pack_positive(mat, sb, ws)
             else:
-                torch.gt(mat, 0, out=sb)
+                positive_into(mat, sb, ws)
         vmat = ws.get("vmat", (i1 - i0) * m, vdtype, p.device).view(i1 - i0, m)
         torch.mul(rv_col[i0:i1], cv_row, out=vmat)
         vmat.addcmul_(gb, gb, value=1.0 - h.beta2)

@@ -53,7 +53,7 @@ def _run(kind: str, optimizer: str, tmp: str):
     extra = {"input_size": [3, 32, 32]} if kind == "cnn" else {"seq_len": 16}
     job = ProbeJob(model=spec.to_dict(), optimizer=optimizer, steps=STEPS, batch_size=4,
                    num_threads=1, **extra)
-    return spec, run_job(job, apply_cap=False)
+    return spec, run_job(job)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_timings_exclude_the_first_step(tmp):
     assert m["step_ms"] > 0 and m["optimizer_step_ms"] > 0
     spec = _spec("cnn", tmp)
     one = run_job(ProbeJob(model=spec.to_dict(), optimizer="adam", steps=1, batch_size=2,
-                           input_size=[3, 32, 32], num_threads=1), apply_cap=False)
+                           input_size=[3, 32, 32], num_threads=1))
     assert one["status"] == "ok"
     assert one["measured"]["step_ms"] is None and one["measured"]["optimizer_step_ms"] is None
     assert len(one["measured"]["losses"]) == 1

@@ -64,9 +64,11 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def run_job(job: ProbeJob, emit: Emit | None = None, *, apply_cap: bool = True) -> dict[str, Any]:
+def run_job(job: ProbeJob, emit: Emit | None = None, *, apply_cap: bool = False) -> dict[str, Any]:
     """Run ``job`` in this process and return its result (``status`` ``"ok"``, ``"oom"`` or
-    ``"error"``). ``emit`` receives the phase and step events as they happen."""
+    ``"error"``). ``emit`` receives the phase and step events as they happen. ``apply_cap``
+    limits *this* process's memory for good (RLIMIT_AS cannot be raised back), so only the
+    subprocess entry point (:func:`main`) sets it."""
     emit = emit or (lambda ev: None)
     result: dict[str, Any] = {"optimizer": job.optimizer, "status": "ok", "lr": job.learning_rate,
                               "device_type": job.device_type}
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     text = args[0] if args and args[0] != "-" else sys.stdin.read()
     job = ProbeJob.from_dict(json.loads(text))
-    result = run_job(job, emit)
+    result = run_job(job, emit, apply_cap=True)
     emit({"event": "result", **result})
     return 0
 

@@ -27,6 +27,9 @@ METHOD_NOTES = (
     "**Predicted peak** is the estimate's total minus the runtime that exists before the "
     "baseline (PyTorch and the model library; on CUDA the cuBLAS workspaces); its step-overhead "
     "term stays in. **Error** is 100 × (measured − predicted) / predicted.",
+    "**Totals** add the runtime: measured, this process's RSS after imports (on this machine a "
+    "CUDA build of torch, far larger than a CPU-only one); predicted, the estimate's stated "
+    "CPU-only runtime. The peak columns are the like-for-like comparison.",
     "CPU runs use `MALLOC_MMAP_THRESHOLD_=131072` (what the estimate assumes; `--glibc-default` "
     "measures glibc's default instead, which keeps freed memory resident).",
     "**fwd+bwd** and **opt.step** are medians over steps 2..N; step 1 is a warm-up (lazy state "
@@ -39,7 +42,11 @@ def _mib(n) -> str:
 
 
 def _size(n) -> str:
-    return format_bytes(n) if n is not None else "–"
+    """MiB throughout the table (so columns compare at a glance), more digits below 1 MiB."""
+    if n is None:
+        return "–"
+    v = n / MiB
+    return f"{v:,.1f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
 
 
 def _pct(x) -> str:
@@ -64,7 +71,7 @@ def _losses(m: dict | None) -> str:
     if not m or not m.get("losses"):
         return "–"
     ls = m["losses"]
-    return f"{ls[0]:.4g} → {ls[-1]:.4g}"
+    return f"{ls[0]:.3g} → {ls[-1]:.3g}"
 
 
 def header_line(doc: dict) -> str:
@@ -94,24 +101,37 @@ def rows(doc: dict) -> list[list[str]]:
     return out
 
 
-COLUMNS = ["optimizer", "status", "state pred.", "state meas.", "state err",
-           "peak pred.", "peak meas.", "peak err", "fwd+bwd ms", "opt.step ms", "loss first → last"]
+COLUMNS = ["optimizer", "status", "state pred. MiB", "state meas. MiB", "state err",
+           "peak pred. MiB", "peak meas. MiB", "peak err", "fwd+bwd ms", "opt.step ms",
+           "loss first → last"]
+
+
+#: the terminal table's columns (indices into :func:`rows`) and their two-line headers; the
+#: planned state is left out there (its error column says whether it matched) to fit 100 columns.
+TERMINAL = [(0, "optimizer"), (1, "status"), (3, "state\nMiB"), (4, "state\nerr"),
+            (5, "peak\nplan"), (6, "peak\nmeas."), (7, "peak\nerr"), (8, "fwd+bwd\nms"),
+            (9, "opt.step\nms"), (10, "loss\nfirst → last")]
 
 
 def probe_table(doc: dict):
-    """A rich table: one row per optimizer."""
+    """A rich table: one row per optimizer (sizes in MiB)."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=header_line(doc), title_justify="left")
-    for i, c in enumerate(COLUMNS):
-        t.add_column(c.replace(" ", "\n", 1), justify="left" if i in (0, 1, 10) else "right",
-                     no_wrap=i in (0, 1))
-    for row, e in zip(rows(doc), doc["optimizers"].values()):
+    t = Table(title=header_line(doc), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table_rows = rows(doc)
+    for i, head in TERMINAL:
+        # numbers never shrink below their width (the loss column wraps instead)
+        widest = max((len(r[i]) for r in table_rows), default=1) if i != 10 else None
+        t.add_column(head, justify="left" if i in (0, 1, 10) else "right", no_wrap=i != 10,
+                     min_width=widest)
+    for row, e in zip(table_rows, doc["optimizers"].values()):
         style = {"ok": "green", "oom": "red"}.get(e.get("status"), "yellow")
-        t.add_row(row[0], Text(row[1], style=style), *row[2:])
-    t.caption = ("✓ ran · ✗ out of memory · ! error · peak = growth over the runtime baseline · "
-                 "times are medians excluding the warm-up step 1")
+        cells = [row[i] for i, _ in TERMINAL]
+        t.add_row(cells[0], Text(cells[1], style=style), *cells[2:])
+    t.caption = ("sizes in MiB · ✓ ran · ✗ out of memory · ! error · peak = growth over the "
+                 "runtime baseline · times: medians, warm-up step 1 excluded")
     return t
 
 

@@ -186,7 +186,7 @@ class SMMF(torch.optim.Optimizer):
                 g = g.add(p, alpha=wd)
             if decoupled:
                 to_decay.append(p)
-            if "row_v" in state:
+            if is_factorized(tuple(p.shape), group["vector_reshape"]):
                 n, m = square_matricize(tuple(p.shape))
                 stack = n * m <= STACK_MAX_NUMEL
                 key = ("f", (n, m), p.dtype, p.device, state["step"], stack or id(p))

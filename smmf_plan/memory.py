@@ -34,7 +34,7 @@ from .model import ModelSpec
 from .plan import plan_state, with_dtype
 from .shapes import ParamSpec
 from .activations import DEFAULT_SEQ_LEN
-from .temporaries import step_temp_bytes
+from .temporaries import persists, step_temp_bytes
 
 MiB = 1 << 20
 
@@ -96,12 +96,14 @@ class MemoryEstimate:
     input: str | None = None
     seconds: float = 0.0
     _fixed: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
+    #: per optimizer id: True when its step scratch is kept between steps (never netted).
+    persistent: dict[str, bool] = field(default_factory=dict)
 
     def breakdown_at(self, optimizer: str, batch: int) -> MemoryBreakdown:
         """The breakdown at another batch size, from the affine activation model (no re-trace)."""
         w, g, s = self._fixed[optimizer]
         act, temp = _act_temp(self.activation_model, batch, self.allocator,
-                              self.step_temp[optimizer])
+                              self.step_temp[optimizer], self.persistent.get(optimizer, False))
         return MemoryBreakdown(w, g, s, act, temp, sum(self.runtime_parts.values()))
 
     def total_at(self, optimizer: str) -> Callable[[int], int]:
@@ -130,10 +132,14 @@ class MemoryEstimate:
         }
 
 
-def _act_temp(am, batch: int, allocator: str, step_temp: int) -> tuple[int, int]:
+def _act_temp(am, batch: int, allocator: str, step_temp: int, persistent: bool = False) -> tuple[int, int]:
+    """Activations at ``batch`` and the temporaries counted beyond them: the step's peak over
+    what backward leaves alive, or all of it when the optimizer keeps its scratch between steps."""
     if am is None:
         return 0, step_temp
     act = am.bytes_at(batch, allocator)
+    if persistent:
+        return act, step_temp
     retained = am.retained_at(batch, allocator)
     return act, max(0, retained + step_temp - act)
 
@@ -265,14 +271,17 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
         st = step_temp_bytes(layout, trainable, allocator=allocator)
         temps[layout.id] = st
         fixed[layout.id] = (weights, grads, state)
-        act, temp = _act_temp(am, batch_size, allocator, st)
+        keeps = persists(layout)
+        act, temp = _act_temp(am, batch_size, allocator, st, keeps)
         breakdowns[layout.id] = MemoryBreakdown(weights, grads, state, act, temp, runtime)
     assumptions.append(
         "temporaries: the optimizer step's peak temporaries (for-loop Adam on CPU, foreach on "
         "CUDA) plus outputs still held, counted only beyond the activation term (the step runs "
-        "after backward has freed the activations)")
+        "after backward has freed the activations); SMMF keeps its row-block scratch between "
+        "steps, so its temporaries are always counted")
     est = MemoryEstimate(model_spec.name, batch_size, allocator, breakdowns, am, assumptions,
-                         temps, rparts, in_desc, 0.0, fixed)
+                         temps, rparts, in_desc, 0.0, fixed,
+                         {layout.id: persists(layout) for layout in layouts})
     est.seconds = time.perf_counter() - t0
     return est
 

@@ -22,9 +22,16 @@ tracker (``tests/test_memory_temporaries.py``, tolerance -2% / +10%):
                                    plus 1.5× the row+column vectors of the last factored parameter
                                    (still bound while later vectors are stepped)
   sm3                  1     0     one full-size update at a time
-  smmf                 2     0     decompressed moment and the update (bundled implementation;
-                                   PROVISIONAL - it measured 3 before its kernels were reworked)
   ===================  ====  ====  ==============================================================
+
+* The bundled SMMF (eager kernels) updates a parameter in row blocks of at most
+  ``layouts.smmf.BLOCK_NUMEL`` elements through scratch buffers it **keeps between steps** (page
+  faults of fresh multi-MiB buffers cost more than the arithmetic): the decompressed first moment
+  and the second-moment matrix (2 × block, state dtype), a state-dtype scratch for the sign compare
+  (1 × block) and, for packed signs, a byte per element plus a 4-B index per sign byte
+  (3/8 × block), and a few factor-sized vectors.
+  Without a first moment only the second-moment matrix. Because the buffers persist, SMMF's
+  temporaries are not netted against the activations (:func:`persists`).
 
 * ``foreach`` Adam/AdamW (torch's default on CUDA) builds ``exp_avg_sq_sqrt`` for every parameter
   of a (device, dtype) group at once: one full copy of the group's parameters; the largest group
@@ -65,15 +72,37 @@ def _coeffs(layout: OptimizerLayout, spec: ParamSpec) -> tuple[int, int, int]:
         return 3, (2 if rank2 else 0), 0
     if family == "sm3":
         return 1, 0, 0
-    if family == "smmf":  # provisional: follows the bundled optimizer's kernels as they change
-        return 2, 3, 0
     raise ValueError(f"no step-temporaries rule for optimizer family {family!r}")
 
 
-def _vec_elems(layout: OptimizerLayout, spec: ParamSpec) -> int:
-    if type(layout).name == "smmf":
+def persists(layout: OptimizerLayout) -> bool:
+    """True when the optimizer keeps its step scratch between steps (so it is alive during the
+    next forward and backward too)."""
+    return type(layout).name == "smmf"
+
+
+def _smmf_temp(layout: OptimizerLayout, specs: Sequence[ParamSpec], q: int) -> int:
+    from .layouts.smmf import block_rows, is_factorized
+
+    first = layout.opts["beta"] is not None
+    # in units of one state-dtype element: decompressed M, V, a float scratch for the sign
+    # compare, and for packed signs a bool per element plus a 4-B index per sign byte
+    per_elem = 1.0 if not first else (3 + (3 / 8 if layout.opts["sign"] == "packed" else 0))
+    peak = 0
+    dense = 0
+    for spec in specs:
+        item = 4 if dtypes.canonical(spec.dtype) in HALF else dtypes.itemsize(spec.dtype)
+        if not is_factorized(spec.shape, layout.opts["vector_reshape"]):
+            dense += 2 * round_up(spec.numel * item, q)  # foreach g·g and sqrt(V) + eps
+            continue
         n, m = square_matricize(spec.shape)
-        return n + m
+        block = min(n, block_rows(m)) * m
+        here = round_up(int(per_elem * block * item), q) + 3 * round_up((n + m) * item, q)
+        peak = max(peak, here)
+    return peak + dense
+
+
+def _vec_elems(layout: OptimizerLayout, spec: ParamSpec) -> int:
     s = spec.shape
     if len(s) >= 2:
         import math
@@ -92,6 +121,8 @@ def step_temp_bytes(layout: OptimizerLayout, specs: Sequence[ParamSpec], *,
     if not trainable:
         return 0
     family = type(layout).name
+    if family == "smmf":
+        return _smmf_temp(layout, trainable, q)
     if family in ("adam", "adamw"):
         use_foreach = default_foreach(allocator) if foreach is None else foreach
         if layout.opts.get("fused"):
@@ -104,7 +135,7 @@ def step_temp_bytes(layout: OptimizerLayout, specs: Sequence[ParamSpec], *,
     peak, prev, prev_vec = 0, 0, 0
     for spec in trainable:
         pd = dtypes.canonical(spec.dtype)
-        upcast = family in ("adafactor", "came", "smmf") and pd in HALF
+        upcast = family in ("adafactor", "came") and pd in HALF
         item = 4 if upcast else dtypes.itemsize(pd)
         full = round_up(spec.numel * item, q)
         a, v, b = _coeffs(layout, spec)

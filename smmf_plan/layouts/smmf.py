@@ -39,6 +39,17 @@ def is_factorized(shape: Shape, vector_reshape: bool) -> bool:
     return vector_reshape or squeezed_rank != 1
 
 
+#: elements per row block of the eager kernel (``smmf_plan.optim._kernels``): a parameter is
+#: updated block by block, and the scratch buffers the optimizer keeps between steps are sized to
+#: the largest block. Defined here so that the planner's temporaries rule and the kernel agree.
+BLOCK_NUMEL = 1 << 20
+
+
+def block_rows(m: int) -> int:
+    """Rows of an ``(n̂, m̂)`` matrix per block: a multiple of 8 (blocks start on a sign byte)."""
+    return max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)
+
+
 def packed_sign_bytes(numel: int) -> int:
     return -(-numel // 8)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..layouts import smmf as _layout
 from . import _cpp
 from ._signbits import pack_positive, positive_into, sign_lut, unpack_bools, unpack_signs
 
@@ -106,9 +107,9 @@ def factorized_update(
         _stacked_update(params, grads, rows_m, cols_m, signs, rows_v, cols_v, shape, packed, h)
 
 
-#: elements per row block of :func:`_single_update`: its half-dozen temporaries stay in cache
-#: and are small enough for the allocator to recycle them without page faults.
-BLOCK_NUMEL = 1 << 20
+#: elements per row block of :func:`_single_update` (its temporaries stay in cache); defined
+#: beside the state layout so the planner's temporaries rule uses the same number.
+BLOCK_NUMEL = _layout.BLOCK_NUMEL
 
 
 def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper, ws: Workspace) -> None:
@@ -118,7 +119,7 @@ def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper, ws: Works
     gmat = g.reshape(n, m)
     vdtype = rv.dtype
     first = h.beta1 is not None
-    rows = max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)  # multiple of 8: blocks start on a byte
+    rows = max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)  # = layouts.smmf.block_rows (patchable in tests)
     rv_col = (rv * h.beta2).view(n, 1)  # a copy: old factors stay readable while new ones are written
     cv_row = cv.view(1, m)
     acc_cv = torch.zeros(m, dtype=vdtype, device=p.device)

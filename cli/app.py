@@ -25,6 +25,7 @@ from . import check as _check  # noqa: E402,F401
 from . import devices as _devices  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import optimizers as _optimizers  # noqa: E402,F401
+from . import probe as _probe  # noqa: E402,F401
 from . import reproduce as _reproduce  # noqa: E402,F401
 from . import shapes as _shapes  # noqa: E402,F401
 from . import size as _size  # noqa: E402,F401

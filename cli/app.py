@@ -20,17 +20,17 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from . import plan as _plan  # noqa: E402  (commands register themselves on `app`)
+# commands register themselves on `app` when imported
 from . import check as _check  # noqa: E402,F401
 from . import devices as _devices  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import optimizers as _optimizers  # noqa: E402,F401
+from . import plan as _plan  # noqa: E402,F401
 from . import probe as _probe  # noqa: E402,F401
 from . import reproduce as _reproduce  # noqa: E402,F401
 from . import shapes as _shapes  # noqa: E402,F401
 from . import size as _size  # noqa: E402,F401
 
-COMMANDS = ("plan", "shapes", "devices", "size", "probe", "check", "reproduce", "optimizers")
 
 
 def _click_errors():

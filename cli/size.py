@@ -7,9 +7,7 @@ The memory per optimizer is the end-to-end estimate of :mod:`smmf_plan.memory`.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Optional, Sequence
-
-import typer
+from typing import Any, Sequence
 
 from . import options as o
 from .app import app

@@ -306,7 +306,6 @@ class StorageTracker:
         return both()
 
     def _dispatch(self, func, args, kwargs):
-        import torch
 
         out = func(*args, **kwargs)
         self.ops += 1

@@ -38,11 +38,11 @@ import difflib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .atomic import write_text_atomic  # noqa: F401  (part of check's API)
 from .errors import PlanError
 from .units import format_bytes, parse_size
 
@@ -653,51 +653,13 @@ def baseline_document(evaluated: Sequence[Evaluated]) -> dict:
             "generator": f"smmf-plan {__version__}", "checks": checks}
 
 
+
 def write_json_atomic(path: str | Path, document: Any) -> None:
     """Write ``document`` as JSON to ``path`` so that readers only ever see the old file or the
     complete new one: serialize into a temporary file in the same directory, flush and fsync it,
     then ``os.replace`` it over ``path`` (and fsync the directory where the OS allows). If anything
     fails before the rename, the temporary file is removed and ``path`` is untouched."""
     write_text_atomic(path, lambda f: (json.dump(document, f, indent=2, sort_keys=False), f.write("\n")))
-
-
-def write_text_atomic(path: str | Path, writer: Callable[[Any], Any] | str) -> None:
-    """Atomic replacement of a text file; ``writer`` is the text or a callable given the open file."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    try:
-        mode = target.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            if callable(writer):
-                writer(f)
-            else:
-                f.write(writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable; not every OS lets a directory be opened
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dfd)
 
 
 def write_baseline(path: str | Path, evaluated: Sequence[Evaluated]) -> dict:

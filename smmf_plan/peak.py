@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 #: what :func:`measure_in_subprocess` sets in the child's environment by default.
 DETERMINISTIC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -146,7 +145,6 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
     _import_for(recipe)
     import torch
 
-    from .activations import StorageTracker, _default_loss, input_spec_for
     from .layouts import parse_layout
 
     torch.set_num_threads(int(recipe.get("threads", 1)))

@@ -9,9 +9,7 @@ colour; in SVG segments have colour-blind-safe colours (Okabe–Ito) and most ca
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -258,24 +256,11 @@ def write_svg(path: str | os.PathLike, rows: Sequence[BarRow], usable_bytes: int
         raise PlanError(f"--svg {str(path)!r} is a folder: give a file name such as bars.svg")
     if not folder.is_dir():
         raise PlanError(f"--svg {str(path)!r}: folder {str(folder)!r} does not exist")
-    text = svg_text(rows, usable_bytes, title)
+    from ..atomic import write_text_atomic
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        write_text_atomic(target, svg_text(rows, usable_bytes, title))
     except OSError as e:
-        raise PlanError(f"--svg {str(path)!r} cannot be written: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, target)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise PlanError(f"--svg {str(path)!r} cannot be written: {e.strerror}") from None
     return target
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

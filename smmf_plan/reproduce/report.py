@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
@@ -269,18 +268,10 @@ def explain(row: Row, rows: list[Row]) -> str | None:
 
 # --------------------------------------------------------------------------- output
 def _atomic_write(path: Path, text: str) -> None:
+    from ..atomic import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_text_atomic(path, text)
 
 
 def summarize(rows: list[Row]) -> Summary:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from importlib import metadata
 from typing import Any
 
@@ -104,21 +103,13 @@ def get(key: str) -> ModelSpec | None:
 
 
 def write_json_atomic(path: str, doc: Any) -> None:
-    """Write ``doc`` as JSON to ``path`` atomically (temporary file + ``os.replace``); errors are
-    swallowed, since a cache is an accelerator, never a requirement."""
+    """Write ``doc`` as JSON to ``path`` atomically; errors are swallowed, since a cache is an
+    accelerator, never a requirement."""
+    from ..atomic import write_text_atomic
+
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_text_atomic(path, json.dumps(doc, separators=(",", ":")))
     except (OSError, TypeError, ValueError):
         pass
 

@@ -31,31 +31,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from .probe import rss  # /proc/self/status and clear_refs, one home
+
 #: what :func:`measure_in_subprocess` sets in the child's environment by default.
 DETERMINISTIC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
-def read_status() -> dict[str, int]:
-    """``VmRSS``, ``VmHWM`` (and the other ``Vm*`` lines) of this process, in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("Vm"):
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if parts and parts[-1] == "kB":
-                    out[key] = int(parts[0]) * 1024
-    return out
-
-
-def reset_hwm() -> bool:
-    """Reset the peak RSS (``VmHWM``) to the current RSS; False where the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -148,7 +127,7 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
     from .layouts import parse_layout
 
     torch.set_num_threads(int(recipe.get("threads", 1)))
-    baseline = read_status()["VmRSS"]
+    baseline = rss.rss_bytes()
     t0 = time.perf_counter()
     model = _build(recipe)
     model.train()
@@ -179,7 +158,7 @@ def _measure(recipe: dict, model, opt, batch_size: int, baseline: int, t0: float
                 tracker.ignore(model.parameters())
                 tracker.ignore(model.buffers())
                 tracker.ignore(_state_tensors(opt))
-            hwm_ok = reset_hwm()
+            hwm_ok = rss.reset_peak()
         mode = tracker.mode() if tracker is not None else None
         if mode is not None:
             mode.__enter__()
@@ -204,7 +183,7 @@ def _measure(recipe: dict, model, opt, batch_size: int, baseline: int, t0: float
             if mode is not None:
                 mode.__exit__(None, None, None)
         del out, loss, args, kwargs, target
-    hwm = read_status()["VmHWM"]
+    hwm = rss.hwm_bytes()
     params = _storage_set_bytes(model.parameters())
     buffers = _storage_set_bytes(model.buffers())
     state = _storage_set_bytes(_state_tensors(opt))

@@ -278,7 +278,8 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
         "temporaries: the optimizer step's peak temporaries (for-loop Adam on CPU, foreach on "
         "CUDA) plus outputs still held, counted only beyond the activation term (the step runs "
         "after backward has freed the activations); SMMF keeps its row-block scratch between "
-        "steps, so its temporaries are always counted")
+        "steps, so its temporaries are always counted (those of its eager kernels: an upper "
+        "bound when its fused C++ kernel runs)")
     est = MemoryEstimate(model_spec.name, batch_size, allocator, breakdowns, am, assumptions,
                          temps, rparts, in_desc, 0.0, fixed,
                          {layout.id: persists(layout) for layout in layouts})

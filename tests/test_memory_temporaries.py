@@ -17,7 +17,17 @@ SETS = {
 IDS = ["adam", "adamw", "adafactor", "adafactor:beta1=none", "came", "sm3", "smmf", "smmf:sign=bool"]
 
 
-def measured_step_extra(oid, shapes, **hyper):
+def measured_step_extra(oid, shapes, kernel="eager", **hyper):
+    from smmf_plan.optim import _cpp
+
+    _cpp.enable(kernel == "fused")  # the rule describes SMMF's eager kernels (an upper bound)
+    try:
+        return _measured_step_extra(oid, shapes, **hyper)
+    finally:
+        _cpp.enable(None)
+
+
+def _measured_step_extra(oid, shapes, **hyper):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     opt = parse_layout(oid).build(params, **hyper)
@@ -58,3 +68,16 @@ def test_foreach_adam_holds_one_copy_of_the_parameters(which):
 def test_frozen_parameters_have_no_temporaries():
     specs = [ParamSpec("w", (1000, 1000), trainable=False), ParamSpec("b", (10,))]
     assert step_temp_bytes(parse_layout("adam"), specs) == 2 * 40
+
+
+@pytest.mark.parametrize("which", list(SETS))
+def test_fused_smmf_kernel_stays_under_the_rule(which):
+    from smmf_plan.optim import _cpp
+
+    if not _cpp.enable(True):
+        _cpp.enable(None)
+        pytest.skip("the fused C++ kernel cannot be built here")
+    _cpp.enable(None)
+    shapes = SETS[which]
+    specs = [ParamSpec(f"p{i}", s) for i, s in enumerate(shapes)]
+    assert measured_step_extra("smmf", shapes, kernel="fused") <= step_temp_bytes(parse_layout("smmf"), specs)

@@ -1,9 +1,14 @@
-"""Optional fused CPU kernel for SMMF (C++ with std::thread, built on first use with ``torch.utils.cpp_extension``).
+"""Fused CPU kernel for SMMF (C++ with std::thread, built on first use with ``torch.utils.cpp_extension``).
 
-Opt-in: set ``SMMF_PLAN_KERNEL=cpp`` in the environment (or call :func:`enable`). It needs a C++
-compiler and ninja; if the build fails the optimizer silently keeps the eager path (no compiler is
-needed by default). It handles fp32, contiguous, CPU parameters of the factorized path; everything
-else stays on the eager kernels.
+Selection, by ``SMMF_PLAN_KERNEL`` (or :func:`enable`, which overrides it in-process):
+
+* unset / ``auto`` (default): used where a C++ compiler and ninja are on ``PATH``; built once on
+  first use (about 40 s, announced on stderr, then cached by torch) — if anything fails the
+  optimizer keeps the eager path, so no compiler is ever required;
+* ``cpp``: the same, asked for explicitly; ``eager``: never (the pure-PyTorch kernels only).
+
+It handles fp32, contiguous, CPU parameters of the factorized path; everything else stays on the
+eager kernels.
 
 One sweep per parameter does decompression, the moment updates, the parameter update and the
 compression (row sums in registers, column sums in per-thread buffers, sign bits), so a step moves
@@ -165,21 +170,32 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
 """
 
 _lock = threading.Lock()
-_state: dict[str, object] = {"tried": False, "module": None}
+_state: dict[str, object] = {"tried": False, "module": None, "forced": None}
+
+
+def _compiler_present() -> bool:
+    import shutil
+
+    return shutil.which("ninja") is not None and any(
+        shutil.which(c) for c in (os.environ.get("CXX", "c++"), "c++", "g++", "clang++") if c)
 
 
 def enabled() -> bool:
-    return os.environ.get("SMMF_PLAN_KERNEL", "").lower() == "cpp" or _state.get("forced", False)
+    """Whether the fused kernel should be tried for this process (see the module docstring)."""
+    forced = _state.get("forced")
+    if forced is not None:
+        return bool(forced)
+    mode = os.environ.get("SMMF_PLAN_KERNEL", "auto").strip().lower() or "auto"
+    if mode == "eager":
+        return False
+    return mode == "cpp" or _compiler_present()
 
 
-def enable(on: bool = True) -> bool:
-    """Turn the fused kernel on (or off) for this process, overriding ``SMMF_PLAN_KERNEL``;
+def enable(on: bool | None = True) -> bool:
+    """Force the fused kernel on or off for this process (``None``: back to ``SMMF_PLAN_KERNEL``);
     returns whether it is in use (it could be built)."""
     _state["forced"] = on
-    if not on:
-        os.environ.pop("SMMF_PLAN_KERNEL", None)
-        return False
-    return module() is not None
+    return bool(on) and module() is not None
 
 
 def module():
@@ -188,10 +204,18 @@ def module():
         if not _state["tried"]:
             _state["tried"] = True
             try:
-                from torch.utils.cpp_extension import load_inline
+                import sys
 
+                from torch.utils.cpp_extension import _get_build_directory, load_inline
+
+                name = "smmf_plan_fused_v4"
+                built = os.path.isdir(_get_build_directory(name, verbose=False)) and any(
+                    f.endswith(".so") for f in os.listdir(_get_build_directory(name, verbose=False)))
+                if not built:
+                    print("smmf-plan: building the fused SMMF kernel once (about 40 s; "
+                          "SMMF_PLAN_KERNEL=eager skips it)", file=sys.stderr, flush=True)
                 _state["module"] = load_inline(
-                    name="smmf_plan_fused_v4", cpp_sources=[_SOURCE], functions=None,
+                    name=name, cpp_sources=[_SOURCE], functions=None,
                     extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
                     verbose=False,
                 )

@@ -39,9 +39,10 @@ the faithfulness tests compare parameter trajectories against it:
 * **Routing** follows the code: with ``vector_reshape=True`` every parameter (0-d and 1-D included)
   is factorized; with ``False`` only parameters whose squeezed rank is 1 use the dense Adam-like path.
 
-Implementation notes: the default path is plain eager PyTorch (any device, no compiler). An opt-in
-fused C++/OpenMP CPU kernel (``SMMF_PLAN_KERNEL=cpp``, see :mod:`smmf_plan.optim._cpp`) does the whole
-step in one sweep for fp32 CPU parameters and falls back to eager where it cannot be built.
+Implementation notes: fp32 CPU parameters go through a fused C++ kernel (one sweep per parameter,
+see :mod:`smmf_plan.optim._cpp`) wherever a compiler is present — built once on first use;
+``SMMF_PLAN_KERNEL=eager`` turns it off — and everything else (GPUs, half precision, no compiler)
+through plain eager PyTorch kernels.
 Parameters of one group that share ``(n̂, m̂)``, dtype, device and step are
 updated together; small ones are stacked into one batch (fewer operator launches). Floating-point
 operations are ordered differently from the code (see :mod:`smmf_plan.optim._kernels`), so

@@ -250,6 +250,10 @@ class StorageTracker:
 
     def add(self, t) -> None:
         """Count ``t``'s storage as live from now (e.g. the input batch)."""
+        self._track(t)
+        self._bump()
+
+    def _track(self, t) -> None:
         st = t.untyped_storage()
         key = st._cdata
         if key in self._sizes or key in self._ignored:
@@ -259,7 +263,6 @@ class StorageTracker:
         for k, q in ROUNDING.items():
             self.live[k] += _round(n, q)
         weakref.finalize(st, self._free, key, n)
-        self._bump()
 
     def _free(self, key: int, n: int) -> None:
         if self._sizes.pop(key, None) is None:
@@ -310,15 +313,7 @@ class StorageTracker:
         out = func(*args, **kwargs)
         self.ops += 1
         for t in _tensors(out):
-            st = t.untyped_storage()
-            key = st._cdata
-            if key in self._sizes or key in self._ignored:
-                continue
-            n = st.nbytes()
-            self._sizes[key] = n
-            for k, q in ROUNDING.items():
-                self.live[k] += _round(n, q)
-            weakref.finalize(st, self._free, key, n)
+            self._track(t)
         self._bump()
         return out
 

@@ -46,6 +46,10 @@ Amp = Annotated[Optional[str], typer.Option(
     show_default=False)]
 GradCheckpointing = Annotated[bool, typer.Option(
     "--grad-checkpointing", help="Recompute activations in backward instead of keeping them.")]
+Runtime = Annotated[Optional[str], typer.Option(
+    "--runtime", help="Runtime baseline you measured on the device (e.g. 180MiB: RSS of a process "
+                      "that imported torch and your model library), instead of the stated default.",
+    show_default=False)]
 Svg = Annotated[Optional[str], typer.Option(
     "--svg", help="Also write the stacked bars as SVG to this file (needs exactly one device).",
     show_default=False)]
@@ -73,14 +77,16 @@ def batch_size(value: int | None) -> int:
     return check_batch_size(1 if value is None else value)
 
 
-def estimate_options(input_size, seq_len, amp, grad_checkpointing, dtype) -> dict:
+def estimate_options(input_size, seq_len, amp, grad_checkpointing, dtype, runtime=None) -> dict:
     """Keyword arguments for :func:`smmf_plan.memory.estimate`, validated."""
     from smmf_plan.errors import PlanError
+    from smmf_plan.units import parse_size
 
     if seq_len is not None and seq_len < 1:
         raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number >= 1")
     return {"input_size": input_size, "seq_len": seq_len, "dtype": dtype, "amp": amp,
-            "grad_checkpointing": grad_checkpointing}
+            "grad_checkpointing": grad_checkpointing,
+            "runtime_bytes": None if runtime is None else parse_size(runtime, "--runtime")}
 
 
 def split_csv(text: str | None) -> list[str]:

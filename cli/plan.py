@@ -24,6 +24,7 @@ def plan(
     seq_len: o.SeqLen = None,
     amp: o.Amp = None,
     grad_checkpointing: o.GradCheckpointing = False,
+    runtime: o.Runtime = None,
     svg: o.Svg = None,
     json_out: o.Json = False,
     no_cache: o.NoCache = False,
@@ -37,10 +38,10 @@ def plan(
     layouts = o.layouts(optimizer)
     dt = o.dtype(dtype)
     end_to_end = device is not None or svg is not None or grad_checkpointing or any(
-        v is not None for v in (batch_size, input_size, seq_len, amp))
+        v is not None for v in (batch_size, input_size, seq_len, amp, runtime))
     if end_to_end:
         batch = o.batch_size(batch_size)
-        options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt)
+        options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt, runtime)
         dev = None
         if device is not None:
             from smmf_plan.devices import get_device

@@ -89,6 +89,7 @@ def size(
     seq_len: o.SeqLen = None,
     amp: o.Amp = None,
     grad_checkpointing: o.GradCheckpointing = False,
+    runtime: o.Runtime = None,
     device: o.Devices = None,
     devices_file: o.DevicesFile = None,
     svg: o.Svg = None,
@@ -115,7 +116,7 @@ def size(
                         lora_rank=lora_rank, lora_targets=lora_targets, no_cache=no_cache,
                         quiet=json_out)
     spec.params = with_dtype(spec.params, dt)
-    options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt)
+    options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt, runtime)
     with o.status("Estimating training memory (tracing one step on meta tensors)…", json_out):
         result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options)
     if json_out:

@@ -184,14 +184,15 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
              input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
              dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
              allocator: str = "cpu", module_factory: Callable[[], Any] | None = None,
-             trace: bool = True) -> MemoryEstimate:
+             trace: bool = True, runtime_bytes: int | None = None) -> MemoryEstimate:
     """Estimate one training step's memory for each optimizer in ``layouts``.
 
     ``module_factory()`` returns the model as an ``nn.Module`` on the meta device (default:
     :func:`smmf_plan.sources.build_module`); it is what gets traced. ``dtype`` re-types the
     weights (pure low-precision training); ``amp`` ("bf16"/"fp16") keeps fp32 master weights and
     traces forward under autocast. Without a buildable module (weights without a config) or with
-    ``trace=False`` the activation term is 0 and the estimate says so."""
+    ``trace=False`` the activation term is 0 and the estimate says so. ``runtime_bytes`` replaces
+    the stated runtime baseline with one the user measured on the device (``--runtime``)."""
     from .fit import check_batch_size
 
     t0 = time.perf_counter()
@@ -240,7 +241,7 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
 
     weights = _sum_rounded(specs, q) + buffer_bytes
     grads = _sum_rounded(specs, q, trainable_only=True)
-    rparts = runtime_parts(allocator, library)
+    rparts = runtime_parts(allocator, library) if runtime_bytes is None else {"given": int(runtime_bytes)}
     runtime = sum(rparts.values())
     assumptions.append(
         f"weights: {len(specs)} parameter tensors" + (f" + buffers ({buffer_bytes:,} B)" if buffer_bytes else "")
@@ -252,17 +253,22 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
             "allocator cpu: 64-B aligned tensors; RSS modelled with MALLOC_MMAP_THRESHOLD_=131072 "
             "(deterministic, measured = tensor peak + 24-43 MiB); under default glibc RSS measured "
             "up to 1.35x the tensor-level peak - set that variable in the training process")
+    if runtime_bytes is not None:
+        assumptions.append(f"runtime baseline: {runtime_bytes / MiB:,.1f} MiB as given with --runtime")
+    elif allocator == "cpu":
         assumptions.append(
-            "runtime baseline (stated, not measured on the device): PyTorch CPU-only process "
+            "runtime baseline (stated, not measured on the device; measure yours and pass "
+            "--runtime): PyTorch CPU-only process "
             f"{rparts['pytorch'] // MiB} MiB (x86-64 import RSS minus CUDA libraries; ARM builds "
             "not measured; this machine's CUDA build is 508 MiB)"
             + (f" + {library} import {rparts['library'] // MiB} MiB" if "library" in rparts else "")
             + f" + {rparts['step_overhead'] // MiB} MiB step overhead (Python objects, kernel pages)")
     else:
-        assumptions.append("allocator cuda: every tensor rounded up to 512 B (memory_allocated); "
-                           "caching-allocator slack not modelled")
         assumptions.append("runtime baseline: 32 MiB cuBLAS workspaces; the CUDA context is not "
                            "counted because a device's usable memory already excludes it")
+    if allocator == "cuda":
+        assumptions.append("allocator cuda: every tensor rounded up to 512 B (memory_allocated); "
+                           "caching-allocator slack not modelled")
 
     breakdowns, temps, fixed = {}, {}, {}
     trainable = [s for s in specs if s.trainable]

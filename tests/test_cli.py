@@ -191,3 +191,18 @@ def test_lora_plans_trace_the_adapters(config, targets, capsys, tmp_path):
     assert 0 < lora["model"]["trainable_params"] < full["model"]["trainable_params"]
     # adapters are traced: the step has activations, and far fewer gradients than full training
     assert a["activation_bytes"] > 0 and a["grad_bytes"] < f["grad_bytes"] / 5
+
+
+def test_runtime_override_replaces_the_stated_baseline(capsys):
+    args = ["mobilenetv2_050", "--input-size", "3,64,64", "-o", "smmf", "-d", "rpi-zero-2w", "--json"]
+    code, out, _ = run([*args, "--runtime", "120MiB"], capsys)
+    given = json.loads(out)
+    code2, out2, _ = run(args, capsys)
+    stated = json.loads(out2)
+    assert code == code2 == 0
+    g, s = given["optimizers"]["smmf"], stated["optimizers"]["smmf"]
+    assert g["runtime_bytes"] == 120 * 2**20 != s["runtime_bytes"]
+    assert g["total_bytes"] - s["total_bytes"] == g["runtime_bytes"] - s["runtime_bytes"]
+    assert any("--runtime" in a for a in given["training"]["assumptions"])
+    code, out, err = run([*args, "--runtime", "lots"], capsys)
+    assert code == 2 and "--runtime" in err and len(err.strip().splitlines()) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
@@ -12,6 +11,7 @@ from . import cache, registry
 from .checkpoint import (WEIGHT_SUFFIXES, StoredTensor, find_weights, read_weights,
                          specs_by_architecture, specs_by_heuristics)
 from .hf_config import is_timm_config
+from .safetensors_header import read_json
 
 _META_KEYS = ("library", "architecture", "task", "input_size", "num_classes", "config", "timm_name")
 
@@ -24,13 +24,7 @@ def _meta(info: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise SourceError(f"{path}: cannot read ({e.strerror or e}); check the path") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{path}: not valid JSON ({str(e).splitlines()[0]}); fix or re-save it") from None
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise SourceError(f"{path}: expected a JSON object; point at a model's config.json")
     return doc

@@ -124,17 +124,21 @@ def validate_entries(doc: dict, *, data_size: int | None, where: str
     return entries, {str(k): str(v) for k, v in meta.items()}
 
 
-def read_index(path: str | os.PathLike) -> dict[str, str]:
-    """``weight_map`` (tensor name → shard file name) of a ``*.index.json``."""
-    path = os.fspath(path)
+def read_json(path: str, *, what: str = "file", fix: str = "fix or re-save it") -> object:
+    """A JSON document from ``path``; unreadable or malformed → one-line :class:`SourceError`."""
     try:
         with open(path, "rb") as f:
-            doc = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise SourceError(f"{path}: cannot read ({e.strerror or e}); check the path") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{path}: index is not JSON ({str(e).splitlines()[0]}); "
-                          "re-save the checkpoint's index file") from None
+        raise SourceError(f"{path}: {what} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
+
+
+def read_index(path: str | os.PathLike) -> dict[str, str]:
+    """``weight_map`` (tensor name → shard file name) of a ``*.index.json``."""
+    path = os.fspath(path)
+    doc = read_json(path, what="index", fix="re-save the checkpoint's index file")
     wm = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise SourceError(f"{path}: index has no weight_map of name → shard file; "

@@ -38,18 +38,13 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from .allocators import QUANTUM as ROUNDING, round_up as _round
 from .errors import PlanError
 
-#: allocators the trace rounds for: "raw" (exact nbytes), "cpu" (64 B), "cuda" (512 B).
-ROUNDING = {"raw": 1, "cpu": 64, "cuda": 512}
 #: documented default sequence length for text models (or the model's maximum positions if less).
 DEFAULT_SEQ_LEN = 128
 #: default (C, H, W) when a timm model states no input size.
 DEFAULT_IMAGE_SIZE = (3, 224, 224)
-
-
-def _round(n: int, q: int) -> int:
-    return -(-n // q) * q
 
 
 # --------------------------------------------------------------------------- input specs

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .allocators import DEVICE_ALLOCATORS as ALLOCATORS
 from .errors import PlanError
 from .units import format_bytes, parse_size
 
@@ -30,7 +31,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli ba
     import tomli as tomllib  # type: ignore[no-redef]
 
 MEMORY_KINDS = ("host RAM", "unified", "GPU", "MCU SRAM+PSRAM")
-ALLOCATORS = ("cpu", "cuda")
 PYTORCH_LEVELS = ("yes", "limited", "marginal", "no", "unknown")
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")

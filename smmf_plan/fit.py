@@ -244,11 +244,11 @@ def state_only(spec, layouts, allocator: str) -> dict[str, StepMemory]:
     """weights + gradients + optimizer state, each tensor rounded by ``allocator`` (64 B on CPU,
     512 B on CUDA): the part of a step that does not depend on the batch. Used until (or where) no
     activation model is available; ``complete`` is False."""
-    from .layouts.base import CPU_ROUND, CUDA_ROUND, round_up
+    from . import allocators
     from .plan import plan_state
 
-    quantum = {"cpu": CPU_ROUND, "cuda": CUDA_ROUND}[allocator]
-    sizes = [(round_up(p.numel * _itemsize(p.dtype), quantum), p.trainable) for p in spec.params]
+    rounding = allocators.get(allocator)
+    sizes = [(rounding.round(p.numel * _itemsize(p.dtype)), p.trainable) for p in spec.params]
     weights = sum(n for n, _ in sizes)
     grads = sum(n for n, trainable in sizes if trainable)
     out = {}

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from . import dtypes
 from .errors import PlanError
 from .layouts import OptimizerLayout
-from .layouts.base import CPU_ROUND, CUDA_ROUND, round_up
+from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, round_up
 from .model import ModelSpec
 from .plan import plan_state, with_dtype
 from .shapes import ParamSpec
@@ -54,8 +54,6 @@ LIBRARY_RUNTIME = {"timm": 196 * MiB, "transformers": 220 * MiB}
 #: allocated) is not modelled.
 CUDA_RUNTIME = {"cublas_workspace": 32 * MiB}
 
-ALLOCATORS = ("cpu", "cuda")
-_QUANTUM = {"cpu": CPU_ROUND, "cuda": CUDA_ROUND}
 AMP_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
 

@@ -47,10 +47,10 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from . import dtypes
-from .layouts.base import CPU_ROUND, CUDA_ROUND, OptimizerLayout, round_up
+from .allocators import QUANTUM as _QUANTUM, round_up
+from .layouts.base import OptimizerLayout
 from .shapes import ParamSpec, square_matricize
 
-_QUANTUM = {"raw": 1, "cpu": CPU_ROUND, "cuda": CUDA_ROUND}
 HALF = ("float16", "bfloat16")
 
 

@@ -15,7 +15,7 @@ from smmf_plan.fit import (
     MAX_BATCH, Fit, affine, check_batch_size, fit, max_batch, recommendation, smallest_device,
 )
 from smmf_plan.layouts import parse_layouts
-from smmf_plan.layouts.base import round_up
+from smmf_plan.allocators import round_up
 from smmf_plan.plan import plan_state
 
 MiB = 2**20

@@ -13,7 +13,7 @@ from smmf_plan import dtypes
 from smmf_plan.cli import main
 from smmf_plan.devices import catalog, get_device
 from smmf_plan.layouts import parse_layouts
-from smmf_plan.layouts.base import round_up
+from smmf_plan.allocators import round_up
 from smmf_plan.plan import plan_state
 
 

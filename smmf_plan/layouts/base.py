@@ -13,18 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Mapping
 
-from .. import dtypes
+from .. import allocators, dtypes
 from ..shapes import ParamSpec, Shape
-
-#: allocation granularity of PyTorch's CUDA caching allocator (every block is a multiple of it).
-CUDA_ROUND = 512
-#: alignment of PyTorch's CPU allocator (``c10::alloc_cpu`` uses 64-byte aligned allocations).
-CPU_ROUND = 64
-
-
-def round_up(nbytes: int, quantum: int) -> int:
-    return -(-nbytes // quantum) * quantum
-
 
 @dataclass(frozen=True)
 class StateTensor:
@@ -49,15 +39,12 @@ class StateTensor:
         """Bytes this tensor costs under ``allocator`` ("cuda" or "cpu"): the CUDA figure counts
         device-resident tensors only, each rounded up to 512 B (as ``torch.cuda.memory_allocated``
         reports); the CPU figure counts every tensor, 64-B aligned."""
-        if self.nbytes == 0:
+        if allocator == "cuda" and self.on_host:
             return 0
-        if allocator == "cuda":
-            return 0 if self.on_host else round_up(self.nbytes, CUDA_ROUND)
-        if allocator == "cpu":
-            return round_up(self.nbytes, CPU_ROUND)
-        raise ValueError(f"unknown allocator {allocator!r}: use 'cuda' or 'cpu'")
+        return allocators.get(allocator).round(self.nbytes)
 
 
+#: the allocators a plan reports allocated bytes for, in the tables' column order.
 ALLOCATORS = ("cuda", "cpu")
 
 

@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..layouts import parse_layout
-from ..layouts.base import CUDA_ROUND, round_up
+from ..allocators import CUDA
 from ..plan import plan_state
 from . import recipes as R
 
@@ -123,7 +123,7 @@ def _end_to_end(key: str, layout_id: str, table: str) -> tuple[int, int]:
         return fixed + plan.state_bytes, fixed + plan.allocated_bytes["cuda"]
     held = [s for s in specs if s.trainable] if table in GRADS_HELD_TABLES else []
     logical = sum(s.nbytes for s in specs) + sum(s.nbytes for s in held)
-    cuda = sum(round_up(s.nbytes, CUDA_ROUND) for s in (*specs, *held))
+    cuda = sum(CUDA.round(s.nbytes) for s in (*specs, *held))
     return logical + plan.state_bytes, cuda + plan.allocated_bytes["cuda"]
 
 

@@ -39,10 +39,10 @@ def plan(
     dt = o.dtype(dtype)
     end_to_end = device is not None or svg is not None or grad_checkpointing or any(
         v is not None for v in (batch_size, input_size, seq_len, amp, runtime))
+    dev = None
     if end_to_end:
         batch = o.batch_size(batch_size)
         options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt, runtime)
-        dev = None
         if device is not None:
             from smmf_plan.devices import get_device
 
@@ -57,38 +57,23 @@ def plan(
     adam = adam_reference_bytes(spec)
     est = steps = fits = None
     if end_to_end:
-        from smmf_plan import fit, memory
+        from smmf_plan import memory
         from smmf_plan.report.fit_table import judge
 
         with o.status("Estimating the training step (tracing on meta tensors)…", json_out):
             est = memory.estimate(spec, layouts, batch_size=batch,
                                   allocator=dev.allocator if dev else "cpu", **options)
-        steps = fit.from_estimate(est)
+        steps = est.steps()
         fits = judge(steps, dev, batch) if dev else None
     if svg is not None:
         from smmf_plan.report.bars import BarRow, write_svg
 
-        path = write_svg(svg, [BarRow(oid, dict(s.parts)) for oid, s in steps.items()],
+        path = write_svg(svg, [BarRow(oid, s.breakdown) for oid, s in steps.items()],
                          dev.usable_bytes, f"{spec.name} · batch {batch} · {dev.id} ({dev.name})")
     if json_out:
         from smmf_plan.report.state_json import plan_document
 
-        doc = plan_document(spec, plans, adam, dt)
-        if end_to_end:
-            from smmf_plan.report.fit_table import steps_document
-
-            extra = steps_document(steps, dev, fits)
-            doc["device"] = extra["device"]
-            doc["training"] = {"batch_size": batch, "input": est.input, "allocator": est.allocator,
-                               "assumptions": est.assumptions}
-            for oid, fields in extra["optimizers"].items():
-                # "state_bytes" stays the logical figure; the step counts the allocator's
-                # rounding of it, which is allocated_bytes[training.allocator]
-                fields.pop("state_bytes")
-                doc["optimizers"][oid].update(fields)
-            if dev is not None:
-                doc["recommendation"] = fit.recommendation(dev, fits, batch_known=est.complete)
-        o.emit_json(doc)
+        o.emit_json(plan_document(spec, plans, adam, dt, estimate=est, device=dev, fits=fits))
         return
     from rich.console import Console
 

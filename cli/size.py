@@ -13,12 +13,12 @@ from . import options as o
 from .app import app
 
 def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_options: dict[str, Any]):
-    """optimizer id → :class:`~smmf_plan.fit.StepMemory` under ``allocator``."""
-    from smmf_plan import fit, memory
+    """optimizer id → :class:`~smmf_plan.breakdown.StepMemory` under ``allocator``."""
+    from smmf_plan import memory
 
     est = memory.estimate(spec, layouts, batch_size=batch_size, allocator=allocator,
                           **estimate_options)
-    return fit.from_estimate(est)
+    return est.steps()
 
 
 def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
@@ -42,36 +42,6 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
     complete = all(s.complete for per in steps.values() for s in per.values())
     return {"steps": steps, "grid": grid, "order": order, "devices": by_memory,
             "smallest": smallest, "complete": complete}
-
-
-def size_document(spec, dtype: str | None, batch_size: int, result: dict) -> dict:
-    from smmf_plan.fit import recommendation
-    from smmf_plan.report import SCHEMA_VERSION
-    from smmf_plan.report.fit_table import device_json
-
-    steps, grid = result["steps"], result["grid"]
-    optimizers = {}
-    for oid in result["order"]:
-        runs, anywhere = result["smallest"][oid]
-        optimizers[oid] = {
-            "by_allocator": {a: per[oid].to_dict() for a, per in steps.items()},
-            "smallest_device": device_json(runs),
-            "smallest_device_memory_only": device_json(anywhere),
-        }
-    rows = []
-    for d in result["devices"]:
-        cells = {oid: {"total_bytes": grid[d.id][oid].total_bytes, **grid[d.id][oid].to_dict()}
-                 for oid in result["order"]}
-        rows.append({"device": device_json(d), "optimizers": cells,
-                     "recommendation": recommendation(d, grid[d.id], batch_known=result["complete"])})
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "model": {**spec.summary(), "dtype": dtype},
-        "batch_size": batch_size,
-        "estimate": "end-to-end" if result["complete"] else "weights+grads+state",
-        "optimizers": optimizers,
-        "devices": rows,
-    }
 
 
 @app.command("size")
@@ -120,6 +90,8 @@ def size(
     with o.status("Estimating training memory (tracing one step on meta tensors)…", json_out):
         result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options)
     if json_out:
+        from smmf_plan.report.step_json import size_document
+
         o.emit_json(size_document(spec, dt, batch, result))
         if svg is not None:
             _write_svg(svg, spec, result, batch)
@@ -134,7 +106,7 @@ def _bar_rows(result: dict, device) -> list:
     from smmf_plan.report.bars import BarRow
 
     steps = result["steps"][device.allocator]
-    return [BarRow(oid, dict(steps[oid].parts)) for oid in result["order"]]
+    return [BarRow(oid, steps[oid].breakdown) for oid in result["order"]]
 
 
 def _write_svg(path: str, spec, result: dict, batch: int):

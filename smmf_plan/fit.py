@@ -19,6 +19,7 @@ import operator
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .breakdown import StepMemory
 from .devices import Device
 from .errors import PlanError
 from .units import format_bytes
@@ -208,65 +209,7 @@ def recommendation(device: Device, fits: Mapping[str, Fit], *, batch_known: bool
     return line + _pytorch_caveat(device, bool(yes))
 
 
-# --------------------------------------------------------------------------- step memory per optimizer
-
-#: the parts of a training step, in bar order; JSON field names are ``<part>_bytes`` except
-#: ``grads`` → ``grad_bytes``, ``activations`` → ``activation_bytes``, ``temporaries`` → ``temp_bytes``.
-PARTS = ("weights", "grads", "state", "activations", "temporaries", "runtime")
-JSON_FIELDS = {"weights": "weights_bytes", "grads": "grad_bytes", "state": "state_bytes",
-               "activations": "activation_bytes", "temporaries": "temp_bytes",
-               "runtime": "runtime_bytes"}
-
-
-@dataclass(frozen=True)
-class StepMemory:
-    """What one optimizer's training step needs, as the fit layer sees it: the parts at the
-    planned batch size and ``total_at(batch)`` for the largest-batch search. ``complete`` is False
-    when only weights + gradients + state were counted (activations, temporaries and runtime
-    unknown), which every renderer must say."""
-
-    optimizer: str
-    parts: Mapping[str, int]
-    total_at: TotalAt
-    complete: bool = True
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.parts.values())
-
-    def to_dict(self) -> dict:
-        d = {JSON_FIELDS[p]: int(self.parts.get(p, 0)) for p in PARTS}
-        d["total_bytes"] = self.total_bytes
-        return d
-
-
-def state_only(spec, layouts, allocator: str) -> dict[str, StepMemory]:
-    """weights + gradients + optimizer state, each tensor rounded by ``allocator`` (64 B on CPU,
-    512 B on CUDA): the part of a step that does not depend on the batch. Used until (or where) no
-    activation model is available; ``complete`` is False."""
-    from . import allocators
-    from .plan import plan_state
-
-    rounding = allocators.get(allocator)
-    sizes = [(rounding.round(p.numel * _itemsize(p.dtype)), p.trainable) for p in spec.params]
-    weights = sum(n for n, _ in sizes)
-    grads = sum(n for n, trainable in sizes if trainable)
-    out = {}
-    for layout in layouts:
-        state = plan_state(spec.params, layout).allocated_bytes[allocator]
-        total = weights + grads + state
-        out[layout.id] = StepMemory(
-            layout.id, {"weights": weights, "grads": grads, "state": state, "activations": 0,
-                        "temporaries": 0, "runtime": 0},
-            (lambda b, t=total: t), complete=False)
-    return out
-
-
-def _itemsize(dtype: str) -> int:
-    from . import dtypes
-
-    return dtypes.itemsize(dtype)
-
+# --------------------------------------------------------------------------- many devices
 
 def grid(steps_by_allocator: Mapping[str, Mapping[str, StepMemory]], devices: Sequence[Device],
          batch_size: int) -> dict[str, dict[str, Fit]]:
@@ -277,14 +220,3 @@ def grid(steps_by_allocator: Mapping[str, Mapping[str, StepMemory]], devices: Se
         out[device.id] = {oid: fit(s.total_at, device.usable_bytes, batch_size)
                           for oid, s in steps.items()}
     return out
-
-
-def from_estimate(estimate) -> dict[str, StepMemory]:
-    """Per optimizer of a :class:`smmf_plan.memory.MemoryEstimate`: its parts at the estimated
-    batch and the estimate's own ``total_at`` (the affine activation model and the step
-    temporaries re-evaluated at each batch, rounded for the estimate's allocator)."""
-    return {
-        oid: StepMemory(oid, {p: int(getattr(bd, JSON_FIELDS[p])) for p in PARTS},
-                        estimate.total_at(oid), complete=estimate.complete)
-        for oid, bd in estimate.breakdowns.items()
-    }

@@ -7,7 +7,8 @@ The model of a step (every term is a stated assumption, listed in ``MemoryEstima
   ``amp`` the weights stay fp32 (master weights); the low-precision copies autocast makes are
   created by the step, so the trace counts them under activations.
 * **grads**: one gradient per trainable parameter, in its dtype (fp32 under ``amp``).
-* **state**: :func:`smmf_plan.plan.plan_state` (each tensor rounded as the allocator rounds).
+* **state** (``state_allocated``): :func:`smmf_plan.plan.plan_state`, each tensor rounded as the
+  allocator rounds (the logical bytes, ``state_bytes``, are kept beside the breakdown).
 * **activations**: the traced step's peak beyond the gradients (see
   :mod:`smmf_plan.activations`): saved activations still alive, backward transients and the
   gradients not produced yet all netted out; two traces give ``a + b·batch``.
@@ -17,16 +18,18 @@ The model of a step (every term is a stated assumption, listed in ``MemoryEstima
   activations)``. The sum of the terms is then the larger of the backward peak and the step peak.
 * **runtime**: a documented constant per allocator (:data:`RUNTIME`), see below.
 
-``total_bytes`` is the exact sum of the six terms.
+The parts are :data:`smmf_plan.breakdown.PARTS`; each optimizer's
+:class:`~smmf_plan.breakdown.Breakdown` has ``total_bytes`` = the exact sum of its parts.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import dtypes
+from .breakdown import Breakdown, StepMemory
 from .errors import PlanError
 from .layouts import OptimizerLayout
 from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, round_up
@@ -58,33 +61,12 @@ AMP_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "fl
 
 
 @dataclass
-class MemoryBreakdown:
-    """Bytes of one training step for one optimizer; ``total_bytes`` is their exact sum."""
-
-    weights_bytes: int
-    grad_bytes: int
-    state_bytes: int
-    activation_bytes: int
-    temp_bytes: int
-    runtime_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return (self.weights_bytes + self.grad_bytes + self.state_bytes + self.activation_bytes
-                + self.temp_bytes + self.runtime_bytes)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["total_bytes"] = self.total_bytes
-        return d
-
-
-@dataclass
 class MemoryEstimate:
     model: str
     batch_size: int
     allocator: str
-    breakdowns: dict[str, MemoryBreakdown]
+    #: per optimizer id: the step's parts at ``batch_size``.
+    breakdowns: dict[str, Breakdown]
     activation_model: Any  # ActivationModel | None
     assumptions: list[str]
     #: per optimizer id: the raw step temporaries (before netting against activations).
@@ -96,13 +78,15 @@ class MemoryEstimate:
     _fixed: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
     #: per optimizer id: True when its step scratch is kept between steps (never netted).
     persistent: dict[str, bool] = field(default_factory=dict)
+    #: per optimizer id: the logical optimizer-state bytes (``StatePlan.state_bytes``).
+    state_bytes: dict[str, int] = field(default_factory=dict)
 
-    def breakdown_at(self, optimizer: str, batch: int) -> MemoryBreakdown:
+    def breakdown_at(self, optimizer: str, batch: int) -> Breakdown:
         """The breakdown at another batch size, from the affine activation model (no re-trace)."""
         w, g, s = self._fixed[optimizer]
         act, temp = _act_temp(self.activation_model, batch, self.allocator,
                               self.step_temp[optimizer], self.persistent.get(optimizer, False))
-        return MemoryBreakdown(w, g, s, act, temp, sum(self.runtime_parts.values()))
+        return _breakdown(w, g, s, act, temp, sum(self.runtime_parts.values()))
 
     def total_at(self, optimizer: str) -> Callable[[int], int]:
         """``batch -> total bytes`` for the fit stage's largest-batch search (non-decreasing)."""
@@ -112,12 +96,20 @@ class MemoryEstimate:
     def complete(self) -> bool:
         return self.activation_model is not None
 
+    def steps(self) -> dict[str, StepMemory]:
+        """Per optimizer: its breakdown at the estimated batch, ``total_at`` (the affine
+        activation model and the step temporaries re-evaluated at each batch) and its logical
+        state bytes: what the fit layer and every renderer take."""
+        return {oid: StepMemory(oid, bd, self.total_at(oid), complete=self.complete,
+                                state_bytes=self.state_bytes.get(oid))
+                for oid, bd in self.breakdowns.items()}
+
     def to_dict(self) -> dict:
         am = self.activation_model
         return {
             "model": self.model, "batch_size": self.batch_size, "allocator": self.allocator,
             "input": self.input,
-            "optimizers": {k: b.to_dict() for k, b in self.breakdowns.items()},
+            "optimizers": {k: s.to_dict() for k, s in self.steps().items()},
             "runtime_parts": dict(self.runtime_parts),
             "activation_model": None if am is None else {
                 "traced_batches": list(am.batches),
@@ -128,6 +120,11 @@ class MemoryEstimate:
             "assumptions": list(self.assumptions),
             "seconds": round(self.seconds, 3),
         }
+
+
+def _breakdown(weights: int, grads: int, state: int, act: int, temp: int, runtime: int) -> Breakdown:
+    return Breakdown(weights=weights, grads=grads, state_allocated=state, activations=act,
+                     temporaries=temp, runtime=runtime)
 
 
 def _act_temp(am, batch: int, allocator: str, step_temp: int, persistent: bool = False) -> tuple[int, int]:
@@ -268,16 +265,18 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
         assumptions.append("allocator cuda: every tensor rounded up to 512 B (memory_allocated); "
                            "caching-allocator slack not modelled")
 
-    breakdowns, temps, fixed = {}, {}, {}
+    breakdowns, temps, fixed, logical = {}, {}, {}, {}
     trainable = [s for s in specs if s.trainable]
     for layout in layouts:
-        state = plan_state(specs, layout).allocated_bytes[allocator]
+        planned = plan_state(specs, layout)
+        state = planned.allocated_bytes[allocator]
+        logical[layout.id] = planned.state_bytes
         st = step_temp_bytes(layout, trainable, allocator=allocator)
         temps[layout.id] = st
         fixed[layout.id] = (weights, grads, state)
         keeps = persists(layout)
         act, temp = _act_temp(am, batch_size, allocator, st, keeps)
-        breakdowns[layout.id] = MemoryBreakdown(weights, grads, state, act, temp, runtime)
+        breakdowns[layout.id] = _breakdown(weights, grads, state, act, temp, runtime)
     assumptions.append(
         "temporaries: the optimizer step's peak temporaries (for-loop Adam on CPU, foreach on "
         "CUDA) plus outputs still held, counted only beyond the activation term (the step runs "
@@ -286,7 +285,7 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
         "bound when its fused C++ kernel runs)")
     est = MemoryEstimate(model_spec.name, batch_size, allocator, breakdowns, am, assumptions,
                          temps, rparts, in_desc, 0.0, fixed,
-                         {layout.id: persists(layout) for layout in layouts})
+                         {layout.id: persists(layout) for layout in layouts}, logical)
     est.seconds = time.perf_counter() - t0
     return est
 

@@ -7,16 +7,17 @@ import xml.etree.ElementTree as ET
 import pytest
 from rich.console import Console
 
+from smmf_plan.breakdown import PARTS, Breakdown
 from smmf_plan.errors import PlanError
-from smmf_plan.report.bars import MARKER, SEGMENTS, BarRow, cells, render_bars, svg_text, write_svg
+from smmf_plan.report.bars import MARKER, BarRow, cells, render_bars, svg_text, write_svg
 
 MiB = 2**20
 SVG = "{http://www.w3.org/2000/svg}"
 
 ROWS = [
-    BarRow("smmf", {"weights": 98 * MiB, "grads": 98 * MiB, "state": 4 * MiB, "activations": 60 * MiB,
-                    "temporaries": 5 * MiB, "runtime": 20 * MiB}),
-    BarRow("adam", {"weights": 98 * MiB, "grads": 98 * MiB, "state": 195 * MiB,
+    BarRow("smmf", {"weights": 98 * MiB, "grads": 98 * MiB, "state_allocated": 4 * MiB,
+                    "activations": 60 * MiB, "temporaries": 5 * MiB, "runtime": 20 * MiB}),
+    BarRow("adam", {"weights": 98 * MiB, "grads": 98 * MiB, "state_allocated": 195 * MiB,
                     "activations": 60 * MiB, "runtime": 20 * MiB}),
 ]
 
@@ -30,9 +31,9 @@ def plain(renderable, width=100) -> str:
 def test_cells_add_up_to_the_rounded_total():
     row = ROWS[0]
     got = cells(row, scale=1000 * MiB, width=50)
-    assert [s.key for s, _ in got] == [s.key for s in SEGMENTS]
+    assert [p.key for p, _ in got] == [p.key for p in PARTS]
     assert sum(n for _, n in got) == round(row.total * 50 / (1000 * MiB))
-    assert dict((s.key, n) for s, n in got)["weights"] == round(98 * 50 / 1000)
+    assert dict((p.key, n) for p, n in got)["weights"] == round(98 * 50 / 1000)
 
 
 def test_terminal_bars_read_in_monochrome():
@@ -46,8 +47,8 @@ def test_terminal_bars_read_in_monochrome():
     assert smmf.index(MARKER) - bar_start == round(383 * 40 / 471)
     assert adam.count("▒") == round((98 + 98 + 195) * 40 / 471) - round(196 * 40 / 471)
     assert "✓ fits" in smmf and "✗ 88 MiB over" in adam
-    for seg in SEGMENTS:
-        assert f"{seg.char} {seg.key}" in legend
+    assert legend.split()[:12] == ["█", "weights", "▓", "grads", "▒", "state", "░", "activations",
+                                   "▚", "temporaries", "·", "runtime"]
     assert "usable 383 MiB" in text
 
 
@@ -62,16 +63,16 @@ def test_bar_width_follows_the_console():
     assert wide.splitlines()[1].count("▒") > narrow.splitlines()[1].count("▒")
 
 
-def test_from_breakdown_reads_the_memory_fields():
-    class Breakdown:  # the attribute names of smmf_plan.memory.MemoryBreakdown
-        weights_bytes, grad_bytes, state_bytes = 10, 20, 30
-        activation_bytes, temp_bytes, runtime_bytes = 40, 50, 60
-
-    row = BarRow.from_breakdown("x", Breakdown())
-    assert [row.get(s.key) for s in SEGMENTS] == [10, 20, 30, 40, 50, 60] and row.total == 210
-    assert BarRow.from_breakdown("y", {"weights_bytes": 7}).total == 7
-    with pytest.raises(ValueError):
+def test_a_bar_is_a_breakdown():
+    bd = Breakdown(weights=10, grads=20, state_allocated=30, activations=40, temporaries=50, runtime=60)
+    row = BarRow("x", bd)
+    assert row.breakdown is bd and [row.get(p.key) for p in PARTS] == [10, 20, 30, 40, 50, 60]
+    assert row.total == 210
+    assert BarRow("y", {"weights": 7}).total == 7
+    with pytest.raises(ValueError, match="unknown step part"):
         BarRow("z", {"weight": 1})
+    with pytest.raises(ValueError, match="negative"):
+        BarRow("z", {"weights": -1})
 
 
 def test_svg_geometry_is_proportional():
@@ -86,7 +87,7 @@ def test_svg_geometry_is_proportional():
     assert float(line.get("x1")) - 120 == pytest.approx(383, abs=0.01)
     texts = " ".join(t.text or "" for t in root.iter(SVG + "text"))
     assert "usable 383 MiB" in texts and "✗ 88 MiB over" in texts
-    assert all(s.key in texts for s in SEGMENTS)
+    assert all(p.label in texts for p in PARTS)
 
 
 def test_svg_escapes_labels():

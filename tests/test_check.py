@@ -76,7 +76,7 @@ def test_within_budget_exits_0(tiny, capsys):
     code, out, err = run_cli(capsys, "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["schema_version"] == 1 and doc["ok"] is True and doc["exit_code"] == 0
+    assert doc["schema_version"] == 2 and doc["ok"] is True and doc["exit_code"] == 0
     adam = next(r for r in doc["results"] if r["optimizer"] == "adam" and r["metric"] == "state")
     assert adam["now_bytes"] == 16904
     assert adam["budget_bytes"] == 17 * 1024 and adam["status"] == "PASS"

@@ -30,7 +30,7 @@ def test_default_command_is_plan_and_json_schema(capsys):
     code, out, _ = run(["gpt2", "--json"], capsys)
     assert code == 0
     doc = json.loads(out)
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert set(doc["model"]) >= {"name", "source", "num_params", "num_tensors", "trainable_params"}
     assert doc["model"]["num_params"] == 124_439_808
     assert list(doc["optimizers"]) == ["adam", "adafactor", "came", "sm3", "smmf"]
@@ -112,10 +112,14 @@ def test_console_script_and_module_entry_points(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("smmf-plan ")
     exe = os.path.join(os.path.dirname(sys.executable), "smmf-plan")
     r = subprocess.run([exe, "optimizers", "--json"], capture_output=True, text=True, env=env)
-    assert r.returncode == 0 and json.loads(r.stdout)["schema_version"] == 1
+    assert r.returncode == 0 and json.loads(r.stdout)["schema_version"] == 2
 
 
-PARTS = ("weights_bytes", "grad_bytes", "activation_bytes", "temp_bytes", "runtime_bytes")
+PARTS = ["weights", "grads", "state_allocated", "activations", "temporaries", "runtime"]
+
+
+def _aligned(tensors, q: int = 64) -> int:
+    return sum(-(-t.numel() * t.element_size() // q) * q for t in tensors)
 
 
 def test_plan_with_device_adds_the_training_step_and_the_fit(capsys, tmp_path):
@@ -127,12 +131,26 @@ def test_plan_with_device_adds_the_training_step_and_the_fit(capsys, tmp_path):
     assert doc["device"]["name"] and doc["device"]["usable_bytes"] == 372_244_480
     assert doc["training"]["batch_size"] == 2 and doc["training"]["allocator"] == "cpu"
     assert doc["training"]["assumptions"] and "3×96×96" in doc["training"]["input"]
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model("mobilenetv2_050")
+    params, buffers = _aligned(model.parameters()), _aligned(model.buffers())
     for oid, o in doc["optimizers"].items():
-        # the step counts the state as the allocator rounds it
-        assert o["total_bytes"] == sum(o[p] for p in PARTS) + o["allocated_bytes"]["cpu"]
+        bd = o["breakdown"]
+        assert list(bd) == PARTS and o["total_bytes"] == sum(bd.values())
+        # every part as the CPU allocator allocates it (64-B aligned tensors); the logical
+        # state stays beside it
+        assert bd["weights"] == params + buffers and bd["grads"] == params
+        assert bd["state_allocated"] == o["allocated_bytes"]["cpu"] >= o["state_bytes"]
+        assert bd["activations"] > 0 and bd["runtime"] > 0
         assert o["headroom_bytes"] == doc["device"]["usable_bytes"] - o["total_bytes"]
-        assert o["fits"] == (o["headroom_bytes"] >= 0) and o["activation_bytes"] > 0
+        assert o["fits"] == (o["headroom_bytes"] >= 0)
         assert isinstance(o["max_batch_size"], int)
+    # Adam's logical state: two fp32 moments per element and a 4-B `step` per tensor
+    n, tensors = sum(p.numel() for p in model.parameters()), len(list(model.parameters()))
+    assert doc["optimizers"]["adam"]["state_bytes"] == 8 * n + 4 * tensors
     assert doc["optimizers"]["smmf"]["total_bytes"] < doc["optimizers"]["adam"]["total_bytes"]
     assert doc["recommendation"] and "\n" not in doc["recommendation"]
     assert svg.read_text().lstrip().startswith("<?xml") or "<svg" in svg.read_text()
@@ -144,6 +162,7 @@ def test_plan_without_device_has_null_verdicts(capsys):
     assert code == 0 and doc["device"] is None
     o = doc["optimizers"]["smmf"]
     assert o["fits"] is None and o["headroom_bytes"] is None and o["max_batch_size"] is None
+    assert o["total_bytes"] == sum(o["breakdown"].values()) and list(o["breakdown"]) == PARTS
 
 
 def test_plan_human_output_names_every_term_and_assumption(capsys):
@@ -190,7 +209,9 @@ def test_lora_plans_trace_the_adapters(config, targets, capsys, tmp_path):
     a, f = lora["optimizers"]["adam"], full["optimizers"]["adam"]
     assert 0 < lora["model"]["trainable_params"] < full["model"]["trainable_params"]
     # adapters are traced: the step has activations, and far fewer gradients than full training
-    assert a["activation_bytes"] > 0 and a["grad_bytes"] < f["grad_bytes"] / 5
+    assert a["breakdown"]["activations"] > 0 and a["breakdown"]["grads"] < f["breakdown"]["grads"] / 5
+    for o in (a, f):
+        assert o["total_bytes"] == sum(o["breakdown"].values())
 
 
 def test_runtime_override_replaces_the_stated_baseline(capsys):
@@ -201,8 +222,10 @@ def test_runtime_override_replaces_the_stated_baseline(capsys):
     stated = json.loads(out2)
     assert code == code2 == 0
     g, s = given["optimizers"]["smmf"], stated["optimizers"]["smmf"]
-    assert g["runtime_bytes"] == 120 * 2**20 != s["runtime_bytes"]
-    assert g["total_bytes"] - s["total_bytes"] == g["runtime_bytes"] - s["runtime_bytes"]
+    gb, sb = g["breakdown"], s["breakdown"]
+    assert gb["runtime"] == 120 * 2**20 != sb["runtime"]
+    assert g["total_bytes"] - s["total_bytes"] == gb["runtime"] - sb["runtime"]
+    assert {k: v for k, v in gb.items() if k != "runtime"} == {k: v for k, v in sb.items() if k != "runtime"}
     assert any("--runtime" in a for a in given["training"]["assumptions"])
     code, out, err = run([*args, "--runtime", "lots"], capsys)
     assert code == 2 and "--runtime" in err and len(err.strip().splitlines()) == 1

@@ -211,50 +211,52 @@ def toy_spec():
                                      ParamSpec("frozen", (50, 50), "float16", False)])
 
 
-def test_state_only_counts_weights_grads_state_rounded():
-    from smmf_plan.fit import state_only
-
-    spec = toy_spec()
-    steps = state_only(spec, parse_layouts("adam,smmf"), "cuda")
-    adam = steps["adam"]
-    assert adam.parts["weights"] == 240_128 + 512 + 5120  # each tensor in 512-B blocks
-    assert adam.parts["grads"] == 240_128 + 512
-    assert adam.parts["state"] == plan_state(spec.params, parse_layouts("adam")[0]).allocated_bytes["cuda"]
-    assert adam.total_bytes == sum(adam.parts.values()) and not adam.complete
-    assert adam.total_at(1) == adam.total_at(1000) == adam.total_bytes
-    cpu = state_only(spec, parse_layouts("adam"), "cpu")["adam"]
-    assert cpu.parts["weights"] == 240_000 + 64 + 5056  # 64-B aligned
-
-
-def test_steps_document_with_and_without_device():
-    from smmf_plan.fit import state_only
-    from smmf_plan.report.fit_table import judge, steps_document
-
-    steps = state_only(toy_spec(), parse_layouts("adam,smmf"), "cpu")
-    doc = steps_document(steps, None, None)
-    assert doc["device"] is None
-    for oid, o in doc["optimizers"].items():
-        assert (o["fits"], o["headroom_bytes"], o["max_batch_size"]) == (None, None, None)
-        assert o["total_bytes"] == sum(o[k] for k in ("weights_bytes", "grad_bytes", "state_bytes",
-                                                      "activation_bytes", "temp_bytes", "runtime_bytes"))
-    device = get_device("700KiB")
-    fits = judge(steps, device, 1)
-    doc = steps_document(steps, device, fits)
-    assert doc["device"]["name"] and doc["device"]["memory_bytes"] == doc["device"]["usable_bytes"] == 700 * 1024
-    smmf = doc["optimizers"]["smmf"]
-    assert smmf["fits"] is True and smmf["headroom_bytes"] == 700 * 1024 - smmf["total_bytes"]
-    assert doc["optimizers"]["adam"]["fits"] is False
-
-
-def test_from_estimate_uses_the_memory_model():
+def toy_estimate(allocator: str, optimizers: str = "adam,smmf"):
+    """The estimate of a bare spec (no architecture: nothing to trace, activations 0)."""
     from smmf_plan import memory
-    from smmf_plan.fit import from_estimate
 
+    return memory.estimate(toy_spec(), parse_layouts(optimizers), batch_size=2, allocator=allocator)
+
+
+def test_weights_grads_and_state_are_rounded_per_tensor():
     spec = toy_spec()
-    layouts = parse_layouts("adam,smmf")
-    est = memory.estimate(spec, layouts, batch_size=2, input_size=None, seq_len=None, dtype=None,
-                          amp=None, grad_checkpointing=False, allocator="cpu")
-    steps = from_estimate(est)
+    adam = toy_estimate("cuda").steps()["adam"]
+    bd = adam.breakdown
+    assert bd["weights"] == 240_128 + 512 + 5120  # each tensor in 512-B blocks
+    assert bd["grads"] == 240_128 + 512           # the frozen tensor has no gradient
+    # Adam on CUDA: exp_avg + exp_avg_sq per trainable tensor in 512-B blocks (its 4-B `step`
+    # lives on the host, not in device memory); logically numel × 4 B each, plus the steps
+    assert bd["state_allocated"] == 2 * (240_128 + 512)
+    assert adam.state_bytes == 2 * (240_000 + 12) + 2 * 4
+    assert bd["state_allocated"] == plan_state(spec.params, parse_layouts("adam")[0]).allocated_bytes["cuda"]
+    assert adam.total_bytes == sum(bd.values()) and not adam.complete
+    assert adam.total_at(1) == adam.total_at(1000) == adam.total_bytes  # no activation model
+    cpu = toy_estimate("cpu", "adam").breakdowns["adam"]
+    assert cpu["weights"] == 240_000 + 64 + 5056  # 64-B aligned
+
+
+def test_step_json_with_and_without_device():
+    from smmf_plan.report.fit_table import judge
+    from smmf_plan.report.step_json import optimizer_json
+
+    steps = toy_estimate("cpu").steps()
+    for oid, s in steps.items():
+        o = optimizer_json(s, None)
+        assert (o["fits"], o["headroom_bytes"], o["max_batch_size"]) == (None, None, None)
+        assert o["total_bytes"] == sum(o["breakdown"].values()) == s.total_bytes
+        assert o["state_bytes"] == plan_state(toy_spec().params, parse_layouts(oid)[0]).state_bytes
+    small = min(s.total_bytes for s in steps.values())
+    device = get_device(f"{small}B")
+    fits = judge(steps, device, 1)
+    smmf, adam = (optimizer_json(steps[o], fits[o]) for o in ("smmf", "adam"))
+    assert small == steps["smmf"].total_bytes < steps["adam"].total_bytes
+    assert smmf["fits"] is True and smmf["headroom_bytes"] == 0
+    assert adam["fits"] is False and adam["headroom_bytes"] == small - adam["total_bytes"]
+
+
+def test_steps_follow_the_memory_model():
+    est = toy_estimate("cpu")
+    steps = est.steps()
     assert set(steps) == {"adam", "smmf"}
     for oid, s in steps.items():
         assert s.complete is est.complete is False  # a bare spec: no architecture to trace

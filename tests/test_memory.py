@@ -7,7 +7,7 @@ import torch
 
 from smmf_plan.errors import PlanError
 from smmf_plan.layouts import parse_layouts
-from smmf_plan.memory import MemoryBreakdown, estimate, spec_of_module
+from smmf_plan.memory import estimate, spec_of_module
 from smmf_plan.peak import measure_in_subprocess
 
 GPT2 = {"config_class": "GPT2Config", "model_class": "GPT2LMHeadModel",
@@ -39,17 +39,22 @@ def test_total_is_exact_sum_and_parts_are_exact():
     spec = spec_of_module(make(), "resnet18")
     est = estimate(spec, parse_layouts("adam,smmf"), batch_size=2, input_size=(3, 64, 64),
                    module_factory=make)
-    params = sum(-(-p.numel() * 4 // 64) * 64 for p in make().parameters())  # 64-B aligned
+    module = make()
+    params = sum(-(-p.numel() * 4 // 64) * 64 for p in module.parameters())  # 64-B aligned
+    buffers = sum(-(-b.numel() * b.element_size() // 64) * 64 for b in module.buffers())
+    numel = sum(p.numel() for p in module.parameters())
+    doc = est.to_dict()["optimizers"]
     for oid, b in est.breakdowns.items():
-        d = b.to_dict()
-        assert d["total_bytes"] == sum(v for k, v in d.items() if k != "total_bytes")
-        assert b.grad_bytes == params
-        assert b.total_bytes == est.total_at(oid)(2)
+        assert b["weights"] == params + buffers and b["grads"] == params
+        assert b.total_bytes == est.total_at(oid)(2) == sum(b.values())
         assert est.breakdown_at(oid, 2) == b
-    assert est.breakdowns["adam"].state_bytes > 2 * params > est.breakdowns["smmf"].state_bytes
+        assert doc[oid]["breakdown"] == dict(b) and doc[oid]["total_bytes"] == sum(b.values())
+    # Adam: two fp32 moments per parameter + one fp32 `step` per tensor, logically
+    n_tensors = len(list(module.parameters()))
+    assert est.state_bytes["adam"] == doc["adam"]["state_bytes"] == 8 * numel + 4 * n_tensors
+    assert est.breakdowns["adam"]["state_allocated"] > 2 * params > est.breakdowns["smmf"]["state_allocated"]
     assert est.total_at("adam")(16) > est.total_at("adam")(2)
     assert any("extrapolated linearly" in a for a in est.assumptions)
-    assert est.to_dict()["optimizers"]["adam"]["total_bytes"] == est.breakdowns["adam"].total_bytes
 
 
 def test_frozen_parameters_get_no_gradient_and_cuda_rounds_to_512():
@@ -62,7 +67,7 @@ def test_frozen_parameters_get_no_gradient_and_cuda_rounds_to_512():
     est = estimate(spec, parse_layouts("adam"), input_size=(3, 64, 64), module_factory=make,
                    allocator="cuda")
     b = est.breakdowns["adam"]
-    assert b.grad_bytes == (512 * 1000 * 4) + 512 * 8  # fc.weight, fc.bias (4000 B → 4096 B)
+    assert b["grads"] == (512 * 1000 * 4) + 512 * 8  # fc.weight, fc.bias (4000 B → 4096 B)
     assert est.runtime_parts == {"cublas_workspace": 32 << 20}
 
 
@@ -75,7 +80,6 @@ def test_bad_options_are_plan_errors():
         estimate(spec, parse_layouts("adam"), amp="int4", module_factory=make)
     with pytest.raises(PlanError, match="allocator"):
         estimate(spec, parse_layouts("adam"), allocator="tpu", module_factory=make)
-    assert MemoryBreakdown(1, 2, 3, 4, 5, 6).total_bytes == 21
 
 
 def _measure(case):

@@ -89,7 +89,7 @@ def test_committed_report_is_current(generated):
 def test_json_rows_have_the_documented_keys(generated):
     _, out = generated
     doc = json.loads((out / JSON_NAME).read_text("utf-8"))
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     keys = {"table", "model", "dataset", "optimizer", "paper_mib", "planned_mib", "planned_cuda_mib",
             "ratio", "agrees_at_precision"}
     assert all(keys <= set(r) for r in doc["rows"]) and len(doc["rows"]) == 412
@@ -126,7 +126,7 @@ def test_cli_command(tmp_path, capsys, generated):
         main(["reproduce", "--output", str(tmp_path / "r"), "--json"])
     assert e.value.code == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["schema_version"] == 1 and doc["summary"]["total"] == 412
+    assert doc["schema_version"] == 2 and doc["summary"]["total"] == 412
     assert (tmp_path / "r" / JSON_NAME).is_file()
 
     blocker = tmp_path / "file"

@@ -44,7 +44,7 @@ def resnet18_doc(tmp_path_factory):
 
 def test_size_document_shape(resnet18_doc):
     doc = resnet18_doc
-    assert doc["schema_version"] == 1 and doc["batch_size"] == 1
+    assert doc["schema_version"] == 2 and doc["batch_size"] == 1
     assert doc["model"]["name"] == "resnet18" and doc["model"]["num_params"] == 11_689_512
     expected = "end-to-end"
     assert doc["estimate"] == expected
@@ -55,10 +55,11 @@ def test_size_document_shape(resnet18_doc):
 
 
 def test_size_totals_add_up_and_verdicts_follow(resnet18_doc):
-    parts = ("weights_bytes", "grad_bytes", "state_bytes", "activation_bytes", "temp_bytes", "runtime_bytes")
     for oid, o in resnet18_doc["optimizers"].items():
         for alloc, b in o["by_allocator"].items():
-            assert b["total_bytes"] == sum(b[p] for p in parts)
+            assert list(b["breakdown"]) == ["weights", "grads", "state_allocated", "activations",
+                                            "temporaries", "runtime"]
+            assert b["total_bytes"] == sum(b["breakdown"].values())
     for row in resnet18_doc["devices"]:
         d = row["device"]
         for oid, cell in row["optimizers"].items():
@@ -82,9 +83,14 @@ def test_fixed_parts_are_exact(resnet18_doc):
     buffers = sum(round_up(b.numel() * b.element_size(), 512) for b in model.buffers())
     for layout in parse_layouts(None):
         b = resnet18_doc["optimizers"][layout.id]["by_allocator"]["cuda"]
-        assert b["state_bytes"] == plan_state(specs, layout).allocated_bytes["cuda"]
-        assert b["weights_bytes"] == params + buffers  # weights include BatchNorm buffers
-        assert b["grad_bytes"] == params
+        assert b["breakdown"]["state_allocated"] == plan_state(specs, layout).allocated_bytes["cuda"]
+        assert b["state_bytes"] == plan_state(specs, layout).state_bytes  # logical, beside it
+        assert b["breakdown"]["weights"] == params + buffers  # weights include BatchNorm buffers
+        assert b["breakdown"]["grads"] == params
+    # Adam's logical state, independently: two fp32 moments per element + a 4-B `step` per tensor
+    n = sum(s.numel for s in specs)
+    for alloc in ("cpu", "cuda"):
+        assert resnet18_doc["optimizers"]["adam"]["by_allocator"][alloc]["state_bytes"] == 8 * n + 4 * len(specs)
 
 
 def test_smallest_device_is_the_least_usable_that_fits_and_runs_pytorch(resnet18_doc):
@@ -148,7 +154,7 @@ def test_malformed_devices_file_exits_2(capsys, tmp_path):
 def test_devices_command(capsys, tmp_path):
     code, out, _ = run(capsys, "devices", "--json")
     doc = json.loads(out)
-    assert code == 0 and doc["schema_version"] == 1
+    assert code == 0 and doc["schema_version"] == 2
     assert [d["id"] for d in doc["devices"]] == list(catalog())
     rpi = doc["devices"][0]
     assert rpi["memory_bytes"] == 536_870_912 and rpi["usable_bytes"] == 402_051_072

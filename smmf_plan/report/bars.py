@@ -1,92 +1,66 @@
-"""Stacked bars: one per optimizer (weights / grads / state / activations / temporaries / runtime)
-against a device's usable memory, in the terminal (rich) and as a standalone SVG.
+"""Stacked bars: one per optimizer, a segment per part of the training step
+(:data:`smmf_plan.breakdown.PARTS`), against a device's usable memory, in the terminal (rich) and
+as a standalone SVG.
 
 Both renderers share one scale: the larger of the usable memory and the largest total, so the
 usable-memory marker is always on the picture and a bar that runs past it visibly does not fit.
-In the terminal every segment has its own character (█ ▓ ▒ ░ ▚ ·) so the picture reads without
-colour; in SVG segments have colour-blind-safe colours (Okabe–Ito) and most carry a hatch pattern.
+In the terminal every part has its own glyph (█ ▓ ▒ ░ ▚ ·) so the picture reads without colour; in
+SVG parts have colour-blind-safe colours (Okabe–Ito) and most carry a hatch pattern. Glyphs,
+colours and hatches are the parts' own (:class:`smmf_plan.breakdown.Part`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 from xml.sax.saxutils import escape
 
+from ..breakdown import Breakdown, Part, shown
 from ..errors import PlanError
 from ..units import format_bytes
 
-
-@dataclass(frozen=True)
-class Segment:
-    key: str
-    #: attribute of a memory breakdown holding this part's bytes.
-    field: str
-    char: str
-    style: str
-    colour: str
-    #: SVG hatch pattern drawn over the colour ("" = plain).
-    hatch: str
-
-
-SEGMENTS: tuple[Segment, ...] = (
-    Segment("weights", "weights_bytes", "█", "blue", "#0072B2", ""),
-    Segment("grads", "grad_bytes", "▓", "cyan", "#56B4E9", "diagonal"),
-    Segment("state", "state_bytes", "▒", "yellow", "#E69F00", ""),
-    Segment("activations", "activation_bytes", "░", "green", "#009E73", "dots"),
-    Segment("temporaries", "temp_bytes", "▚", "magenta", "#CC79A7", "cross"),
-    Segment("runtime", "runtime_bytes", "·", "bright_black", "#999999", "horizontal"),
-)
-SEGMENT_KEYS = tuple(s.key for s in SEGMENTS)
 MARKER = "┃"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class BarRow:
-    """One bar: a label (the optimizer id) and bytes per segment key (missing keys are 0)."""
+    """One bar: a label (the optimizer id) and its :class:`~smmf_plan.breakdown.Breakdown` (a
+    mapping of part keys is converted; missing parts are 0, unknown ones a ValueError)."""
 
     label: str
-    parts: Mapping[str, int] = field(default_factory=dict)
+    breakdown: Breakdown
 
-    def __post_init__(self) -> None:
-        unknown = set(self.parts) - set(SEGMENT_KEYS)
-        if unknown:
-            raise ValueError(f"unknown bar segment(s) {sorted(unknown)}; use {SEGMENT_KEYS}")
-        if any(v < 0 for v in self.parts.values()):
-            raise ValueError("segment bytes must not be negative")
+    def __init__(self, label: str, breakdown: Mapping[str, int] | None = None) -> None:
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "breakdown", breakdown if isinstance(breakdown, Breakdown)
+                           else Breakdown(breakdown or {}))
 
     @property
     def total(self) -> int:
-        return sum(self.parts.values())
+        return self.breakdown.total_bytes
 
     def get(self, key: str) -> int:
-        return int(self.parts.get(key, 0))
-
-    @classmethod
-    def from_breakdown(cls, label: str, breakdown: Any) -> "BarRow":
-        """From any object with ``weights_bytes``, ``grad_bytes`` … attributes (or a mapping with
-        those keys); absent parts count as 0."""
-        def value(name: str) -> int:
-            if isinstance(breakdown, Mapping):
-                return int(breakdown.get(name) or 0)
-            return int(getattr(breakdown, name, 0) or 0)
-
-        return cls(label, {s.key: value(s.field) for s in SEGMENTS})
+        return self.breakdown[key]
 
 
 def _scale(rows: Sequence[BarRow], usable_bytes: int | None) -> int:
     return max([r.total for r in rows] + [usable_bytes or 0, 1])
 
 
-def cells(row: BarRow, scale: int, width: int) -> list[tuple[Segment, int]]:
-    """Character cells per segment: cumulative rounding, so the cells add up to the rounded total."""
+def _parts(rows: Sequence[BarRow]) -> tuple[Part, ...]:
+    return shown(r.breakdown for r in rows)
+
+
+def cells(row: BarRow, scale: int, width: int,
+          parts: Sequence[Part] | None = None) -> list[tuple[Part, int]]:
+    """Character cells per part: cumulative rounding, so the cells add up to the rounded total."""
     out, done, cum = [], 0, 0
-    for seg in SEGMENTS:
-        cum += row.get(seg.key)
+    for part in parts if parts is not None else _parts([row]):
+        cum += row.get(part.key)
         end = round(cum * width / scale)
-        out.append((seg, end - done))
+        out.append((part, end - done))
         done = end
     return out
 
@@ -117,11 +91,11 @@ class Bars:
         mark = None if self.usable_bytes is None else round(self.usable_bytes * width / scale)
         bar = Text()
         pos = 0
-        for seg, n in cells(row, scale, width):
+        for part, n in cells(row, scale, width, _parts(self.rows)):
             for _ in range(n):
                 if pos == mark:
                     bar.append(MARKER, style="bold")
-                bar.append(seg.char, style=seg.style)
+                bar.append(part.glyph, style=part.style)
                 pos += 1
         if mark is not None and pos <= mark:
             bar.append(" " * (mark - pos))
@@ -150,9 +124,9 @@ class Bars:
                           Text(st, style="green" if st.startswith("✓") else "red"))
         yield table
         legend = Text()
-        for seg in SEGMENTS:
-            legend.append(seg.char, style=seg.style)
-            legend.append(f" {seg.key}  ")
+        for part in _parts(self.rows):
+            legend.append(part.glyph, style=part.style)
+            legend.append(f" {part.label}  ")
         if self.usable_bytes is not None:
             legend.append(MARKER, style="bold")
             legend.append(f" usable {format_bytes(self.usable_bytes, 0)}")
@@ -175,6 +149,10 @@ _PATTERNS = {
 }
 
 
+def _fill(part: Part) -> str:
+    return f"url(#p-{part.key})" if part.hatch else part.colour
+
+
 def _num(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
 
@@ -193,6 +171,7 @@ def svg_text(rows: Sequence[BarRow], usable_bytes: int | None, title: str, *,
     legend_y = top + row_h * len(rows) + 28
     height = legend_y + 30
     x0 = label_w
+    parts = _parts(rows)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" '
@@ -200,10 +179,10 @@ def svg_text(rows: Sequence[BarRow], usable_bytes: int | None, title: str, *,
         f"<title>{escape(title)}</title>",
         "<defs>",
     ]
-    for seg in SEGMENTS:
-        if seg.hatch:
-            out.append(f'<pattern id="p-{seg.key}" width="6" height="6" patternUnits="userSpaceOnUse">'
-                       f'<rect width="6" height="6" fill="{seg.colour}"/>{_PATTERNS[seg.hatch]}</pattern>')
+    for part in parts:
+        if part.hatch:
+            out.append(f'<pattern id="p-{part.key}" width="6" height="6" patternUnits="userSpaceOnUse">'
+                       f'<rect width="6" height="6" fill="{part.colour}"/>{_PATTERNS[part.hatch]}</pattern>')
     out.append("</defs>")
     out.append(f'<rect width="{width}" height="{height}" fill="#ffffff"/>')
     out.append(f'<text x="10" y="22" font-size="14" font-weight="bold">{escape(title)}</text>')
@@ -212,16 +191,15 @@ def svg_text(rows: Sequence[BarRow], usable_bytes: int | None, title: str, *,
         out.append(f'<text x="{x0 - 8}" y="{_num(y + bar_h - 4)}" text-anchor="end">'
                    f"{escape(row.label)}</text>")
         cum = 0
-        for seg in SEGMENTS:
-            b = row.get(seg.key)
+        for part in parts:
+            b = row.get(part.key)
             if b <= 0:
                 continue
             x = x0 + cum * bar_width / scale
             w = b * bar_width / scale
-            fill = f"url(#p-{seg.key})" if seg.hatch else seg.colour
-            out.append(f'<rect class="seg {seg.key}" data-bytes="{b}" x="{_num(x)}" y="{y}" '
-                       f'width="{_num(w)}" height="{bar_h}" fill="{fill}" stroke="#333333" '
-                       f'stroke-width="0.4"><title>{escape(row.label)} {seg.key}: '
+            out.append(f'<rect class="seg {part.key}" data-bytes="{b}" x="{_num(x)}" y="{y}" '
+                       f'width="{_num(w)}" height="{bar_h}" fill="{_fill(part)}" stroke="#333333" '
+                       f'stroke-width="0.4"><title>{escape(row.label)} {part.label}: '
                        f"{format_bytes(b, 1)}</title></rect>")
             cum += b
         status = _status(row, usable_bytes)
@@ -236,12 +214,11 @@ def svg_text(rows: Sequence[BarRow], usable_bytes: int | None, title: str, *,
         out.append(f'<text x="{_num(ux)}" y="{top - 14}" text-anchor="middle" fill="#D55E00">'
                    f"usable {escape(format_bytes(usable_bytes, 0))}</text>")
     x = 10
-    for seg in SEGMENTS:
-        fill = f"url(#p-{seg.key})" if seg.hatch else seg.colour
-        out.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{fill}" '
+    for part in parts:
+        out.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{_fill(part)}" '
                    'stroke="#333333" stroke-width="0.4"/>')
-        out.append(f'<text x="{x + 16}" y="{legend_y}">{seg.key}</text>')
-        x += 16 + 8 * len(seg.key) + 18
+        out.append(f'<text x="{x + 16}" y="{legend_y}">{escape(part.label)}</text>')
+        x += 16 + 8 * len(part.label) + 18
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

@@ -1,8 +1,7 @@
-"""Rich tables and JSON documents for devices and fit verdicts.
+"""Rich tables for devices, training steps and fit verdicts (their JSON: :mod:`.step_json`).
 
 Every verdict is written in words or symbols (✓ fits / ✗ over) as well as colour, so tables read in
-monochrome. JSON documents carry ``schema_version``; without a device the per-optimizer
-``fits`` / ``headroom_bytes`` / ``max_batch_size`` are null.
+monochrome. The step table has one column per part of :data:`smmf_plan.breakdown.PARTS`.
 """
 
 from __future__ import annotations
@@ -12,14 +11,13 @@ from typing import Mapping, Sequence
 from rich.table import Table
 from rich.text import Text
 
+from ..breakdown import StepMemory, shown
 from ..devices import Device
-from ..fit import NO_DEVICE, PARTS, Fit, StepMemory
+from ..fit import Fit
 from ..units import format_bytes
 from . import SCHEMA_VERSION
 
 _PT_STYLE = {"yes": "green", "limited": "", "marginal": "yellow", "no": "red", "unknown": "dim"}
-_HEADS = {"weights": "weights", "grads": "grads", "state": "state", "activations": "activ.",
-          "temporaries": "temp.", "runtime": "runtime"}
 
 
 # --------------------------------------------------------------------------- devices
@@ -91,24 +89,25 @@ def fit_cell(f: Fit, show_batch: bool = True) -> Text:
 
 
 def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | None = None,
-                  title: str = "Training step memory") -> Table:
-    """One row per optimizer: every part, the total and (with a device) fits / headroom / largest
-    batch. Rows keep the order of ``steps``. Sizes are compact (M = MiB, G = GiB)."""
+                  title: str = "Training step memory", first: str = "optimizer") -> Table:
+    """One row per optimizer (labelled by the keys of ``steps``, heading ``first``): every part,
+    the total and (with a device) fits / headroom / largest batch. Rows keep the order of
+    ``steps``. Sizes are compact (M = MiB, G = GiB)."""
     from rich import box
 
     complete = all(s.complete for s in steps.values())
     table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   padding=(0, 0))
-    shown = PARTS
-    table.add_column("optimizer", no_wrap=True)
-    for head in (*(_HEADS[p] for p in shown), "total"):
+    parts = shown(s.breakdown for s in steps.values())
+    table.add_column(Text(first), no_wrap=True)
+    for head in (*(p.heading for p in parts), "total"):
         table.add_column(head, justify="right", no_wrap=True)
     if fits is not None:
         table.add_column("fits (free)", justify="right", no_wrap=True)
         table.add_column("max batch", justify="right", no_wrap=True)
     for oid, step in steps.items():
-        parts = [short_bytes(step.parts.get(p, 0)) for p in shown]
-        row = [oid, *parts, Text(short_bytes(step.total_bytes), style="bold")]
+        cells = [short_bytes(step.breakdown[p.key]) for p in parts]
+        row = [Text(oid), *cells, Text(short_bytes(step.total_bytes), style="bold")]
         if fits is not None:
             f = fits[oid]
             row += [fit_cell(f, show_batch=False), f.max_batch_text()]
@@ -152,21 +151,6 @@ def size_table(devices: Sequence[Device], optimizers: Sequence[str],
     return table
 
 
-# --------------------------------------------------------------------------- JSON
-
-def device_json(device: Device | None) -> dict | None:
-    return None if device is None else device.reference()
-
-
-def fit_json(f: Fit | None) -> dict:
-    return dict(NO_DEVICE) if f is None else f.to_dict()
-
-
-def optimizer_json(step: StepMemory, f: Fit | None) -> dict:
-    """Per optimizer: every part, ``total_bytes`` (their sum), and the verdict fields."""
-    return {**step.to_dict(), **fit_json(f)}
-
-
 # --------------------------------------------------------------------------- one device, whole report
 
 def judge(steps: Mapping[str, StepMemory], device: Device, batch_size: int) -> dict[str, Fit]:
@@ -192,17 +176,6 @@ def device_report(steps: Mapping[str, StepMemory], device: Device, batch_size: i
         device_header(device),
         verdict_table({o: steps[o] for o in order}, fits,
                       title=f"Training step at batch {batch_size} on {device.id}"),
-        render_bars([BarRow(o, dict(steps[o].parts)) for o in order], device.usable_bytes),
+        render_bars([BarRow(o, steps[o].breakdown) for o in order], device.usable_bytes),
         Text("→ " + recommendation(device, fits, batch_known=complete), style="bold"),
     )
-
-
-def steps_document(steps: Mapping[str, StepMemory], device: Device | None,
-                   fits: Mapping[str, Fit] | None) -> dict:
-    """JSON additions for a plan: ``"device"`` (null without one) and per optimizer every part,
-    ``total_bytes`` and ``fits`` / ``headroom_bytes`` / ``max_batch_size`` (null without a device)."""
-    return {
-        "device": device_json(device),
-        "optimizers": {oid: optimizer_json(s, None if fits is None else fits[oid])
-                       for oid, s in steps.items()},
-    }

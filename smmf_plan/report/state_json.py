@@ -11,12 +11,21 @@ from ..shapes import square_matricize
 from . import SCHEMA_VERSION
 
 
-def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int, dtype: str | None) -> dict:
-    return {
+def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int, dtype: str | None,
+                  *, estimate=None, device=None, fits=None) -> dict:
+    """The ``plan`` document: each optimizer's state plan and, given the step ``estimate`` (a
+    :class:`~smmf_plan.memory.MemoryEstimate`), its step entry, the device and the verdicts
+    (:func:`smmf_plan.report.step_json.add_training`)."""
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "model": {**model.summary(), "dtype": dtype},
         "optimizers": {oid: p.to_dict(adam_bytes) for oid, p in plans.items()},
     }
+    if estimate is not None:
+        from .step_json import add_training
+
+        add_training(doc, estimate, device, fits)
+    return doc
 
 
 def shapes_document(model: ModelSpec, layouts: Sequence[OptimizerLayout]) -> dict:

@@ -1,0 +1,85 @@
+"""JSON of training-step estimates, shared by the ``plan``, ``size`` and ``check`` documents (schema
+in the README).
+
+Every step estimate of one optimizer is the same object, wherever it appears::
+
+    {"state_bytes": int,          # logical optimizer state (numel × itemsize of its tensors)
+     "breakdown": {PART: int},    # smmf_plan.breakdown.PARTS, as the allocator allocates them
+     "total_bytes": int}          # == sum(breakdown.values()), exactly
+
+with the fit fields (``fits`` / ``headroom_bytes`` / ``max_batch_size``, null without a device)
+added where a device is judged.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from ..breakdown import StepMemory
+from ..devices import Device
+from ..fit import NO_DEVICE, Fit, recommendation
+from ..model import ModelSpec
+from . import SCHEMA_VERSION
+
+
+def device_json(device: Device | None) -> dict | None:
+    return None if device is None else device.reference()
+
+
+def fit_json(f: Fit | None) -> dict:
+    return dict(NO_DEVICE) if f is None else f.to_dict()
+
+
+def optimizer_json(step: StepMemory, f: Fit | None) -> dict:
+    """One optimizer's step estimate and its verdict fields."""
+    return {**step.to_dict(), **fit_json(f)}
+
+
+def training_json(estimate) -> dict:
+    """How a :class:`~smmf_plan.memory.MemoryEstimate` was made: batch, input, allocator and
+    every assumption."""
+    return {"batch_size": estimate.batch_size, "input": estimate.input,
+            "allocator": estimate.allocator, "assumptions": list(estimate.assumptions)}
+
+
+def add_training(doc: dict, estimate, device: Device | None,
+                 fits: Mapping[str, Fit] | None) -> dict:
+    """Add a step estimate to a ``plan`` document: ``device``, ``training``, per optimizer its step
+    entry and verdict (beside its state plan), and with a device the one-line recommendation."""
+    steps = estimate.steps()
+    doc["device"] = device_json(device)
+    doc["training"] = training_json(estimate)
+    for oid, step in steps.items():
+        doc["optimizers"][oid].update(optimizer_json(step, None if fits is None else fits[oid]))
+    if device is not None:
+        doc["recommendation"] = recommendation(device, fits, batch_known=estimate.complete)
+    return doc
+
+
+def size_document(spec: ModelSpec, dtype: str | None, batch_size: int, result: dict) -> dict:
+    """The ``size`` document from :func:`smmf_plan.cli.size.size_model`'s result: per optimizer
+    its step entry under each allocator and the smallest device that fits; per device the verdict
+    of every optimizer."""
+    steps, grid = result["steps"], result["grid"]
+    optimizers = {}
+    for oid in result["order"]:
+        runs, anywhere = result["smallest"][oid]
+        optimizers[oid] = {
+            "by_allocator": {a: per[oid].to_dict() for a, per in steps.items()},
+            "smallest_device": device_json(runs),
+            "smallest_device_memory_only": device_json(anywhere),
+        }
+    rows = []
+    for d in result["devices"]:
+        cells = {oid: {"total_bytes": grid[d.id][oid].total_bytes, **grid[d.id][oid].to_dict()}
+                 for oid in result["order"]}
+        rows.append({"device": device_json(d), "optimizers": cells,
+                     "recommendation": recommendation(d, grid[d.id], batch_known=result["complete"])})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {**spec.summary(), "dtype": dtype},
+        "batch_size": batch_size,
+        "estimate": "end-to-end" if result["complete"] else "weights+grads+state",
+        "optimizers": optimizers,
+        "devices": rows,
+    }

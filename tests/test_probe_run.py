@@ -33,12 +33,25 @@ def test_probe_mobilenet_batch_2_json_and_report(tmp_path, capsys):
                            "--report", str(report)], capsys)
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["model"]["name"] == "mobilenetv2_050"
     assert doc["input"] == {"task": "image-classification", "batch_size": 2, "input_size": [3, 64, 64]}
     assert list(doc["optimizers"]) == ["smmf", "adam"]
     spec = load_model("mobilenetv2_050")
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model("mobilenetv2_050")
+    aligned = lambda ts: sum(-(-t.numel() * t.element_size() // 64) * 64 for t in ts)  # noqa: E731
     for oid, e in doc["optimizers"].items():
+        p = e["predicted"]
+        assert p["total_bytes"] == sum(p["breakdown"].values()) and p["allocator"] == "cpu"
+        assert p["breakdown"]["weights"] == aligned(model.parameters()) + aligned(model.buffers())
+        assert p["breakdown"]["grads"] == aligned(model.parameters())
+        assert p["breakdown"]["state_allocated"] >= p["state_bytes"]
+        # the peak compared with the measurement leaves out the runtime present before it
+        assert 0 < p["peak_bytes"] < p["total_bytes"]
         assert set(e) >= {"predicted", "measured", "error_pct", "status"}
         assert e["status"] == "ok", e.get("error")
         m = e["measured"]
@@ -62,6 +75,12 @@ def test_probe_mobilenet_batch_2_json_and_report(tmp_path, capsys):
     assert text.startswith("# Probe: mobilenetv2_050 on cpu")
     assert "smmf-plan probe mobilenetv2_050 --optimizer smmf,adam" in text
     assert "| smmf | ✓ ok |" in text and "| adam | ✓ ok |" in text
+    # the predicted breakdown: a column per part, the total its sum
+    assert "| optimizer | weights | grads | state | activ. | temp. | runtime | total |" in text
+    for oid, e in doc["optimizers"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {oid} | ")
+                   and line.count("|") == 9)
+        assert row.split("|")[-2].strip() == f"{e['predicted']['total_bytes'] / MiB:,.1f}"
 
 
 def test_oom_under_a_cap_is_a_verdict_and_the_others_still_run():

@@ -6,9 +6,9 @@ process never gives all freed memory back to the OS) and an out-of-memory in one
 the others down. The child reports progress as JSON lines; if it dies (e.g. ``SIGKILL`` from the
 kernel's OOM killer) the last step it reported tells where.
 
-Document (``schema_version`` 1)::
+Document (``schema_version`` 2, :data:`smmf_plan.report.SCHEMA_VERSION`)::
 
-    {"schema_version": 1,
+    {"schema_version": 2,
      "model": {"name", "source", "library", "architecture", "task", "num_params", ...},
      "input": {"task", "batch_size", "input_size" | "seq_len"},
      "settings": {"steps", "device_type", "cap_bytes", "cap_method", "device", "allocator",
@@ -16,11 +16,11 @@ Document (``schema_version`` 1)::
      "host": {"cpu", "cores", "python", "torch"},
      "assumptions": [the estimate's stated assumptions],
      "optimizers": {ID: {
-         "predicted": {the estimate's fields: "weights_bytes", "grad_bytes", "state_bytes"
-                       (exact logical bytes, as measured), "state_allocated_bytes" (rounded, the
-                       term in the total), "activation_bytes", "temp_bytes", "runtime_bytes",
-                       "total_bytes", and "peak_bytes" = total_bytes minus the runtime present
-                       before the baseline, the figure the measured peak is compared with},
+         "predicted": {the estimate's step entry: "state_bytes" (exact logical bytes, what is
+                       measured), "breakdown": {part: bytes} (smmf_plan.breakdown.PARTS, state
+                       as allocated), "total_bytes" (their sum); and "peak_bytes" = total_bytes
+                       minus the runtime present before the baseline, the figure the measured
+                       peak is compared with, and "allocator"},
          "measured": {"state_bytes", "peak_bytes", "step_ms", "optimizer_step_ms", "losses",
                       "runtime_bytes", "total_bytes" = runtime_bytes + peak_bytes, ...},
          "error_pct": {"state_bytes", "peak_bytes", "total_bytes"}: 100 * (measured - predicted)
@@ -41,14 +41,13 @@ from typing import Any, Sequence
 
 from ..errors import PlanError
 from ..model import ModelSpec
+from ..report import SCHEMA_VERSION
 from .inputs import resolve_input
 from .job import ProbeJob
 from .limits import killed_by_oom
 
 #: the environment the estimate's CPU figures assume (see :mod:`smmf_plan.peak`).
 DETERMINISTIC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-SCHEMA_VERSION = 1
 
 
 def _cpu_name() -> str:
@@ -78,33 +77,29 @@ def predict(spec: ModelSpec, layouts: Sequence, inp: dict, device_type: str) -> 
     """The plan for each layout, as the dict the probe sets beside the measurement.
 
     ``state_bytes`` is the planner's exact logical figure (what ``optimizer.state`` holds, the
-    same quantity the probe measures); ``state_allocated_bytes`` the allocator-rounded figure the
-    estimate sums into ``total_bytes``; ``peak_bytes`` = ``total_bytes`` minus the runtime parts
-    present before the baseline (:data:`BASELINE_PARTS`)."""
+    same quantity the probe measures); ``breakdown`` the estimate's parts (its ``state_allocated``
+    is the allocator-rounded state) and ``total_bytes`` their sum; ``peak_bytes`` =
+    ``total_bytes`` minus the runtime parts present before the baseline (:data:`BASELINE_PARTS`)."""
     from ..memory import estimate
-    from ..plan import plan_state
 
     allocator = "cuda" if device_type == "cuda" else "cpu"
     est = estimate(spec, list(layouts), batch_size=inp["batch_size"],
                    input_size=inp.get("input_size"), seq_len=inp.get("seq_len"), allocator=allocator)
     before = sum(v for k, v in est.runtime_parts.items() if k in BASELINE_PARTS)
     out: dict[str, dict] = {}
-    for layout in layouts:
-        b = est.breakdowns[layout.id].to_dict()
-        d: dict[str, Any] = dict(b)
-        d["state_allocated_bytes"] = b["state_bytes"]
-        d["state_bytes"] = plan_state(spec.params, layout).state_bytes
-        d["peak_bytes"] = b["total_bytes"] - before
+    for oid, step in est.steps().items():
+        d: dict[str, Any] = step.to_dict()
+        d["peak_bytes"] = step.total_bytes - before
         d["allocator"] = allocator
-        out[layout.id] = d
+        out[oid] = d
     return out, est.assumptions
 
 
 def _state_only(spec: ModelSpec, layouts) -> dict[str, dict]:
     from ..plan import plan_state
 
-    return {lay.id: {"state_bytes": plan_state(spec.params, lay).state_bytes, "total_bytes": None,
-                     "peak_bytes": None} for lay in layouts}
+    return {lay.id: {"state_bytes": plan_state(spec.params, lay).state_bytes, "breakdown": None,
+                     "total_bytes": None, "peak_bytes": None} for lay in layouts}
 
 
 def _verdict(status: str, at_step: int | None, cap: bool, error: str | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..units import format_bytes
+from .breakdown_md import breakdown_table, legend
 
 MiB = 2**20
 
@@ -164,16 +165,11 @@ def markdown(doc: dict, *, command: str | None = None) -> str:
     lines.append("")
     for p in problems(doc):
         lines.append(f"- {p}")
-    # predicted breakdown
-    keys = ["weights_bytes", "grad_bytes", "state_bytes", "activation_bytes", "temp_bytes",
-            "runtime_bytes", "total_bytes"]
-    if any((e.get("predicted") or {}).get("total_bytes") is not None for e in doc["optimizers"].values()):
-        lines += ["", "## Predicted breakdown (MiB)", "",
-                  "| optimizer | " + " | ".join(k.removesuffix("_bytes") for k in keys) + " |",
-                  "|---|" + "---:|" * len(keys)]
-        for oid, e in doc["optimizers"].items():
-            p = e.get("predicted") or {}
-            lines.append(f"| {oid} | " + " | ".join(_mib(p.get(k)) for k in keys) + " |")
+    predicted = {oid: (e.get("predicted") or {}).get("breakdown") for oid, e in doc["optimizers"].items()}
+    predicted = {oid: bd for oid, bd in predicted.items() if bd}
+    if predicted:
+        lines += ["", "## Predicted breakdown (MiB)", "", *breakdown_table(predicted), "",
+                  *legend(predicted)]
     lines += ["", "## Measured per step", "",
               "| optimizer | step | loss | peak growth MiB |", "|---|---:|---:|---:|"]
     for oid, e in doc["optimizers"].items():

@@ -1,0 +1,36 @@
+"""Step breakdowns as a Markdown table (the probe and check reports): one row per optimizer, one
+column per part of :data:`smmf_plan.breakdown.PARTS`, then the total, and a legend saying what
+each part counts."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from ..breakdown import shown
+
+MiB = 2**20
+
+
+def mib(n: int) -> str:
+    """MiB with one decimal, more significant digits below 1 MiB."""
+    v = n / MiB
+    return f"{v:,.1f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
+
+
+def breakdown_table(rows: Mapping[str, Mapping[str, int]], first: str = "optimizer",
+                    fmt: Callable[[int], str] = mib) -> list[str]:
+    """Markdown lines: ``| first | part … | total |`` then one line per row, sizes written by
+    ``fmt``. ``rows`` maps a label (Markdown-safe) to a breakdown (``{part key: bytes}``, e.g. a
+    JSON ``breakdown``); the total is the sum of its parts."""
+    parts = shown(rows.values())
+    lines = ["| " + " | ".join([first, *(p.heading for p in parts), "total"]) + " |",
+             "|---|" + "---:|" * (len(parts) + 1)]
+    for label, bd in rows.items():
+        cells = [fmt(bd.get(p.key, 0)) for p in parts] + [fmt(sum(bd.values()))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def legend(rows: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """One Markdown bullet per part shown: its heading and what it counts."""
+    return [f"- **{p.heading}**: {p.description}." for p in shown(rows.values())]

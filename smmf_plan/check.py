@@ -457,6 +457,8 @@ class Evaluated:
     device_budget: int | None = None
     model_summary: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the step estimate behind the ``total`` metric (a MemoryEstimate), or None.
+    estimate: Any = None
 
     def budget(self, metric: str) -> tuple[int | None, str | None]:
         """``(bytes, source)``: source is ``"max-state"``, ``"max-total"``, ``"device"`` or None."""
@@ -475,26 +477,6 @@ def _memory_estimate() -> Callable | None:
     except ImportError:
         return None
     return getattr(memory, "estimate", None)
-
-
-def _total_bytes(entry: Any) -> int:
-    for attr in ("total_bytes", "total"):
-        value = getattr(entry, attr, None)
-        if isinstance(value, int):
-            return value
-    if isinstance(entry, Mapping) and isinstance(entry.get("total_bytes"), int):
-        return entry["total_bytes"]
-    raise TypeError(f"memory estimate entry {entry!r} has no integer total_bytes")
-
-
-def _per_optimizer(estimate: Any) -> Mapping[str, Any]:
-    for attr in ("optimizers", "per_optimizer", "breakdowns", "plans"):
-        value = getattr(estimate, attr, None)
-        if isinstance(value, Mapping):
-            return value
-    if isinstance(estimate, Mapping):
-        return estimate
-    raise TypeError(f"cannot read per-optimizer breakdowns from {type(estimate).__name__}")
 
 
 def _resolve_device(text: str, where: str, search_from: str | Path | None = None):
@@ -544,6 +526,7 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
     values: dict[str, dict[str, int]] = {
         layout.id: {"state": plan_state(spec.params, layout).state_bytes} for layout in layouts}
     notes: list[str] = []
+    est = None
     estimate = _memory_estimate() if check.max_total is not None or device is not None else None
     if estimate is not None:
         kwargs: dict[str, Any] = {"batch_size": check.batch_size, "input_size": check.input_size,
@@ -558,9 +541,8 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
             est = estimate(spec, layouts, **kwargs)
         except PlanError as e:
             raise PlanError(f"{check.where}: {e}") from None
-        per = _per_optimizer(est)
-        for layout in layouts:
-            values[layout.id]["total"] = _total_bytes(per[layout.id])
+        for oid, step in est.steps().items():
+            values[oid]["total"] = step.total_bytes
     elif check.max_total is not None or device is not None:
         raise PlanError(f"{check.where}: max-total/device need the end-to-end estimate "
                         "(smmf_plan.memory), which this installation lacks; use max-state only")
@@ -571,6 +553,7 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
         device_budget=device.usable_bytes if device is not None else None,
         model_summary=spec.summary(),
         notes=notes,
+        estimate=est,
     )
 
 

@@ -393,3 +393,37 @@ def test_max_total_and_device_budgets_use_the_memory_estimate(tiny, capsys):
     write_pyproject(tiny, f'device = "{small}B"\n' + TINY.format(budget="1 MiB"))
     code, out, _ = run_cli(capsys)
     assert code == 1 and f"> usable memory of {small}B" in out
+
+
+def test_json_carries_the_step_breakdown_behind_each_total(tiny, capsys):
+    """Each ``total`` comes with its step entry: the breakdown per part, summing to that total
+    exactly; weights, gradients and state are the hand-computed 64-B-aligned bytes."""
+    write_pyproject(tiny, TINY.format(budget="1 MiB") + 'max-total = "1 GiB"\n'
+                    + '\n[[tool.smmf-plan.checks]]\nname = "state-only"\nmodel = "tiny.safetensors"\n'
+                    + 'optimizer = "adam"\nmax-state = "1 MiB"\n')
+    code, out, err = run_cli(capsys, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    totals = {r["optimizer"]: r["now_bytes"] for r in doc["results"]
+              if r["check"] == "tiny" and r["metric"] == "total"}
+    checks = {c["id"]: c for c in doc["checks"]}
+    assert checks["state-only"]["training"] is None
+    training = checks["tiny"]["training"]
+    assert training["allocator"] == "cpu" and training["batch_size"] == 1 and training["assumptions"]
+    assert set(training["optimizers"]) == set(totals) == {"adam", "smmf"}
+    for oid, entry in training["optimizers"].items():
+        bd = entry["breakdown"]
+        assert entry["total_bytes"] == sum(bd.values()) == totals[oid]
+        assert bd["weights"] == bd["grads"] == 64 * 32 * 4 + 64 * 4  # both tensors 64-B multiples
+    adam = training["optimizers"]["adam"]
+    assert adam["state_bytes"] == adam_bytes((64, 32), (64,))  # logical
+    # allocated: each moment is a 64-B multiple already; each 4-B `step` takes a 64-B block
+    assert adam["breakdown"]["state_allocated"] == 2 * (8192 + 256) + 2 * 64
+    # the human reports show the same breakdown, part by part
+    code, out, _ = run_cli(capsys, "--format", "markdown")
+    assert code == 0 and "**Training step behind each total**" in out
+    assert "| check [optimizer] | weights | grads | state | activ. | temp. | runtime | total |" in out
+    assert "| tiny [adam] |" in out and "| state-only [adam] |" not in out
+    code, out, _ = run_cli(capsys)
+    flat = " ".join(out.split())
+    assert code == 0 and "Training step behind each total" in flat and "tiny [smmf]" in flat

@@ -3,6 +3,8 @@ a versioned JSON document and JUnit XML.
 
 Every status is a word (PASS, FAIL, IMPROVED, NEW, UPDATED) beside its colour, so the output reads
 in monochrome logs. Byte counts are exact integers in JSON and JUnit properties; humans get MiB.
+Checks that estimated the training step (a ``total`` metric) also show its breakdown per part, so
+a total that grew says which part grew.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Iterable
 
-from ..check import FAIL, IMPROVED, NEW, PASS, UPDATED, CheckReport, Result
+from ..breakdown import StepMemory
+from ..check import FAIL, IMPROVED, NEW, PASS, UPDATED, CheckReport, Evaluated, Result
 from ..units import format_bytes
 from . import SCHEMA_VERSION
 
@@ -62,6 +65,22 @@ def check_table(report: CheckReport):
     return table
 
 
+def steps(report: CheckReport) -> dict[str, StepMemory]:
+    """``"check [optimizer]"`` → its step estimate, for every check that made one."""
+    return {f"{ev.check.id} [{oid}]": step for ev in report.evaluated if ev.estimate is not None
+            for oid, step in ev.estimate.steps().items()}
+
+
+def step_table(report: CheckReport):
+    """The breakdown behind every ``total`` metric (None when no check estimated the step)."""
+    from .fit_table import verdict_table
+
+    rows = steps(report)
+    if not rows:
+        return None
+    return verdict_table(rows, title="Training step behind each total", first="check [optimizer]")
+
+
 def messages(report: CheckReport) -> list[str]:
     """The lines printed under the table: failures first, then changes, then hints."""
     lines = [f"FAIL {r.message}" for r in report.failures]
@@ -81,6 +100,9 @@ def print_table(report: CheckReport, console=None) -> None:
         if not console.is_terminal:  # CI logs: no wrapping at 80 columns; tables stay content-wide
             console = Console(width=max(console.width, 160))
     console.print(check_table(report))
+    table = step_table(report)
+    if table is not None:
+        console.print(table)
     for line in messages(report):
         style = "bold red" if line.startswith("FAIL") else ("dim" if line.startswith("hint") else None)
         console.print(Text(line, style=style or ""))
@@ -106,6 +128,13 @@ def markdown(report: CheckReport) -> str:
         cells[-1] = f"{_ICON.get(r.status, '')} {'**' + r.status + '**' if r.failed else r.status}"
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    rows = {_md_escape(label): step.breakdown for label, step in steps(report).items()}
+    if rows:
+        from .breakdown_md import breakdown_table, legend
+
+        out += ["**Training step behind each total**", "",
+                *breakdown_table(rows, first="check [optimizer]", fmt=format_bytes), "",
+                *legend(rows), ""]
     if report.failures:
         out.append("**Failures**")
         out.append("")
@@ -138,13 +167,25 @@ def check_document(report: CheckReport) -> dict:
             "stale_entries": [{"check": c, "optimizer": o, "metric": m} for c, o, m in report.stale],
         },
         "checks": [
-            {**ev.check.to_dict(), "device": ev.device, "model_summary": ev.model_summary}
+            {**ev.check.to_dict(), "device": ev.device, "model_summary": ev.model_summary,
+             "training": training(ev)}
             for ev in report.evaluated
         ],
         "results": [r.to_dict() for r in report.results],
         "counts": {s: report.count(s) for s in (PASS, FAIL, IMPROVED, NEW, UPDATED)},
         "hints": report.hints,
     }
+
+
+def training(ev: Evaluated) -> dict | None:
+    """The step estimate behind a check's ``total`` metric: how it was made and, per optimizer,
+    its step entry (``state_bytes``, ``breakdown``, ``total_bytes``); None without one."""
+    if ev.estimate is None:
+        return None
+    from .step_json import training_json
+
+    return {**training_json(ev.estimate),
+            "optimizers": {oid: s.to_dict() for oid, s in ev.estimate.steps().items()}}
 
 
 def junit_xml(report: CheckReport) -> str:

@@ -229,3 +229,22 @@ def test_runtime_override_replaces_the_stated_baseline(capsys):
     assert any("--runtime" in a for a in given["training"]["assumptions"])
     code, out, err = run([*args, "--runtime", "lots"], capsys)
     assert code == 2 and "--runtime" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_readme_first_command_keeps_its_numbers(capsys):
+    """`smmf-plan resnet50 --device rpi-zero` (the README's main job): schema 2 changed how the
+    step is written, not one byte of it. The figures are those schema 1 printed (flat
+    ``*_bytes`` fields, the state as allocated_bytes["cpu"])."""
+    code, out, err = run(["resnet50", "--device", "rpi-zero", "-o", "adam,smmf", "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    schema_1 = {  # weights, grads, state (cpu-allocated), activations, temporaries, runtime, total
+        "adam": (102_444_032, 102_228_160, 204_466_624, 63_909_248, 0, 618_659_840, 1_091_707_904),
+        "smmf": (102_444_032, 102_228_160, 3_720_000, 63_909_248, 14_192_640, 618_659_840, 905_153_920),
+    }
+    for oid, (*parts, total) in schema_1.items():
+        o = doc["optimizers"][oid]
+        assert list(o["breakdown"].values()) == parts and o["total_bytes"] == total == sum(parts)
+        assert o["headroom_bytes"] == doc["device"]["usable_bytes"] - total
+    assert doc["optimizers"]["adam"]["state_bytes"] == 204_456_900  # logical, as before
+    assert doc["optimizers"]["smmf"]["state_bytes"] == 3_714_333

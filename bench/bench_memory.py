@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from test_memory import CASES, _meta_factory  # noqa: E402
 
-from smmf_plan.layouts import parse_layouts  # noqa: E402
+from smmf_plan.optimizers import parse_many  # noqa: E402
 from smmf_plan.memory import estimate, spec_of_module  # noqa: E402
 from smmf_plan.peak import measure_in_subprocess  # noqa: E402
 
@@ -32,7 +32,7 @@ for name, (model, size, seq, batches) in cases.items():
     spec = spec_of_module(make(), name)
     for b, m in zip(batches, got):
         t0 = time.perf_counter()
-        est = estimate(spec, parse_layouts("adam"), batch_size=b, input_size=size, seq_len=seq,
+        est = estimate(spec, parse_many("adam"), batch_size=b, input_size=size, seq_len=seq,
                        module_factory=make)
         secs = time.perf_counter() - t0
         rp = est.runtime_parts

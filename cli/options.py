@@ -8,15 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
+
 Model = Annotated[str, typer.Argument(
     help="timm name, bundled checkpoint name (gpt2, bert-base-uncased, llama-2-7b …), "
          "config.json, model directory, .safetensors / .index.json / .pt file, or hub id.",
     show_default=False)]
 Optimizers = Annotated[Optional[str], typer.Option(
     "--optimizer", "-o",
-    help="Comma-separated optimizer ids with optional variants (adam, adamw, adafactor, "
-         "adafactor:beta1=none, came, sm3, smmf, smmf:sign=bool) or 'all'. "
-         "Default: adam,adafactor,came,sm3,smmf.")]
+    help=f"Comma-separated optimizer ids with optional variants ({', '.join(ALL_IDS)}) or 'all' "
+         f"(smmf-plan optimizers lists every option). Default: {','.join(DEFAULT_IDS)}.")]
 DType = Annotated[Optional[str], typer.Option(
     "--dtype", help="Plan parameters in this dtype (fp32, bf16, fp16, fp64). Default: as the source has them.")]
 NumClasses = Annotated[Optional[int], typer.Option(
@@ -123,10 +124,10 @@ def load_model(model: str, *, num_classes=None, trainable=None, freeze=None, lor
 
 def layouts(text: str | None):
     from smmf_plan.errors import PlanError
-    from smmf_plan.layouts import UnknownOptimizer, parse_layouts
+    from smmf_plan.optimizers import UnknownOptimizer, parse_many
 
     try:
-        return parse_layouts(text)
+        return parse_many(text)
     except UnknownOptimizer as e:
         raise PlanError(str(e)) from None
 

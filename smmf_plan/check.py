@@ -247,8 +247,7 @@ def _input_size(value: Any, where: str) -> tuple[int, ...]:
 
 
 def _optimizer_ids(value: Any, where: str) -> tuple[str, ...]:
-    from .layouts import parse_layouts
-    from .layouts.registry import UnknownOptimizer
+    from .optimizers import UnknownOptimizer, parse_many
 
     if value is None:
         texts: list[str] = [""]
@@ -261,7 +260,7 @@ def _optimizer_ids(value: Any, where: str) -> tuple[str, ...]:
     ids: list[str] = []
     for text in texts:
         try:
-            layouts = parse_layouts(text or None)
+            layouts = parse_many(text or None)
         except UnknownOptimizer as e:
             raise PlanError(f"{where}: optimizer: {e}") from None
         ids += [layout.id for layout in layouts if layout.id not in ids]
@@ -515,14 +514,14 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
 
     Device ids are looked up in the catalog and in the ``[tool.smmf-plan.devices]`` of the
     pyproject.toml nearest ``search_from`` (the configuration file's directory)."""
-    from .layouts import parse_layout
+    from .optimizers import parse
     from .plan import plan_state, with_dtype
 
     device_text = check.device or default_device
     device = _resolve_device(device_text, check.where, search_from) if device_text else None
     spec = _load_spec(check, use_cache, memo)
     spec.params = with_dtype(spec.params, check.dtype)
-    layouts = [parse_layout(i) for i in check.optimizers]
+    layouts = [parse(i) for i in check.optimizers]
     values: dict[str, dict[str, int]] = {
         layout.id: {"state": plan_state(spec.params, layout).state_bytes} for layout in layouts}
     notes: list[str] = []

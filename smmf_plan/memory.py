@@ -13,7 +13,7 @@ The model of a step (every term is a stated assumption, listed in ``MemoryEstima
   :mod:`smmf_plan.activations`): saved activations still alive, backward transients and the
   gradients not produced yet all netted out; two traces give ``a + b·batch``.
 * **temporaries**: the optimizer step runs after backward has freed the activations, so its
-  temporaries (:mod:`smmf_plan.temporaries`, plus what the caller still holds, e.g. logits) add
+  temporaries (each optimizer's rule in :mod:`smmf_plan.optimizers`, plus what the caller still holds, e.g. logits) add
   to the total only where they exceed the activation term: ``max(0, retained + step_temp -
   activations)``. The sum of the terms is then the larger of the backward peak and the step peak.
 * **runtime**: a documented constant per allocator (:data:`RUNTIME`), see below.
@@ -31,13 +31,12 @@ from typing import Any, Callable, Sequence
 from . import dtypes
 from .breakdown import Breakdown, StepMemory
 from .errors import PlanError
-from .layouts import OptimizerLayout
+from .optimizers import OptimizerVariant
 from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, round_up
 from .model import ModelSpec
 from .plan import plan_state, with_dtype
 from .shapes import ParamSpec
 from .activations import DEFAULT_SEQ_LEN
-from .temporaries import persists, step_temp_bytes
 
 MiB = 1 << 20
 
@@ -175,7 +174,7 @@ def _apply_trainable(module, specs: Sequence[ParamSpec]) -> None:
             p.requires_grad_(False)
 
 
-def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch_size: int = 1,
+def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batch_size: int = 1,
              input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
              dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
              allocator: str = "cpu", module_factory: Callable[[], Any] | None = None,
@@ -271,10 +270,10 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
         planned = plan_state(specs, layout)
         state = planned.allocated_bytes[allocator]
         logical[layout.id] = planned.state_bytes
-        st = step_temp_bytes(layout, trainable, allocator=allocator)
+        st = layout.step_temp_bytes(trainable, allocator)
         temps[layout.id] = st
         fixed[layout.id] = (weights, grads, state)
-        keeps = persists(layout)
+        keeps = layout.keeps_scratch
         act, temp = _act_temp(am, batch_size, allocator, st, keeps)
         breakdowns[layout.id] = _breakdown(weights, grads, state, act, temp, runtime)
     assumptions.append(
@@ -285,7 +284,7 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerLayout], *, batch
         "bound when its fused C++ kernel runs)")
     est = MemoryEstimate(model_spec.name, batch_size, allocator, breakdowns, am, assumptions,
                          temps, rparts, in_desc, 0.0, fixed,
-                         {layout.id: persists(layout) for layout in layouts}, logical)
+                         {layout.id: layout.keeps_scratch for layout in layouts}, logical)
     est.seconds = time.perf_counter() - t0
     return est
 

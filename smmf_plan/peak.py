@@ -124,14 +124,14 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
     _import_for(recipe)
     import torch
 
-    from .layouts import parse_layout
+    from .optimizers import parse
 
     torch.set_num_threads(int(recipe.get("threads", 1)))
     baseline = rss.rss_bytes()
     t0 = time.perf_counter()
     model = _build(recipe)
     model.train()
-    opt = parse_layout(recipe.get("optimizer", "adam")).build(
+    opt = parse(recipe.get("optimizer", "adam")).build(
         [p for p in model.parameters() if p.requires_grad], **recipe.get("hyper", {}))
     results = []
     for b in recipe.get("batch_sizes") or [recipe["batch_size"]]:

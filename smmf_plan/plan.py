@@ -1,4 +1,4 @@
-"""Optimizer-state plan: pure arithmetic over parameter specs and layouts (no torch)."""
+"""Optimizer-state plan: pure arithmetic over parameter specs and optimizer variants (no torch)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from . import dtypes
-from .layouts import ALLOCATORS, OptimizerLayout, parse_layout
+from .optimizers import OptimizerVariant, parse
 from .model import ModelSpec
 from .shapes import ParamSpec
+
+#: the allocators a plan reports allocated bytes for, in the tables' and JSON's order.
+ALLOCATORS = ("cuda", "cpu")
 
 
 @dataclass
@@ -45,24 +48,33 @@ def with_dtype(specs: Iterable[ParamSpec], dtype: str | None) -> list[ParamSpec]
     ]
 
 
-def plan_state(specs: Sequence[ParamSpec], layout: OptimizerLayout) -> StatePlan:
-    """State of ``layout`` over the trainable ``specs`` (frozen ones get no gradient, so no state)."""
-    per_param, alloc, count = [], {a: 0 for a in ALLOCATORS}, 0
-    for spec in specs:
-        if not spec.trainable:
-            continue
-        tensors = layout.state(spec)
+def plan_state(specs: Sequence[ParamSpec], optimizer: OptimizerVariant) -> StatePlan:
+    """State of ``optimizer`` over the trainable ``specs`` (frozen ones get no gradient, so no
+    state), each parameter in the group the optimizer's rule puts it in. ``per_param`` counts
+    every tensor a parameter's state holds; a tensor shared by several parameters counts once in
+    the totals."""
+    trainable = [s for s in specs if s.trainable]
+    per_param, alloc, total, count = [], {a: 0 for a in ALLOCATORS}, 0, 0
+    shared: set = set()
+    for spec, group in zip(trainable, optimizer.group_names(trainable)):
+        tensors = optimizer.state(spec, group)
         per_param.append(sum(t.nbytes for t in tensors))
-        for a in ALLOCATORS:
-            alloc[a] += sum(t.allocated(a) for t in tensors)
-        count += len(tensors)
-    return StatePlan(layout.id, sum(per_param), alloc, count, per_param)
+        for t in tensors:
+            if t.shared:
+                if t in shared:
+                    continue
+                shared.add(t)
+            total += t.nbytes
+            for a in ALLOCATORS:
+                alloc[a] += t.allocated(a)
+            count += 1
+    return StatePlan(optimizer.id, total, alloc, count, per_param)
 
 
-def plan_model(model: ModelSpec, layouts: Sequence[OptimizerLayout]) -> dict[str, StatePlan]:
-    return {layout.id: plan_state(model.params, layout) for layout in layouts}
+def plan_model(model: ModelSpec, optimizers: Sequence[OptimizerVariant]) -> dict[str, StatePlan]:
+    return {o.id: plan_state(model.params, o) for o in optimizers}
 
 
 def adam_reference_bytes(model: ModelSpec) -> int:
     """Adam's state bytes for the model, the yardstick for ratios and savings."""
-    return plan_state(model.params, parse_layout("adam")).state_bytes
+    return plan_state(model.params, parse("adam")).state_bytes

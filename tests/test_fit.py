@@ -14,7 +14,7 @@ from smmf_plan.errors import PlanError
 from smmf_plan.fit import (
     MAX_BATCH, Fit, affine, check_batch_size, fit, max_batch, recommendation, smallest_device,
 )
-from smmf_plan.layouts import parse_layouts
+from smmf_plan.optimizers import parse_many
 from smmf_plan.allocators import round_up
 from smmf_plan.plan import plan_state
 
@@ -119,7 +119,7 @@ def step_without_activations(specs, layout, allocator):
 def test_resnet18_on_an_ad_hoc_budget(resnet18):
     """resnet18: 11.69 M fp32 params. Adam's state is 2 × weights, SMMF's a small fraction, so a
     budget between their totals separates them, and the verdict numbers are exact integers."""
-    layouts = {l.id: l for l in parse_layouts("adam,smmf")}
+    layouts = {l.id: l for l in parse_many("adam,smmf")}
     fixed = {oid: step_without_activations(resnet18, l, "cpu") for oid, l in layouts.items()}
     per_sample = 3 * 2**20  # an activation slope; the fit logic only needs it to be affine
     device = get_device("120MiB")
@@ -137,7 +137,7 @@ def test_resnet18_on_an_ad_hoc_budget(resnet18):
 def test_resnet18_smallest_device(resnet18):
     from smmf_plan.devices import list_devices
 
-    layout = parse_layouts("adam")[0]
+    layout = parse_many("adam")[0]
     pairs = []
     for d in list_devices(use_pyproject=False):
         total = step_without_activations(resnet18, layout, d.allocator)
@@ -215,7 +215,7 @@ def toy_estimate(allocator: str, optimizers: str = "adam,smmf"):
     """The estimate of a bare spec (no architecture: nothing to trace, activations 0)."""
     from smmf_plan import memory
 
-    return memory.estimate(toy_spec(), parse_layouts(optimizers), batch_size=2, allocator=allocator)
+    return memory.estimate(toy_spec(), parse_many(optimizers), batch_size=2, allocator=allocator)
 
 
 def test_weights_grads_and_state_are_rounded_per_tensor():
@@ -228,7 +228,7 @@ def test_weights_grads_and_state_are_rounded_per_tensor():
     # lives on the host, not in device memory); logically numel × 4 B each, plus the steps
     assert bd["state_allocated"] == 2 * (240_128 + 512)
     assert adam.state_bytes == 2 * (240_000 + 12) + 2 * 4
-    assert bd["state_allocated"] == plan_state(spec.params, parse_layouts("adam")[0]).allocated_bytes["cuda"]
+    assert bd["state_allocated"] == plan_state(spec.params, parse_many("adam")[0]).allocated_bytes["cuda"]
     assert adam.total_bytes == sum(bd.values()) and not adam.complete
     assert adam.total_at(1) == adam.total_at(1000) == adam.total_bytes  # no activation model
     cpu = toy_estimate("cpu", "adam").breakdowns["adam"]
@@ -244,7 +244,7 @@ def test_step_json_with_and_without_device():
         o = optimizer_json(s, None)
         assert (o["fits"], o["headroom_bytes"], o["max_batch_size"]) == (None, None, None)
         assert o["total_bytes"] == sum(o["breakdown"].values()) == s.total_bytes
-        assert o["state_bytes"] == plan_state(toy_spec().params, parse_layouts(oid)[0]).state_bytes
+        assert o["state_bytes"] == plan_state(toy_spec().params, parse_many(oid)[0]).state_bytes
     small = min(s.total_bytes for s in steps.values())
     device = get_device(f"{small}B")
     fits = judge(steps, device, 1)

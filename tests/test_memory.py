@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from smmf_plan.errors import PlanError
-from smmf_plan.layouts import parse_layouts
+from smmf_plan.optimizers import parse_many
 from smmf_plan.memory import estimate, spec_of_module
 from smmf_plan.peak import measure_in_subprocess
 
@@ -37,7 +37,7 @@ def _meta_factory(model):
 def test_total_is_exact_sum_and_parts_are_exact():
     make = _meta_factory({"timm": "resnet18"})
     spec = spec_of_module(make(), "resnet18")
-    est = estimate(spec, parse_layouts("adam,smmf"), batch_size=2, input_size=(3, 64, 64),
+    est = estimate(spec, parse_many("adam,smmf"), batch_size=2, input_size=(3, 64, 64),
                    module_factory=make)
     module = make()
     params = sum(-(-p.numel() * 4 // 64) * 64 for p in module.parameters())  # 64-B aligned
@@ -64,7 +64,7 @@ def test_frozen_parameters_get_no_gradient_and_cuda_rounds_to_512():
 
     spec.params = [ParamSpec(p.name, p.shape, p.dtype, p.name.startswith("fc."), p.aliases)
                    for p in spec.params]
-    est = estimate(spec, parse_layouts("adam"), input_size=(3, 64, 64), module_factory=make,
+    est = estimate(spec, parse_many("adam"), input_size=(3, 64, 64), module_factory=make,
                    allocator="cuda")
     b = est.breakdowns["adam"]
     assert b["grads"] == (512 * 1000 * 4) + 512 * 8  # fc.weight, fc.bias (4000 B → 4096 B)
@@ -75,11 +75,11 @@ def test_bad_options_are_plan_errors():
     make = _meta_factory({"timm": "resnet18"})
     spec = spec_of_module(make(), "resnet18")
     with pytest.raises(PlanError):
-        estimate(spec, parse_layouts("adam"), batch_size=0, module_factory=make)
+        estimate(spec, parse_many("adam"), batch_size=0, module_factory=make)
     with pytest.raises(PlanError, match="--amp"):
-        estimate(spec, parse_layouts("adam"), amp="int4", module_factory=make)
+        estimate(spec, parse_many("adam"), amp="int4", module_factory=make)
     with pytest.raises(PlanError, match="allocator"):
-        estimate(spec, parse_layouts("adam"), allocator="tpu", module_factory=make)
+        estimate(spec, parse_many("adam"), allocator="tpu", module_factory=make)
 
 
 def _measure(case):
@@ -108,7 +108,7 @@ def test_estimate_within_15_percent_of_measured_rss(case, measured):
     spec = spec_of_module(make(), case)
     for b, m in zip(batches, measured[case]):
         assert m.hwm_reset
-        est = estimate(spec, parse_layouts("adam"), batch_size=b, input_size=size, seq_len=seq,
+        est = estimate(spec, parse_many("adam"), batch_size=b, input_size=size, seq_len=seq,
                        module_factory=make)
         rp = est.runtime_parts
         predicted = est.breakdowns["adam"].total_bytes - rp["pytorch"] - rp.get("library", 0)

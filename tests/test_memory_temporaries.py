@@ -1,36 +1,48 @@
-"""Optimizer-step temporaries: the rules against a real step's extra allocations (storage tracker
-on real CPU tensors; tolerance -2% / +10%, the rules ignore 0-d scalars)."""
+"""Optimizer-step temporaries: every registry entry's rule, on every code path it has on the CPU,
+against a real step's extra allocations (storage tracker on real CPU tensors; tolerance -2% /
++10%, the rules ignore 0-d scalars)."""
 
 import pytest
 import torch
 
 from smmf_plan.activations import StorageTracker
-from smmf_plan.layouts import parse_layout
+from smmf_plan.optimizers import ALL_IDS, FAMILIES, parse
 from smmf_plan.shapes import ParamSpec
-from smmf_plan.temporaries import step_temp_bytes
 
 SETS = {
     "matrix-first": [(512, 256), (256,), (64, 64)],
     "conv-then-vector": [(64, 32, 3, 3), (64,), (1000, 100)],
     "vector": [(4096,)],
 }
-IDS = ["adam", "adamw", "adafactor", "adafactor:beta1=none", "came", "sm3", "smmf", "smmf:sign=bool"]
+#: every variant compared by default, plus the variants whose rule differs (coupled weight decay
+#: adds a temporary to Adam; SM3 without momentum keeps its updates).
+IDS = ALL_IDS + ("adam:weight_decay=0.01", "sm3:momentum=0")
 
 
-def measured_step_extra(oid, shapes, kernel="eager", **hyper):
+def cpu_paths(oid):
+    return FAMILIES[parse(oid).family].paths["cpu"]
+
+
+CASES = [(oid, path) for oid in IDS for path in cpu_paths(oid)]
+
+
+def measured_step_extra(oid, shapes, path=None, **hyper):
+    if parse(oid).family != "smmf":
+        return _measured_step_extra(oid, shapes, path=path, **hyper)
     from smmf_plan.optim import _cpp
 
-    _cpp.enable(kernel == "fused")  # the rule describes SMMF's eager kernels (an upper bound)
+    # the bundled SMMF picks its kernel outside the constructor: eager = the for-loop path
+    _cpp.enable(path == "fused")
     try:
         return _measured_step_extra(oid, shapes, **hyper)
     finally:
         _cpp.enable(None)
 
 
-def _measured_step_extra(oid, shapes, **hyper):
+def _measured_step_extra(oid, shapes, **build):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
-    opt = parse_layout(oid).build(params, **hyper)
+    opt = parse(oid).build(params, **build)
     for i in range(3):
         for p in params:
             p.grad = torch.randn_like(p)
@@ -46,38 +58,53 @@ def _measured_step_extra(oid, shapes, **hyper):
         return tracker.peak["raw"]
 
 
-@pytest.mark.parametrize("oid", IDS)
+def _specs(which):
+    return [ParamSpec(f"p{i}", s) for i, s in enumerate(SETS[which])]
+
+
+def test_every_code_path_of_every_entry_has_a_rule():
+    for info in FAMILIES.values():
+        assert set(info.paths) == {"cpu", "cuda"}, info.id
+        for device, paths in info.paths.items():
+            assert paths and len(set(paths)) == len(paths), (info.id, device)
+            for path in paths:
+                assert path in info.temporaries, (info.id, device, path)
+        assert set(info.temporaries) == {p for ps in info.paths.values() for p in ps}, info.id
+        # a path the implementation is asked for by argument must be one it has
+        assert set(info.path_args) <= set(info.temporaries), info.id
+
+
+@pytest.mark.parametrize("oid, path", CASES)
 @pytest.mark.parametrize("which", list(SETS))
-def test_rule_matches_a_real_step(oid, which):
-    shapes = SETS[which]
-    specs = [ParamSpec(f"p{i}", s) for i, s in enumerate(shapes)]
-    real = measured_step_extra(oid, shapes)
-    rule = step_temp_bytes(parse_layout(oid), specs)
-    assert 0.98 * real <= rule <= 1.10 * real, (oid, which, rule, real)
+def test_rule_matches_a_real_step(oid, path, which):
+    real = measured_step_extra(oid, SETS[which], path)
+    rule = parse(oid).step_temp_bytes(_specs(which), path=path)
+    if parse(oid).family == "smmf" and path == "fused":
+        assert real <= rule, (oid, which, rule, real)  # the eager rule bounds the fused kernel
+        return
+    assert 0.98 * real <= rule <= 1.10 * real, (oid, path, which, rule, real)
 
 
 @pytest.mark.parametrize("which", list(SETS))
-def test_foreach_adam_holds_one_copy_of_the_parameters(which):
-    shapes = SETS[which]
-    specs = [ParamSpec(f"p{i}", s) for i, s in enumerate(shapes)]
-    real = measured_step_extra("adam", shapes, foreach=True)
-    assert step_temp_bytes(parse_layout("adam"), specs, foreach=True) == real
-    assert step_temp_bytes(parse_layout("adam"), specs, allocator="cuda") >= real  # foreach on CUDA
+def test_foreach_adam_holds_exactly_one_copy_of_the_parameters(which):
+    real = measured_step_extra("adam", SETS[which], "foreach")
+    assert real == sum(4 * n for n in (torch.Size(s).numel() for s in SETS[which]))
+    assert parse("adam").step_temp_bytes(_specs(which), path="foreach") == real
+
+
+def test_default_path_follows_the_allocator():
+    specs = _specs("matrix-first")
+    adam = parse("adam")
+    assert adam.code_path("cpu") == adam.code_path("raw") == "for-loop"
+    assert adam.code_path("cuda") == "foreach"
+    assert parse("adam:fused=true").code_path("cuda") == "fused"
+    assert parse("adam:fused=true").step_temp_bytes(specs, "cuda") == 0
+    # foreach on CUDA: one copy of the 512-B-rounded parameters
+    assert adam.step_temp_bytes(specs, "cuda") == 4 * (512 * 256 + 256 + 64 * 64)
+    with pytest.raises(ValueError, match="no foreach code path"):
+        parse("came").step_temp_bytes(specs, path="foreach")
 
 
 def test_frozen_parameters_have_no_temporaries():
     specs = [ParamSpec("w", (1000, 1000), trainable=False), ParamSpec("b", (10,))]
-    assert step_temp_bytes(parse_layout("adam"), specs) == 2 * 40
-
-
-@pytest.mark.parametrize("which", list(SETS))
-def test_fused_smmf_kernel_stays_under_the_rule(which):
-    from smmf_plan.optim import _cpp
-
-    if not _cpp.enable(True):
-        _cpp.enable(None)
-        pytest.skip("the fused C++ kernel cannot be built here")
-    _cpp.enable(None)
-    shapes = SETS[which]
-    specs = [ParamSpec(f"p{i}", s) for i, s in enumerate(shapes)]
-    assert measured_step_extra("smmf", shapes, kernel="fused") <= step_temp_bytes(parse_layout("smmf"), specs)
+    assert parse("adam").step_temp_bytes(specs) == 2 * 40

@@ -8,8 +8,8 @@ import io
 import pytest
 import torch
 
-from smmf_plan.layouts import parse_layout
-from smmf_plan.layouts.smmf import smmf_state
+from smmf_plan.optimizers import parse
+from smmf_plan.optimizers.smmf import smmf_state
 from smmf_plan.measure import state_bytes
 from smmf_plan.optim import SMMF
 from smmf_plan.shapes import ParamSpec
@@ -27,7 +27,7 @@ def _dtype_name(dt: torch.dtype) -> str:
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_bytes_equal_planner(variant, dtype):
-    layout = parse_layout(variant)
+    layout = parse(variant)
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(dtype)) for s in SHAPES]
     opt = layout.build(params)

@@ -1,24 +1,22 @@
 """The worker's measurement on real small models, in-process (the subprocess only adds isolation):
 measured optimizer-state bytes equal the planned bytes exactly for every optimizer, and the loss is
 finite and falls over the steps on the fixed batch with the probe's per-optimizer learning rates
-(:data:`smmf_plan.probe.DEFAULT_LR`)."""
+(the registry's ``probe_lr``)."""
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import math
 
 import pytest
 
-from smmf_plan.layouts import ALL_IDS, parse_layout
+from smmf_plan.optimizers import ALL_IDS, parse
 from smmf_plan.plan import plan_state
 from smmf_plan.probe.job import ProbeJob
 from smmf_plan.probe.worker import run_job
 from smmf_plan.sources import load_model
 
-HAS_COMPARE = all(importlib.util.find_spec(m) for m in ("came_pytorch", "pytorch_optimizer"))
 STEPS = 4
 
 TINY_GPT2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 211,
@@ -62,8 +60,9 @@ def tmp(tmp_path_factory):
 
 
 def _needs(optimizer: str):
-    if parse_layout(optimizer).requires in ("came-pytorch", "pytorch-optimizer") and not HAS_COMPARE:
-        pytest.skip("the 'compare' extra is not installed")
+    missing = parse(optimizer).missing_requirement()
+    if missing:
+        pytest.skip(missing)
 
 
 @pytest.mark.parametrize("optimizer", ALL_IDS)
@@ -72,7 +71,7 @@ def test_measured_state_bytes_equal_the_plan(kind, optimizer, tmp):
     _needs(optimizer)
     spec, res = _run(kind, optimizer, tmp)
     assert res["status"] == "ok", res.get("error")
-    planned = plan_state(spec.params, parse_layout(optimizer)).state_bytes
+    planned = plan_state(spec.params, parse(optimizer)).state_bytes
     assert res["measured"]["state_bytes"] == planned
 
 
@@ -93,7 +92,7 @@ def test_masked_and_seq2seq_batches_train(kind, tmp):
     assert res["status"] == "ok", res.get("error")
     assert res["input"]["task"] == {"bert": "masked-lm", "t5": "seq2seq-lm"}[kind]
     m = res["measured"]
-    assert m["state_bytes"] == plan_state(spec.params, parse_layout("smmf")).state_bytes
+    assert m["state_bytes"] == plan_state(spec.params, parse("smmf")).state_bytes
     assert m["losses"][-1] < m["losses"][0]
 
 

@@ -12,7 +12,7 @@ import smmf_plan.cli.size as size_cli
 from smmf_plan import dtypes
 from smmf_plan.cli import main
 from smmf_plan.devices import catalog, get_device
-from smmf_plan.layouts import parse_layouts
+from smmf_plan.optimizers import parse_many
 from smmf_plan.allocators import round_up
 from smmf_plan.plan import plan_state
 
@@ -81,7 +81,7 @@ def test_fixed_parts_are_exact(resnet18_doc):
     specs = specs_from_module(model)
     params = sum(round_up(s.numel * dtypes.itemsize(s.dtype), 512) for s in specs)
     buffers = sum(round_up(b.numel() * b.element_size(), 512) for b in model.buffers())
-    for layout in parse_layouts(None):
+    for layout in parse_many(None):
         b = resnet18_doc["optimizers"][layout.id]["by_allocator"]["cuda"]
         assert b["breakdown"]["state_allocated"] == plan_state(specs, layout).allocated_bytes["cuda"]
         assert b["state_bytes"] == plan_state(specs, layout).state_bytes  # logical, beside it
@@ -172,7 +172,7 @@ def test_size_model_library_call_matches_devices():
 
     spec = ModelSpec("toy", "test", [ParamSpec("w", (1000, 1000), "float32", True),
                                      ParamSpec("b", (1000,), "float32", True)])
-    result = size_cli.size_model(spec, parse_layouts("adam,smmf"), spec_devices, batch_size=2)
+    result = size_cli.size_model(spec, parse_many("adam,smmf"), spec_devices, batch_size=2)
     assert set(result["steps"]) == {"cpu", "cuda"}
     assert result["order"][0] == "smmf"
     assert result["grid"]["t4"]["adam"].total_bytes == result["steps"]["cuda"]["adam"].total_bytes

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layouts import smmf as _layout
+from ..optimizers import smmf as _layout
 from . import _cpp
 from ._signbits import pack_positive, positive_into, sign_lut, unpack_bools, unpack_signs
 

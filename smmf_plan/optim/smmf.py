@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from ..layouts.smmf import SIGN_STORAGES, is_factorized, smmf_state
+from ..optimizers.smmf import SIGN_STORAGES, is_factorized, smmf_state
 from ..shapes import square_matricize
 from ._kernels import Hyper, Workspace, dense_update, factorized_update
 

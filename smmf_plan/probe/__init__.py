@@ -8,9 +8,9 @@ CPU peak measurement: :mod:`.rss`. Synthetic batches: :mod:`.inputs`.
 Importing this package imports no torch.
 """
 
-from .job import DEFAULT_LR, ProbeJob
+from .job import ProbeJob, default_lr
 
-__all__ = ["DEFAULT_LR", "ProbeJob", "run_probe"]
+__all__ = ["ProbeJob", "default_lr", "run_probe"]
 
 
 def __getattr__(name):  # lazy: the runner pulls in rich and the planner

@@ -1,27 +1,18 @@
-"""What one probe subprocess is asked to do (a JSON-able job), and the probe's learning rates."""
+"""What one probe subprocess is asked to do (a JSON-able job)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-#: learning rate per optimizer family for the probe's few steps on a fixed random batch: large
-#: enough that the loss visibly falls within 3-10 steps on a randomly initialised model, small
-#: enough not to diverge. Adam/AdamW/Adafactor/SMMF: 1e-3 (their usual default; Adafactor with
-#: relative_step=False); CAME: 2e-4 (its implementation's default; 5e-4 and up oscillate on a
-#: small CNN with batch norm); SM3: 1e-2 (an Adagrad-style method: its first step has size
-#: ~lr per coordinate, so the usual 0.1 overshoots on small random models).
-DEFAULT_LR: dict[str, float] = {
-    "adam": 1e-3, "adamw": 1e-3, "adafactor": 1e-3, "came": 2e-4, "sm3": 1e-2, "smmf": 1e-3,
-}
 
+def default_lr(optimizer_id: str) -> float:
+    """The registry's probe learning rate for ``optimizer_id``'s family
+    (:attr:`smmf_plan.optimizers.OptimizerInfo.probe_lr`): large enough that the loss visibly
+    falls within 3-10 steps on a randomly initialised model, small enough not to diverge."""
+    from ..optimizers import parse
 
-def family(layout_id: str) -> str:
-    return layout_id.split(":", 1)[0].strip().lower()
-
-
-def default_lr(layout_id: str) -> float:
-    return DEFAULT_LR.get(family(layout_id), 1e-3)
+    return parse(optimizer_id).probe_lr
 
 
 @dataclass
@@ -56,4 +47,4 @@ class ProbeJob:
         return self.lr if self.lr is not None else default_lr(self.optimizer)
 
 
-__all__ = ["DEFAULT_LR", "ProbeJob", "default_lr", "family"]
+__all__ = ["ProbeJob", "default_lr"]

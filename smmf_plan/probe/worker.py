@@ -33,23 +33,6 @@ from .limits import apply_cpu_cap, apply_cuda_cap, is_oom
 
 Emit = Callable[[dict], None]
 
-#: pip distribution → module, for the optimizers whose implementation is an optional extra.
-_MODULES = {"transformers": "transformers", "came-pytorch": "came_pytorch",
-            "pytorch-optimizer": "pytorch_optimizer"}
-
-
-def missing_requirement(layout) -> str | None:
-    """A one-line message when ``layout``'s implementation is not installed, else ``None``."""
-    import importlib.util
-
-    req = getattr(layout, "requires", None)
-    mod = _MODULES.get(req or "")
-    if mod and importlib.util.find_spec(mod) is None:
-        extra = " (the 'compare' extra: pip install 'smmf-plan[compare]')" if req != "transformers" else ""
-        return f"{layout.id} needs {req}{extra}, which is not installed"
-    return None
-
-
 def _warm_up(torch, device) -> None:
     """Start the intra-op thread pool and the allocator before the baseline, so their fixed cost
     is part of the runtime and not of the first training step."""
@@ -74,10 +57,10 @@ def run_job(job: ProbeJob, emit: Emit | None = None, *, apply_cap: bool = False)
                               "device_type": job.device_type}
     step = 0
     try:
-        from ..layouts import parse_layout
+        from ..optimizers import parse
 
-        layout = parse_layout(job.optimizer)
-        missing = missing_requirement(layout)
+        layout = parse(job.optimizer)
+        missing = layout.missing_requirement()
         if missing:
             result.update(status="error", error=missing, at_step=0)
             return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..layouts import OptimizerLayout
+from ..optimizers import OptimizerVariant
 from ..model import ModelSpec
 from ..plan import StatePlan
 from ..shapes import square_matricize
@@ -28,7 +28,7 @@ def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int
     return doc
 
 
-def shapes_document(model: ModelSpec, layouts: Sequence[OptimizerLayout]) -> dict:
+def shapes_document(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> dict:
     rows = []
     for spec in model.params:
         rows.append({

@@ -7,7 +7,7 @@ from typing import Sequence
 from rich.table import Table
 from rich.text import Text
 
-from ..layouts import OptimizerLayout
+from ..optimizers import OptimizerVariant
 from ..model import ModelSpec
 from ..plan import StatePlan
 from ..shapes import square_matricize
@@ -49,7 +49,7 @@ def state_table(plans: dict[str, StatePlan], adam_bytes: int) -> Table:
     return table
 
 
-def shapes_table(model: ModelSpec, layouts: Sequence[OptimizerLayout]) -> Table:
+def shapes_table(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> Table:
     table = Table(title="Parameters", title_justify="left", header_style="bold")
     for col, just in (("name", "left"), ("shape", "right"), ("dtype", "left"), ("numel", "right"),
                       ("SMMF n̂×m̂", "right")):

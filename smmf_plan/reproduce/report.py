@@ -26,15 +26,13 @@ from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
 
-from ..layouts import parse_layout
 from ..allocators import CUDA
+from ..optimizers import by_paper_name, parse
 from ..plan import plan_state
 from . import recipes as R
 
 MiB = 2**20
 UNIT_BYTES = {"MiB": 2**20, "GiB": 2**30}
-#: paper optimizer name → planner id (Adafactor's default here is beta1=0.9, as the paper ran it).
-OPTIMIZER_IDS = {"Adam": "adam", "Adafactor": "adafactor", "SM3": "sm3", "CAME": "came", "SMMF": "smmf"}
 #: the reference code's 8-bit sign, reported beside SMMF's rows.
 SMMF_BOOL_ID = "smmf:sign=bool"
 JSON_NAME = "paper-reproduction.json"
@@ -99,7 +97,7 @@ def agrees_at(planned: float, printed: str) -> bool:
 
 # --------------------------------------------------------------------------- planning
 def _state(key: str, layout_id: str):
-    return plan_state(R.build(key), parse_layout(layout_id))
+    return plan_state(R.build(key), parse(layout_id))
 
 
 #: tables whose end-to-end figure holds the gradients (weights + grads + state); the appendix
@@ -131,7 +129,8 @@ def build_rows() -> list[Row]:
     rows: list[Row] = []
     for fig in paper_figures():
         key = R.recipe_key(fig["model"], fig["dataset"])
-        lid = OPTIMIZER_IDS[fig["optimizer"]]
+        # the registry's paper name → id (Adafactor's default is beta1=0.9, as the paper ran it)
+        lid = by_paper_name(fig["optimizer"]).id
         plan = _state(key, lid)
         e2e_logical, e2e_cuda = _end_to_end(key, lid, fig["table"])
         for kind, printed, unit, logical, cuda in (

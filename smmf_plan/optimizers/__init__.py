@@ -1,0 +1,52 @@
+"""The optimizer registry: every fact of every optimizer smmf-plan plans for, in one place.
+
+One frozen :class:`OptimizerInfo` per family (one module each: :mod:`.adam` holds Adam and AdamW,
+:mod:`.adafactor`, :mod:`.came`, :mod:`.sm3`, :mod:`.smmf`) owns its id and variant grammar, the
+per-parameter state layout, the step-temporaries rule per code path and which path each device
+takes by default, whether step scratch is kept between steps, the probe's learning rate, how to
+build the real implementation (import path, requirement, constructor arguments, parameter-group
+rule), its display and paper names, and which implementation and version it reproduces.
+:func:`parse` turns an id as the user wrote it into an :class:`OptimizerVariant`, which the
+planner, the step estimate, the probe, the paper reproduction and the CLI all call. Importing this
+package imports no torch; :meth:`OptimizerVariant.build` imports the implementation.
+
+Adding an optimizer
+-------------------
+Write one module ``smmf_plan/optimizers/NAME.py`` with a module docstring saying what the
+implementation keeps and allocates (and why), torch-free at import, defining:
+
+* ``state(options, spec, group) -> [StateTensor]``: the tensors ``optimizer.state[p]`` holds for
+  one parameter, read from the implementation's source (``on_host=True`` for tensors kept on the
+  host, ``shared=True`` for one tensor several parameters point at, such as bitsandbytes' quantile
+  maps; a tensor subclass is listed as its inner tensors, ``exp_avg.codes``, ``exp_avg.scale``);
+* one temporaries rule per code path it has, ``rule(options, specs, quantum) -> bytes`` (the
+  helpers in :mod:`.temporaries` cover per-parameter loops, foreach groups and fused kernels);
+* ``INFO = OptimizerInfo(...)`` with the id, names, ``implementation="module:Class"``,
+  :class:`Requirement`, the variant :class:`Option` s (default, kind, help, valid range), the
+  ``paths`` each device has (default first), ``probe_lr``, ``constructor(options) -> kwargs`` and,
+  for optimizers that treat parameters differently (Muon's hidden 2-D weights vs. the rest under
+  AdamW, GaLore's targeted matrices), a ``groups(options, specs) -> [ParamGroup]`` rule: each
+  group's ``name`` is what ``state`` receives and its ``hyper`` become the torch param group's keys.
+
+Then add one line ``NAME.INFO,`` to :data:`.registry.FAMILIES` (and its ids to ``ALL_IDS`` if
+``--optimizer all`` should compare them), and list the implementation's pip distribution in
+``pyproject.toml``'s ``test`` extra. The registry tests then require, with no further code, that
+every parameter's state equals the real implementation's after one real step (bytes, names,
+shapes, dtypes) on a CNN, a transformer and edge shapes, that every code path has a temporaries
+rule, and that ``smmf-plan optimizers --json`` lists it; add the family's ids to the measured
+temporaries test (``tests/test_memory_temporaries.py``).
+"""
+
+from .base import (
+    CODE_PATHS, Interval, OptimizerInfo, OptimizerVariant, Option, ParamGroup, Requirement,
+    StateTensor, UnknownOptimizer,
+)
+from .registry import (
+    ALL_IDS, DEFAULT_IDS, FAMILIES, by_paper_name, describe, get, parse, parse_many, suggest,
+)
+
+__all__ = [
+    "ALL_IDS", "CODE_PATHS", "DEFAULT_IDS", "FAMILIES", "Interval", "OptimizerInfo",
+    "OptimizerVariant", "Option", "ParamGroup", "Requirement", "StateTensor", "UnknownOptimizer",
+    "by_paper_name", "describe", "get", "parse", "parse_many", "suggest",
+]

@@ -1,0 +1,392 @@
+"""The records the optimizer registry is made of (torch-free).
+
+* :class:`StateTensor`: one tensor an optimizer keeps for a parameter.
+* :class:`Option`: one key of an optimizer's variant grammar (``adafactor:beta1=none``).
+* :class:`Requirement`: the pip distribution and module that provide an implementation.
+* :class:`ParamGroup`: which parameters an optimizer treats alike (one torch param group).
+* :class:`OptimizerInfo`: every fact of one optimizer family, frozen.
+* :class:`OptimizerVariant`: a family configured by an id as the user wrote it; what the planner,
+  the probe and the renderers call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .. import allocators, dtypes
+from ..shapes import ParamSpec, Shape
+
+#: the code paths an optimizer step can take (torch's vocabulary): one kernel launch sequence per
+#: parameter, one per group of parameters (``foreach``), or one fused kernel.
+CODE_PATHS = ("for-loop", "foreach", "fused")
+#: the devices a code path is chosen for, by the allocator a plan rounds with.
+DEVICES = allocators.DEVICE_ALLOCATORS
+
+Options = Mapping[str, Any]
+
+
+class UnknownOptimizer(ValueError):
+    """An optimizer id, variant key or value the registry does not accept (one line, with the fix)."""
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One tensor in ``optimizer.state[p]``.
+
+    A tensor-subclass state (torchao's low-bit moments) is listed as the plain tensors
+    ``__tensor_flatten__`` reports, named ``STATE.INNER`` (``exp_avg.codes``, ``exp_avg.scale``).
+    """
+
+    name: str
+    shape: Shape
+    dtype: str
+    #: True where the implementation keeps the tensor in host memory whatever the parameter's
+    #: device is (torch Adam's ``step`` without ``fused``/``capturable``).
+    on_host: bool = False
+    #: True for one tensor object that several parameters' states point at (bitsandbytes' quantile
+    #: maps): a parameter's own bytes include it, an optimizer's total counts it once.
+    shared: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtypes.ITEMSIZE[self.dtype]
+
+    def allocated(self, allocator: str) -> int:
+        """Bytes this tensor costs under ``allocator`` ("cuda", "cpu" or "raw"): the CUDA figure
+        counts device-resident tensors only, each rounded up to 512 B (as
+        ``torch.cuda.memory_allocated`` reports); the CPU figure counts every tensor, 64-B aligned."""
+        if allocator == "cuda" and self.on_host:
+            return 0
+        return allocators.get(allocator).round(self.nbytes)
+
+
+# --------------------------------------------------------------------------- variant grammar
+@dataclass(frozen=True)
+class Interval:
+    """A closed or half-open range of numbers, printed as in mathematics: ``[0, 1)``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_closed: bool = True
+    high_closed: bool = True
+
+    def __contains__(self, x: float) -> bool:
+        lo_ok = self.low is None or (x >= self.low if self.low_closed else x > self.low)
+        hi_ok = self.high is None or (x <= self.high if self.high_closed else x < self.high)
+        return lo_ok and hi_ok
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return (("[" if self.low_closed and self.low is not None else "(") + f"{lo}, {hi}"
+                + ("]" if self.high_closed and self.high is not None else ")"))
+
+
+#: the value kinds an option can take; each has one parser below.
+KINDS = ("bool", "float", "float|none", "int", "choice")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``key=value`` of the variant grammar."""
+
+    default: Any
+    kind: str
+    help: str
+    #: numeric range the value must lie in (``None``: any number); ``none`` is always accepted
+    #: by ``float|none`` options.
+    range: Interval | None = None
+    #: the accepted words of a ``choice`` option.
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"option kind must be one of {KINDS}, got {self.kind!r}")
+
+    def parse(self, text: str) -> Any:
+        """The value ``text`` stands for; ``ValueError`` with the valid range/choices otherwise."""
+        t = text.strip().lower()
+        if self.kind == "bool":
+            if t in ("1", "true", "yes", "on"):
+                return True
+            if t in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {text!r}")
+        if self.kind == "choice":
+            if t not in self.choices:
+                raise ValueError(f"must be one of {', '.join(self.choices)}, got {text!r}")
+            return t
+        if self.kind == "float|none" and t in ("none", "null", "off"):
+            return None
+        try:
+            value = int(t) if self.kind == "int" else float(t)
+        except ValueError:
+            want = {"int": "a whole number", "float": "a number"}.get(self.kind, "a number or none")
+            raise ValueError(f"expected {want}, got {text!r}") from None
+        if not math.isfinite(value) or (self.range is not None and value not in self.range):
+            raise ValueError(f"{text.strip()} is out of range: valid {self.valid}")
+        return value
+
+    @property
+    def valid(self) -> str:
+        """The accepted values in words: ``[0, 1) or none``, ``true | false``, ``packed | bool``."""
+        if self.kind == "bool":
+            return "true | false"
+        if self.kind == "choice":
+            return " | ".join(self.choices)
+        text = str(self.range or Interval())
+        return text + (" or none" if self.kind == "float|none" else "")
+
+    def to_dict(self) -> dict:
+        return {"default": self.default, "type": self.kind, "valid": self.valid,
+                "choices": list(self.choices) or None, "help": self.help}
+
+
+# --------------------------------------------------------------------------- implementation
+@dataclass(frozen=True)
+class Requirement:
+    """Where an implementation comes from: a pip distribution, the module to look for, and the
+    smmf-plan extra that installs it (``None``: a base dependency or this package)."""
+
+    distribution: str
+    module: str
+    extra: str | None = None
+
+    def installed(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec(self.module) is not None
+
+    def install_hint(self) -> str:
+        if self.extra:
+            return f"the '{self.extra}' extra: pip install 'smmf-plan[{self.extra}]'"
+        return f"pip install {self.distribution}"
+
+    def to_dict(self) -> dict:
+        return {"distribution": self.distribution, "module": self.module, "extra": self.extra}
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters an optimizer treats alike: one torch param group. ``indices`` point into the
+    trainable specs the rule was given; ``hyper`` are the group's own constructor keys (e.g.
+    ``{"use_muon": True}``); ``name`` is what :attr:`OptimizerInfo.state` receives."""
+
+    name: str
+    indices: tuple[int, ...]
+    hyper: Mapping[str, Any] = field(default_factory=dict)
+
+
+def one_group(opts: Options, specs: Sequence[ParamSpec]) -> list[ParamGroup]:
+    """The default parameter-group rule: every parameter in one group named ``default``."""
+    return [ParamGroup("default", tuple(range(len(specs))))]
+
+
+#: ``state(options, spec, group) -> [StateTensor]``: what one parameter of ``group`` keeps.
+StateRule = Callable[[Options, ParamSpec, str], list[StateTensor]]
+#: ``rule(options, trainable_specs, quantum) -> bytes``: peak temporaries of one step on a path.
+TempRule = Callable[[Options, Sequence[ParamSpec], int], int]
+GroupRule = Callable[[Options, Sequence[ParamSpec]], list[ParamGroup]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerInfo:
+    """Every fact of one optimizer family. Module-level constants in ``smmf_plan/optimizers/``,
+    listed once in :mod:`.registry`."""
+
+    #: registry id (``adam``, ``smmf`` ...): the head of every variant id.
+    id: str
+    #: how tables name it (``AdamW``), and how the SMMF paper's tables do (``None``: not in them).
+    display_name: str
+    paper_name: str | None = None
+    #: one line for ``smmf-plan optimizers``.
+    summary: str
+    #: ``"module:attribute"`` of the real implementation, imported only by :meth:`load`.
+    implementation: str
+    requires: Requirement
+    #: the implementation and version the layout and temporaries were read from and checked
+    #: against (``torch.optim.Adam, torch 2.14.1``), and how they were checked.
+    reproduces: str
+    verified: str
+    #: the variant grammar: ``NAME:key=value,...`` sets these.
+    options: Mapping[str, Option] = field(default_factory=dict)
+    state: StateRule
+    #: peak step temporaries per code path (``CODE_PATHS``).
+    temporaries: Mapping[str, TempRule]
+    #: per device ("cpu", "cuda"): the code paths the implementation has there, the one it takes
+    #: by default first.
+    paths: Mapping[str, tuple[str, ...]]
+    #: constructor arguments that make the implementation take each code path (none for a path
+    #: it takes without being asked, e.g. the only one it has).
+    path_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: True when the step's scratch buffers are kept between steps (alive during the next forward
+    #: and backward too, so never netted against the activations).
+    keeps_scratch: bool = False
+    #: learning rate the probe trains with (its few steps must visibly lower the loss).
+    probe_lr: float
+    #: ``constructor(options) -> kwargs`` for the implementation (hyper-parameters override them).
+    constructor: Callable[[Options], dict[str, Any]]
+    #: which parameters form which torch param group (default: one group).
+    groups: GroupRule = one_group
+
+    def load(self):
+        """Import and return the implementation (``ImportError`` when it is not installed)."""
+        module, _, attr = self.implementation.partition(":")
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {k: o.default for k, o in self.options.items()}
+
+    def default_path(self, device: str) -> str:
+        return self.paths[device][0]
+
+    def to_dict(self) -> dict:
+        """The JSON form ``smmf-plan optimizers --json`` prints (registry-level fields are added
+        there)."""
+        return {
+            "id": self.id, "display_name": self.display_name, "paper_name": self.paper_name,
+            "summary": self.summary, "implementation": self.implementation,
+            "requires": self.requires.to_dict(), "reproduces": self.reproduces,
+            "verified": self.verified,
+            "options": {k: o.to_dict() for k, o in self.options.items()},
+            "temporaries": {"paths": {d: list(p) for d, p in self.paths.items()},
+                            "default_path": {d: p[0] for d, p in self.paths.items()}},
+            "keeps_scratch": self.keeps_scratch, "probe_lr": self.probe_lr,
+            "path_args": {p: dict(a) for p, a in self.path_args.items()},
+        }
+
+
+def device_of(allocator: str) -> str:
+    """The device whose default code path applies for a plan rounded with ``allocator`` (``raw``
+    plans are CPU plans)."""
+    return "cuda" if allocator == "cuda" else "cpu"
+
+
+class OptimizerVariant:
+    """A family configured by a variant id: ``OptimizerVariant(info, "smmf:sign=bool", sign="bool")``.
+    Created by :func:`smmf_plan.optimizers.parse`."""
+
+    def __init__(self, info: OptimizerInfo, id: str | None = None, **options: Any) -> None:
+        unknown = set(options) - set(info.options)
+        if unknown:
+            raise UnknownOptimizer(f"{info.id} has no option {', '.join(sorted(unknown))}")
+        self.info = info
+        #: the id exactly as the user wrote it (the key of every per-optimizer result).
+        self.id = id if id is not None else info.id
+        self.options: Options = MappingProxyType({**info.defaults, **options})
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def family(self) -> str:
+        return self.info.id
+
+    @property
+    def requires(self) -> Requirement:
+        return self.info.requires
+
+    @property
+    def keeps_scratch(self) -> bool:
+        return self.info.keeps_scratch
+
+    @property
+    def probe_lr(self) -> float:
+        return self.info.probe_lr
+
+    def missing_requirement(self) -> str | None:
+        """A one-line message when the implementation is not installed, else ``None``."""
+        req = self.info.requires
+        if req.installed():
+            return None
+        return f"{self.id} needs {req.distribution} ({req.install_hint()}), which is not installed"
+
+    # ---------------------------------------------------------------- state
+    def param_groups(self, specs: Sequence[ParamSpec]) -> list[ParamGroup]:
+        """The parameter groups of ``specs`` (the trainable ones, in the optimizer's order)."""
+        return self.info.groups(self.options, specs)
+
+    def group_names(self, specs: Sequence[ParamSpec]) -> list[str]:
+        """The group each spec falls in, in order."""
+        if self.info.groups is one_group:
+            return ["default"] * len(specs)
+        names = [""] * len(specs)
+        for g in self.param_groups(specs):
+            for i in g.indices:
+                names[i] = g.name
+        return names
+
+    def state(self, spec: ParamSpec, group: str | None = None) -> list[StateTensor]:
+        """The tensors one parameter keeps (its group found from ``spec`` alone unless given)."""
+        if group is None:
+            group = self.group_names([spec])[0]
+        return self.info.state(self.options, spec, group)
+
+    def state_bytes(self, spec: ParamSpec) -> int:
+        return sum(t.nbytes for t in self.state(spec))
+
+    def allocated_bytes(self, spec: ParamSpec, allocator: str) -> int:
+        return sum(t.allocated(allocator) for t in self.state(spec))
+
+    # ---------------------------------------------------------------- step temporaries
+    def code_path(self, allocator: str = "raw") -> str:
+        """The path the step takes for a plan rounded with ``allocator``: what a ``fused`` or
+        ``foreach`` option asks for, else the implementation's default on that device."""
+        if self.options.get("fused"):
+            return "fused"
+        if self.options.get("foreach") is not None:
+            return "foreach" if self.options["foreach"] else "for-loop"
+        return self.info.default_path(device_of(allocator))
+
+    def step_temp_bytes(self, specs: Sequence[ParamSpec], allocator: str = "raw", *,
+                        path: str | None = None) -> int:
+        """Peak bytes one ``step()`` allocates beyond weights, gradients and state, over the
+        trainable ``specs`` in the order the optimizer sees them, each temporary rounded as
+        ``allocator`` rounds; ``path`` overrides :meth:`code_path`."""
+        path = path or self.code_path(allocator)
+        rule = self.info.temporaries.get(path)
+        if rule is None:
+            raise ValueError(f"{self.id} has no {path} code path "
+                             f"(it has: {', '.join(self.info.temporaries)})")
+        trainable = [s for s in specs if s.trainable and s.numel > 0]
+        if not trainable:
+            return 0
+        return rule(self.options, trainable, allocators.get(allocator).quantum)
+
+    # ---------------------------------------------------------------- the real optimizer
+    def build(self, params: Iterable, *, path: str | None = None, **hyper: Any):
+        """The real optimizer over ``params`` (tensors, ``(name, tensor)`` pairs or torch param
+        group dicts); imports torch and the implementation. ``path`` forces a code path
+        (:attr:`OptimizerInfo.path_args`); ``hyper`` overrides the variant's constructor
+        arguments (``lr=...``)."""
+        cls = self.info.load()
+        if path is not None and path not in self.info.temporaries:
+            raise ValueError(f"{self.id} has no {path} code path")
+        forced = self.info.path_args.get(path, {}) if path else {}
+        kwargs = {**self.info.constructor(self.options), **forced, **hyper}
+        return cls(self._torch_groups(list(params)), **kwargs)
+
+    def _torch_groups(self, params: list) -> list:
+        if not params or isinstance(params[0], dict) or self.info.groups is one_group:
+            return [p[1] if isinstance(p, tuple) else p for p in params]
+        named = [p if isinstance(p, tuple) else (str(i), p) for i, p in enumerate(params)]
+        specs = [ParamSpec(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named]
+        return [{"params": [named[i][1] for i in g.indices], **g.hyper}
+                for g in self.param_groups(specs) if g.indices]
+
+    def __repr__(self) -> str:
+        return f"<optimizer {self.id}>"
+
+
+def param_dtype(spec: ParamSpec) -> str:
+    return dtypes.canonical(spec.dtype)

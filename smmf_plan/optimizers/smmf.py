@@ -1,0 +1,138 @@
+"""SMMF (Park & Lee, AAAI 2025) as the bundled :class:`smmf_plan.optim.SMMF` stores it.
+
+This module is the one definition of SMMF's state and of its kernels' block size: the optimizer
+(:mod:`smmf_plan.optim`) imports :func:`smmf_state`, :data:`SIGN_STORAGES`, :func:`is_factorized`
+and :data:`BLOCK_NUMEL` from here and allocates exactly the tensors :func:`smmf_state` returns, so
+planner and optimizer cannot drift apart. Torch-free; it never imports :mod:`smmf_plan.optim` (the
+registry builds the optimizer through its import path).
+
+Factorized path (every parameter when ``vector_reshape`` is true, the paper's default): with
+``(n̂, m̂) = square_matricize(shape)``, the first moment keeps ``row_m (n̂,)``, ``col_m (m̂,)`` and a
+sign matrix, the second ``row_v (n̂,)``, ``col_v (m̂,)``. The sign is bit-packed into ``⌈n̂m̂/8⌉``
+``uint8`` (``sign="packed"``, what the paper's tables count) or one ``bool`` per element
+(``sign="bool"``, what the paper's reference code stores). Without a first moment (``beta=None``)
+only ``row_v``/``col_v`` remain. Vectors are fp32 for half-precision parameters.
+
+Dense path (``vector_reshape=False`` and a parameter whose squeezed rank is 1): Adam-like
+``exp_avg``/``exp_avg_sq`` of the parameter's shape, fp32 for half-precision parameters.
+
+Step temporaries. The eager kernels update a parameter in row blocks of at most
+:data:`BLOCK_NUMEL` elements through scratch buffers the optimizer **keeps between steps** (page
+faults of fresh multi-MiB buffers cost more than the arithmetic): the decompressed first moment and
+the second-moment matrix (2 × block, state dtype), a state-dtype scratch for the sign compare
+(1 × block) and, for packed signs, a byte per element plus a 4-B index per sign byte (3/8 × block),
+and a few factor-sized vectors (3 × (n̂ + m̂)). Without a first moment only the second-moment matrix.
+Dense-path parameters add two full-size foreach results (``g·g`` and ``sqrt(V) + eps``). The fused
+C++ kernel (fp32 CPU parameters, the default there where a compiler exists) stays under this rule
+(``tests/test_memory_temporaries.py``), so its path uses the same rule as an upper bound.
+
+Probe learning rate 1e-3, the paper's.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .. import dtypes
+from ..allocators import round_up
+from ..shapes import ParamSpec, Shape, square_matricize
+from .base import Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
+
+SIGN_STORAGES = ("packed", "bool")
+
+#: elements per row block of the eager kernel (``smmf_plan.optim._kernels``): a parameter is
+#: updated block by block, and the scratch buffers the optimizer keeps between steps are sized to
+#: the largest block. Defined here so that the planner's temporaries rule and the kernel agree.
+BLOCK_NUMEL = 1 << 20
+
+
+def is_factorized(shape: Shape, vector_reshape: bool) -> bool:
+    """The reference's routing: only a squeezed-rank-1 tensor with ``vector_reshape=False`` takes
+    the dense path (``(1, 768)`` and ``(C, 1, 1, 1)`` count as vectors)."""
+    squeezed_rank = sum(1 for s in shape if s != 1)
+    return vector_reshape or squeezed_rank != 1
+
+
+def block_rows(m: int) -> int:
+    """Rows of an ``(n̂, m̂)`` matrix per block: a multiple of 8 (blocks start on a sign byte)."""
+    return max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)
+
+
+def packed_sign_bytes(numel: int) -> int:
+    return -(-numel // 8)
+
+
+def smmf_state(
+    shape: Shape, dtype: str, *, first_moment: bool = True, sign: str = "packed",
+    vector_reshape: bool = True,
+) -> list[StateTensor]:
+    """The state tensors SMMF keeps for one parameter of ``shape`` and ``dtype``."""
+    if sign not in SIGN_STORAGES:
+        raise ValueError(f"sign must be one of {SIGN_STORAGES}, got {sign!r}")
+    vec = dtypes.upcast(dtypes.canonical(dtype))
+    if not is_factorized(shape, vector_reshape):
+        out = [StateTensor("exp_avg", shape, vec)] if first_moment else []
+        return out + [StateTensor("exp_avg_sq", shape, vec)]
+    n, m = square_matricize(shape)
+    out = []
+    if first_moment:
+        out += [StateTensor("row_m", (n,), vec), StateTensor("col_m", (m,), vec)]
+        if sign == "packed":
+            out.append(StateTensor("sign", (packed_sign_bytes(n * m),), "uint8"))
+        else:
+            out.append(StateTensor("sign", (n, m), "bool"))
+    return out + [StateTensor("row_v", (n,), vec), StateTensor("col_v", (m,), vec)]
+
+
+def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
+    return smmf_state(spec.shape, spec.dtype, first_moment=o["beta"] is not None, sign=o["sign"],
+                      vector_reshape=o["vector_reshape"])
+
+
+def step_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
+    """The eager kernels' scratch (see the module docstring): the largest block's buffers plus
+    the dense-path parameters' foreach results."""
+    first = o["beta"] is not None
+    # in units of one state-dtype element: decompressed M, V, a float scratch for the sign
+    # compare, and for packed signs a bool per element plus a 4-B index per sign byte
+    per_elem = 1.0 if not first else (3 + (3 / 8 if o["sign"] == "packed" else 0))
+    peak = 0
+    dense = 0
+    for spec in specs:
+        item = 4 if dtypes.canonical(spec.dtype) in dtypes.HALF else dtypes.itemsize(spec.dtype)
+        if not is_factorized(spec.shape, o["vector_reshape"]):
+            dense += 2 * round_up(spec.numel * item, quantum)
+            continue
+        n, m = square_matricize(spec.shape)
+        block = min(n, block_rows(m)) * m
+        here = round_up(int(per_elem * block * item), quantum) + 3 * round_up((n + m) * item, quantum)
+        peak = max(peak, here)
+    return peak + dense
+
+
+def constructor(o: Options) -> dict:
+    return dict(beta=o["beta"], sign=o["sign"], vector_reshape=o["vector_reshape"])
+
+
+INFO = OptimizerInfo(
+    id="smmf", display_name="SMMF", paper_name="SMMF",
+    summary="SMMF: square-matricized rank-1 factors for both moments + a sign matrix",
+    implementation="smmf_plan.optim:SMMF",
+    requires=Requirement("smmf-plan", "smmf_plan.optim"),
+    reproduces="smmf_plan.optim.SMMF (bundled; allocates its state from smmf_state)",
+    verified=("one real step per parameter (names, shapes, dtypes, bytes) and a measured step's "
+              "temporaries of the eager and fused kernels, in tests"),
+    options={
+        "sign": Option("packed", "choice", "sign matrix storage: 1 bit (packed) or 8 bits (bool, "
+                       "as the paper's code)", choices=SIGN_STORAGES),
+        "beta": Option(0.9, "float|none", "first-moment decay; none keeps no first moment",
+                       Interval(0, 1)),
+        "vector_reshape": Option(True, "bool", "factorize vectors too (the paper's default); "
+                                 "false keeps Adam-like moments for squeezed-rank-1 parameters"),
+    },
+    state=state,
+    temporaries={"for-loop": step_temp_bytes, "fused": step_temp_bytes},
+    paths={"cpu": ("fused", "for-loop"), "cuda": ("for-loop",)},
+    keeps_scratch=True,
+    probe_lr=1e-3, constructor=constructor,
+)

@@ -1,4 +1,4 @@
-"""``smmf-plan optimizers``: the optimizer ids smmf-plan knows, their variants and implementations."""
+"""``smmf-plan optimizers``: the optimizer registry — ids, variant options, implementations, code paths."""
 
 from __future__ import annotations
 
@@ -8,33 +8,55 @@ from .app import app
 
 @app.command("optimizers")
 def optimizers(json_out: o.Json = False) -> None:
-    """List optimizer ids, their variant options and the implementation each layout reproduces."""
-    from smmf_plan.layouts import ALL_IDS, DEFAULT_IDS, FAMILIES
+    """List every optimizer: id, variant options (default and valid values), the implementation
+    each layout reproduces, the step's code path per device and the probe's learning rate."""
+    from smmf_plan.optimizers import ALL_IDS, DEFAULT_IDS, FAMILIES, describe
     from smmf_plan.report import SCHEMA_VERSION
 
-    rows = [
-        {
-            "name": name,
-            "implementation": cls.implementation,
-            "requires": cls.requires,
-            "options": {k: default for k, (default, _) in cls.options.items()},
-            "summary": cls.summary,
-            "default": name in DEFAULT_IDS,
-        }
-        for name, cls in FAMILIES.items()
-    ]
+    rows = describe()
+    for row in rows:
+        row["installed"] = FAMILIES[row["id"]].requires.installed()
     if json_out:
-        o.emit_json({"schema_version": SCHEMA_VERSION, "optimizers": rows, "all": list(ALL_IDS)})
+        o.emit_json({"schema_version": SCHEMA_VERSION, "optimizers": rows,
+                     "default": list(DEFAULT_IDS), "all": list(ALL_IDS)})
         return
+    from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="Optimizers (variants: NAME:key=value,...)", title_justify="left", header_style="bold")
-    for col in ("id", "options (default)", "implementation", "what it keeps"):
-        table.add_column(col)
-    for r in rows:
-        opts = ", ".join(f"{k}={'none' if v is None else v}" for k, v in r["options"].items()) or "–"
-        table.add_row(r["name"] + (" *" if r["default"] else ""), opts, r["implementation"], r["summary"])
     console = Console()
+    table = Table(title="Optimizers", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True)
+    table.add_column("implementation", max_width=24)
+    table.add_column("step cpu / cuda", max_width=19)
+    table.add_column("probe lr", no_wrap=True)
+    table.add_column("what it keeps")
+    for r in rows:
+        cls = r["implementation"].rpartition(":")[2]
+        impl = f"{cls} ({r['requires']['distribution']})" + ("" if r["installed"] else ", not installed")
+        paths = r["temporaries"]["default_path"]
+        keeps = r["summary"] + ("; keeps its step scratch between steps" if r["keeps_scratch"] else "")
+        table.add_row(escape(r["id"] + (" *" if r["default"] else "")), escape(impl),
+                      f"{paths['cpu']} / {paths['cuda']}", f"{r['probe_lr']:g}", escape(keeps))
     console.print(table)
-    console.print("* shown by default; '--optimizer all' selects: " + ", ".join(ALL_IDS))
+    options = Table(title="Variant options: ID:key=value,...", title_justify="left",
+                    header_style="bold", box=box.SIMPLE_HEAD)
+    for col in ("id", "option", "default", "valid", "meaning"):
+        options.add_column(col, no_wrap=col != "meaning")
+    for r in rows:
+        for k, v in r["options"].items():
+            options.add_row(escape(r["id"]), escape(k), escape(_word(v["default"])), escape(v["valid"]),
+                            escape(v["help"]))
+    console.print(options)
+    papers = ", ".join(f"{r['paper_name']} = {r['id']}" for r in rows if r["paper_name"])
+    console.print("* shown by default; '--optimizer all' selects: " + escape(", ".join(ALL_IDS)))
+    console.print("The SMMF paper's tables name them: " + escape(papers) + ". Every field: --json.")
+
+
+def _word(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)

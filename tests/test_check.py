@@ -372,10 +372,10 @@ def test_the_projects_own_gate_is_valid_and_matches_its_baseline():
 
 def test_max_total_and_device_budgets_use_the_memory_estimate(tiny, capsys):
     memory = pytest.importorskip("smmf_plan.memory")
-    from smmf_plan.layouts import parse_layouts
+    from smmf_plan.optimizers import parse_many
     from smmf_plan.sources import load_model
 
-    est = memory.estimate(load_model(str(tiny / "tiny.safetensors")), parse_layouts("adam,smmf"))
+    est = memory.estimate(load_model(str(tiny / "tiny.safetensors")), parse_many("adam,smmf"))
     expected = {k: b.total_bytes for k, b in est.breakdowns.items()}
     body = TINY.format(budget="1 MiB") + f'max-total = "{expected["adam"]}"\n'
     write_pyproject(tiny, body)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from smmf_plan.cli import main
-from smmf_plan.layouts import parse_layout
+from smmf_plan.optimizers import parse
 from smmf_plan.sources import load_model
 
 
@@ -36,7 +36,7 @@ def test_default_command_is_plan_and_json_schema(capsys):
     assert list(doc["optimizers"]) == ["adam", "adafactor", "came", "sm3", "smmf"]
     spec = load_model("gpt2")
     for oid, entry in doc["optimizers"].items():
-        layout = parse_layout(oid)
+        layout = parse(oid)
         assert entry["state_bytes"] == sum(layout.state_bytes(p) for p in spec.trainable)
         assert set(entry["allocated_bytes"]) == {"cuda", "cpu"}
         assert entry["allocated_bytes"]["cuda"] >= entry["state_bytes"] - 4 * spec.num_tensors
@@ -92,10 +92,43 @@ def test_bad_input_is_one_line_exit_2(args, needle, capsys):
     assert "Traceback" not in err
 
 
-def test_optimizers_command_lists_registry(capsys):
+def test_optimizers_command_prints_the_registry(capsys):
     code, out, _ = run(["optimizers", "--json"], capsys)
     doc = json.loads(out)
-    assert code == 0 and {r["name"] for r in doc["optimizers"]} == {"adam", "adamw", "adafactor", "came", "sm3", "smmf"}
+    assert code == 0 and doc["schema_version"] == 2
+    assert [r["id"] for r in doc["optimizers"]] == ["adam", "adamw", "adafactor", "came", "sm3", "smmf"]
+    assert doc["default"] == ["adam", "adafactor", "came", "sm3", "smmf"]
+    assert doc["all"] == ["adam", "adamw", "adafactor", "adafactor:beta1=none", "came", "sm3", "smmf",
+                          "smmf:sign=bool"]
+    fields = {"id", "display_name", "paper_name", "summary", "implementation", "requires", "reproduces",
+              "verified", "options", "temporaries", "keeps_scratch", "probe_lr", "path_args", "default",
+              "variants", "installed"}
+    by_id = {r["id"]: r for r in doc["optimizers"]}
+    for r in doc["optimizers"]:
+        assert set(r) == fields, r["id"]
+        assert set(r["requires"]) == {"distribution", "module", "extra"}
+        assert set(r["temporaries"]) == {"paths", "default_path"}
+        assert set(r["temporaries"]["default_path"]) == {"cpu", "cuda"}
+        for d, path in r["temporaries"]["default_path"].items():
+            assert path == r["temporaries"]["paths"][d][0]
+        for o in r["options"].values():
+            assert set(o) == {"default", "type", "valid", "choices", "help"} and o["help"]
+        assert r["installed"] is True  # the test extra installs every implementation
+    assert by_id["adam"]["implementation"] == "torch.optim:Adam"
+    assert by_id["adam"]["temporaries"]["default_path"] == {"cpu": "for-loop", "cuda": "foreach"}
+    assert by_id["adam"]["options"]["weight_decay"] == {
+        "default": 0.0, "type": "float", "valid": "[0, inf)", "choices": None,
+        "help": "weight decay (L2 for Adam, decoupled for AdamW)"}
+    assert by_id["smmf"]["keeps_scratch"] is True and by_id["adam"]["keeps_scratch"] is False
+    assert by_id["smmf"]["options"]["sign"]["choices"] == ["packed", "bool"]
+    assert by_id["sm3"]["options"]["momentum"]["valid"] == "[0, 1)"
+    assert by_id["came"]["requires"] == {"distribution": "came-pytorch", "module": "came_pytorch",
+                                         "extra": "compare"}
+    assert {r["paper_name"] for r in doc["optimizers"]} == {"Adam", "Adafactor", "CAME", "SM3", "SMMF", None}
+    assert by_id["adafactor"]["variants"] == ["adafactor", "adafactor:beta1=none"]
+    assert by_id["came"]["probe_lr"] == 2e-4 and by_id["sm3"]["probe_lr"] == 1e-2
+    code, out, _ = run(["optimizers"], capsys)
+    assert code == 0 and "adafactor:beta1=none" in out and "[0, 1)" in out
 
 
 def test_models_command(capsys):

@@ -11,7 +11,7 @@ import pytest
 
 import smmf_plan.cli.probe  # noqa: F401  (registers the command)
 from smmf_plan.cli import main
-from smmf_plan.layouts import parse_layouts
+from smmf_plan.optimizers import parse_many
 from smmf_plan.plan import plan_state
 from smmf_plan.probe.runner import run_probe
 from smmf_plan.sources import load_model
@@ -56,7 +56,7 @@ def test_probe_mobilenet_batch_2_json_and_report(tmp_path, capsys):
         assert e["status"] == "ok", e.get("error")
         m = e["measured"]
         assert set(m) >= {"state_bytes", "peak_bytes", "step_ms", "optimizer_step_ms", "losses"}
-        planned = plan_state(spec.params, parse_layouts(oid)[0]).state_bytes
+        planned = plan_state(spec.params, parse_many(oid)[0]).state_bytes
         assert m["state_bytes"] == e["predicted"]["state_bytes"] == planned
         assert e["error_pct"]["state_bytes"] == 0.0
         assert len(m["losses"]) == 3 and all(math.isfinite(x) for x in m["losses"])
@@ -86,7 +86,7 @@ def test_probe_mobilenet_batch_2_json_and_report(tmp_path, capsys):
 def test_oom_under_a_cap_is_a_verdict_and_the_others_still_run():
     # a small CNN whose weights fit in 160 MiB but whose activations at 64×3×224×224 do not
     spec = load_model("mobilenetv3_small_050", num_classes=10, use_cache=False)
-    doc = run_probe(spec, parse_layouts("adam,smmf"), steps=2, batch_size=64,
+    doc = run_probe(spec, parse_many("adam,smmf"), steps=2, batch_size=64,
                     input_size=[3, 224, 224], cap_bytes=160 * MiB, progress=False)
     assert doc["settings"]["cap_method"] == "rlimit_as"
     for oid in ("adam", "smmf"):
@@ -96,7 +96,7 @@ def test_oom_under_a_cap_is_a_verdict_and_the_others_still_run():
         assert e["verdict"] == "does not fit (OOM at step 1)"
         assert e["cap"]["cap_bytes"] == 160 * MiB
     # a cap too small to even build the model: OOM before step 1
-    tiny = run_probe(spec, parse_layouts("sm3"), steps=2, batch_size=2, input_size=[3, 32, 32],
+    tiny = run_probe(spec, parse_many("sm3"), steps=2, batch_size=2, input_size=[3, 32, 32],
                      cap_bytes=64 * 1024, progress=False)
     e = tiny["optimizers"]["sm3"]
     assert e["status"] == "oom" and e["at_step"] == 0
@@ -112,7 +112,7 @@ def test_a_transformers_model_under_a_cap_runs_to_the_end(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     spec = load_model(str(path), use_cache=False)
-    doc = run_probe(spec, parse_layouts("smmf"), steps=2, batch_size=2, seq_len=16,
+    doc = run_probe(spec, parse_many("smmf"), steps=2, batch_size=2, seq_len=16,
                     cap_bytes=256 * MiB, progress=False, timeout_s=240)
     e = doc["optimizers"]["smmf"]
     assert e["status"] == "ok", e.get("error")

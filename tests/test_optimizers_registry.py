@@ -167,16 +167,19 @@ def test_groups_become_torch_param_groups():
     assert "use_muon" not in opt.param_groups[1] and opt.param_groups[1]["lr"] == 0.1
 
 
-def test_registry_and_warm_plan_import_no_torch(tmp_path):
-    env = {**os.environ, "SMMF_PLAN_CACHE_DIR": str(tmp_path)}
-    code = ("import sys, atexit\n"
+def test_registry_and_warm_plan_import_no_torch(tmp_path, monkeypatch):
+    from smmf_plan.sources import load_model
+
+    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path))
+    assert load_model("resnet50").meta["cache"] == "miss"  # fills the shape cache
+    code = ("import json, sys, atexit\n"
             "atexit.register(lambda: print(json.dumps(sorted(m for m in ('torch', 'timm', "
             "'transformers') if m in sys.modules)), file=sys.stderr))\n"
-            "import json\n"
             "from smmf_plan.cli import main\n"
             "main(sys.argv[1:])\n")
-    for args in (["optimizers", "--json"], ["resnet50", "--json"], ["resnet50", "--json"]):
-        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+    for args in (["optimizers", "--json"], ["resnet50", "--json"]):
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                           env={**os.environ, "SMMF_PLAN_CACHE_DIR": str(tmp_path)})
         assert r.returncode == 0, r.stderr
-        heavy = json.loads(r.stderr.strip().splitlines()[-1])
-    assert heavy == []  # the second resnet50 plan reads the shape cache: no torch at all
+        assert json.loads(r.stdout)["schema_version"] == 2
+        assert json.loads(r.stderr.strip().splitlines()[-1]) == [], args

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from .. import dtypes
 from ..shapes import ParamSpec
-from .base import Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 from .temporaries import loop_peak
 
 
@@ -59,8 +59,7 @@ INFO = OptimizerInfo(
     implementation="transformers.optimization:Adafactor",
     requires=Requirement("transformers", "transformers"),
     reproduces="transformers.optimization.Adafactor, transformers 5.24.0",
-    verified=("one real step per parameter (names, shapes, dtypes, bytes) and a measured step's "
-              "temporaries, in tests"),
+    verified=VERIFIED_BY_TESTS,
     options={"beta1": Option(0.9, "float|none", "first-moment decay; none keeps no exp_avg",
                              Interval(0, 1))},
     state=state,

@@ -21,13 +21,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..shapes import ParamSpec
-from .base import Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 from .temporaries import foreach_peak, loop_peak, no_temporaries
 
 TORCH = Requirement("torch", "torch")
 _REPRODUCES = "torch.optim.{}, torch 2.14.1"
-_VERIFIED = ("one real step per parameter (names, shapes, dtypes, bytes) and a measured step's "
-             "temporaries, in tests")
 
 
 def _options(weight_decay: float) -> dict[str, Option]:
@@ -70,25 +68,21 @@ def constructor(o: Options) -> dict:
     return kwargs
 
 
-_PATHS = {"cpu": ("for-loop", "foreach", "fused"), "cuda": ("foreach", "for-loop", "fused")}
-_PATH_ARGS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+def _info(cls: str, *, paper_name: str | None, summary: str, weight_decay: float,
+          decoupled: bool) -> OptimizerInfo:
+    return OptimizerInfo(
+        id=cls.lower(), display_name=cls, paper_name=paper_name, summary=summary,
+        implementation=f"torch.optim:{cls}", requires=TORCH, reproduces=_REPRODUCES.format(cls),
+        verified=VERIFIED_BY_TESTS, options=_options(weight_decay), state=state,
+        temporaries={"for-loop": _loop(decoupled), "foreach": _foreach, "fused": no_temporaries},
+        paths={"cpu": ("for-loop", "foreach", "fused"), "cuda": ("foreach", "for-loop", "fused")},
+        path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True},
+                   "fused": {"fused": True}},
+        probe_lr=1e-3, constructor=constructor,
+    )
 
-ADAM = OptimizerInfo(
-    id="adam", display_name="Adam", paper_name="Adam",
-    summary="Adam: two full-size moments per parameter",
-    implementation="torch.optim:Adam", requires=TORCH,
-    reproduces=_REPRODUCES.format("Adam"), verified=_VERIFIED,
-    options=_options(0.0), state=state,
-    temporaries={"for-loop": _loop(decoupled=False), "foreach": _foreach, "fused": no_temporaries},
-    paths=_PATHS, path_args=_PATH_ARGS, probe_lr=1e-3, constructor=constructor,
-)
 
-ADAMW = OptimizerInfo(
-    id="adamw", display_name="AdamW",
-    summary="AdamW: Adam's state, decoupled weight decay",
-    implementation="torch.optim:AdamW", requires=TORCH,
-    reproduces=_REPRODUCES.format("AdamW"), verified=_VERIFIED,
-    options=_options(0.01), state=state,
-    temporaries={"for-loop": _loop(decoupled=True), "foreach": _foreach, "fused": no_temporaries},
-    paths=_PATHS, path_args=_PATH_ARGS, probe_lr=1e-3, constructor=constructor,
-)
+ADAM = _info("Adam", paper_name="Adam", summary="Adam: two full-size moments per parameter",
+             weight_decay=0.0, decoupled=False)
+ADAMW = _info("AdamW", paper_name=None, summary="AdamW: Adam's state, decoupled weight decay",
+              weight_decay=0.01, decoupled=True)

@@ -90,6 +90,10 @@ class Interval:
                 + ("]" if self.high_closed and self.high is not None else ")"))
 
 
+#: how the built-in entries were checked (``OptimizerInfo.verified``).
+VERIFIED_BY_TESTS = ("one real step per parameter (names, shapes, dtypes, bytes) and a measured "
+                     "step's temporaries on every CPU code path, in tests")
+
 #: the value kinds an option can take; each has one parser below.
 KINDS = ("bool", "float", "float|none", "int", "choice")
 

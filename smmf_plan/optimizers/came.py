@@ -20,7 +20,7 @@ from typing import Sequence
 from .. import dtypes
 from ..shapes import ParamSpec
 from .adafactor import factored_second_moment
-from .base import OptimizerInfo, Options, Requirement, StateTensor, param_dtype
+from .base import VERIFIED_BY_TESTS, OptimizerInfo, Options, Requirement, StateTensor, param_dtype
 from .temporaries import loop_peak
 
 
@@ -45,8 +45,7 @@ INFO = OptimizerInfo(
     implementation="came_pytorch:CAME",
     requires=Requirement("came-pytorch", "came_pytorch", extra="compare"),
     reproduces="came_pytorch.CAME, came-pytorch 0.1.3",
-    verified=("one real step per parameter (names, shapes, dtypes, bytes) and a measured step's "
-              "temporaries, in tests"),
+    verified=VERIFIED_BY_TESTS,
     state=state,
     temporaries={"for-loop": _loop},
     paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},

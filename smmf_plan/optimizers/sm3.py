@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..shapes import ParamSpec
-from .base import Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 from .temporaries import foreach_peak, loop_peak
 
 
@@ -50,8 +50,7 @@ INFO = OptimizerInfo(
     implementation="pytorch_optimizer:SM3",
     requires=Requirement("pytorch-optimizer", "pytorch_optimizer", extra="compare"),
     reproduces="pytorch_optimizer.SM3, pytorch-optimizer 4.1.0",
-    verified=("one real step per parameter (names, shapes, dtypes, bytes) and a measured step's "
-              "temporaries, in tests"),
+    verified=VERIFIED_BY_TESTS,
     options={"momentum": Option(0.9, "float", "momentum (the buffer is kept even at 0)",
                                 Interval(0, 1, high_closed=False))},
     state=state,

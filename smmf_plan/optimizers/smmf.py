@@ -36,7 +36,7 @@ from typing import Sequence
 from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec, Shape, square_matricize
-from .base import Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
+from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
 
 SIGN_STORAGES = ("packed", "bool")
 
@@ -120,8 +120,7 @@ INFO = OptimizerInfo(
     implementation="smmf_plan.optim:SMMF",
     requires=Requirement("smmf-plan", "smmf_plan.optim"),
     reproduces="smmf_plan.optim.SMMF (bundled; allocates its state from smmf_state)",
-    verified=("one real step per parameter (names, shapes, dtypes, bytes) and a measured step's "
-              "temporaries of the eager and fused kernels, in tests"),
+    verified=VERIFIED_BY_TESTS + " (the fused kernel: at most the eager rule)",
     options={
         "sign": Option("packed", "choice", "sign matrix storage: 1 bit (packed) or 8 bits (bool, "
                        "as the paper's code)", choices=SIGN_STORAGES),

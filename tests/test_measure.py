@@ -1,0 +1,43 @@
+"""What the measure counts in a real optimizer's state: plain tensors by their bytes, a wrapper
+tensor subclass by its inner tensors, and one tensor object shared by several parameters' states
+once in the optimizer's total."""
+
+import torch
+from torch.testing._internal.two_tensor import TwoTensor
+
+from smmf_plan.measure import state_bytes, state_tensors, total_state_bytes
+
+
+def _sgd_after_one_step():
+    params = [torch.nn.Parameter(torch.zeros(10, 10)), torch.nn.Parameter(torch.zeros(7))]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    return opt, params
+
+
+def test_plain_state_and_python_scalars():
+    opt, (w, b) = _sgd_after_one_step()
+    opt.state[w]["note"] = "not a tensor"
+    assert set(state_tensors(opt, w)) == {"momentum_buffer"}
+    assert state_bytes(opt, w) == 4 * 100 and state_bytes(opt, b) == 4 * 7
+    assert total_state_bytes(opt) == 4 * 107
+
+
+def test_a_shared_tensor_counts_once_in_the_total():
+    opt, (w, b) = _sgd_after_one_step()
+    qmap = torch.zeros(256)
+    opt.state[w]["qmap"] = opt.state[b]["qmap"] = qmap
+    assert state_bytes(opt, w) == 4 * (100 + 256) and state_bytes(opt, b) == 4 * (7 + 256)
+    assert total_state_bytes(opt) == 4 * (107 + 256)
+
+
+def test_a_tensor_subclass_is_its_inner_tensors():
+    opt, (w, _) = _sgd_after_one_step()
+    codes, scale = torch.zeros(100, dtype=torch.uint8), torch.zeros(1, dtype=torch.float32)
+    opt.state[w]["exp_avg"] = TwoTensor(codes.float(), codes.float())  # nominal: 2 × fp32
+    opt.state[w]["nested"] = [scale, {"x": torch.zeros(3, dtype=torch.float64)}]
+    tensors = state_tensors(opt, w)
+    assert set(tensors) == {"momentum_buffer", "exp_avg.a", "exp_avg.b", "nested.0", "nested.1.x"}
+    assert state_bytes(opt, w) == 4 * 100 + 2 * 4 * 100 + 4 + 8 * 3

@@ -16,7 +16,7 @@ from smmf_plan.optimizers import (
     ALL_IDS, DEFAULT_IDS, FAMILIES, OptimizerInfo, OptimizerVariant, ParamGroup, StateTensor,
     UnknownOptimizer, by_paper_name, parse, parse_many,
 )
-from smmf_plan.optimizers.base import Interval, Option, Requirement
+from smmf_plan.optimizers.base import KINDS, Interval, Option, Requirement
 from smmf_plan.plan import plan_state
 from smmf_plan.shapes import ParamSpec
 
@@ -87,7 +87,8 @@ def test_every_entry_is_complete():
         assert module and attr, info.implementation
         assert info.probe_lr > 0
         for key, opt in info.options.items():
-            assert opt.help, (info.id, key)
+            assert opt.help and opt.kind in KINDS, (info.id, key)
+            assert (opt.kind == "choice") == bool(opt.choices), (info.id, key)
             if opt.default is not None and opt.kind in ("float", "float|none", "int"):
                 assert opt.range is None or opt.default in opt.range, (info.id, key)
             assert opt.parse(_word(opt.default)) == opt.default, (info.id, key)

@@ -30,11 +30,14 @@ implementation keeps and allocates (and why), torch-free at import, defining:
 
 Then add one line ``NAME.INFO,`` to :data:`.registry.FAMILIES` (and its ids to ``ALL_IDS`` if
 ``--optimizer all`` should compare them), and list the implementation's pip distribution in
-``pyproject.toml``'s ``test`` extra. The registry tests then require, with no further code, that
-every parameter's state equals the real implementation's after one real step (bytes, names,
-shapes, dtypes) on a CNN, a transformer and edge shapes, that every code path has a temporaries
-rule, and that ``smmf-plan optimizers --json`` lists it; add the family's ids to the measured
-temporaries test (``tests/test_memory_temporaries.py``).
+``pyproject.toml``'s ``test`` extra (a test fails otherwise). The registry tests then require,
+with no further code, that every parameter's state equals the real implementation's after one real
+step (bytes, names, shapes, dtypes; :mod:`smmf_plan.measure` flattens tensor subclasses and counts
+shared tensors once) on a CNN, a transformer and edge shapes, that every code path has a
+temporaries rule measured against a real step on the CPU, and that ``smmf-plan optimizers --json``
+lists it. Add the variants whose layout differs from the default to ``LAYOUT_VARIANTS`` in
+``tests/test_optimizers_exact.py`` (a test fails until every bool, choice and ``none``-able option
+is run with a non-default value).
 """
 
 from .base import (

@@ -80,7 +80,7 @@ def probe(
                         quiet=json_out)
     size = None
     if input_size is not None:
-        from smmf_plan.activations import parse_input_size
+        from smmf_plan.trace import parse_input_size
 
         size = list(parse_input_size(input_size))
     doc = run_probe(spec, layouts, steps=steps, batch_size=batch_size, input_size=size,

@@ -10,7 +10,7 @@ The model of a step (every term is a stated assumption, listed in ``MemoryEstima
 * **state** (``state_allocated``): :func:`smmf_plan.plan.plan_state`, each tensor rounded as the
   allocator rounds (the logical bytes, ``state_bytes``, are kept beside the breakdown).
 * **activations**: the traced step's peak beyond the gradients (see
-  :mod:`smmf_plan.activations`): saved activations still alive, backward transients and the
+  :mod:`smmf_plan.trace`): saved activations still alive, backward transients and the
   gradients not produced yet all netted out; two traces give ``a + b·batch``.
 * **temporaries**: the optimizer step runs after backward has freed the activations, so its
   temporaries (each optimizer's rule in :mod:`smmf_plan.optimizers`, plus what the caller still holds, e.g. logits) add
@@ -36,7 +36,7 @@ from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, ro
 from .model import ModelSpec
 from .plan import plan_state, with_dtype
 from .shapes import ParamSpec
-from .activations import DEFAULT_SEQ_LEN
+from .trace import DEFAULT_SEQ_LEN
 
 MiB = 1 << 20
 
@@ -300,7 +300,7 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, am
     """Trace the model and return what an estimate needs from the trace, as plain JSON data."""
     import torch
 
-    from .activations import activation_model, input_spec_for
+    from .trace import activation_model, input_spec_for
 
     def factory():
         if module_factory is not None:
@@ -352,7 +352,7 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, am
 
 
 def _model_from_facts(facts: dict):
-    from .activations import ActivationModel, Affine
+    from .trace import ActivationModel, Affine
 
     return ActivationModel(
         batches=tuple(facts["batches"]),

@@ -10,7 +10,7 @@ Two measurements of the same step, taken in a fresh process so nothing else live
   ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (every allocation ≥ 128 KiB is its own
   mapping, returned to the OS when freed) it is deterministic, and that is what
   :func:`measure_in_subprocess` sets by default.
-* **Tensor level**: a :class:`~smmf_plan.activations.StorageTracker` on the real tensors counts
+* **Tensor level**: a :class:`~smmf_plan.trace.StorageTracker` on the real tensors counts
   the live bytes of the storages the step creates (parameters, buffers and optimizer state are
   counted separately and exactly), so ``params + buffers + state + step peak`` is the peak of live
   tensor bytes, free of allocator effects. The optimizer step's own peak above what was live when
@@ -142,7 +142,7 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
 def _measure(recipe: dict, model, opt, batch_size: int, baseline: int, t0: float) -> StepMeasurement:
     import torch
 
-    from .activations import StorageTracker, _default_loss, input_spec_for
+    from .trace import StorageTracker, default_loss, input_spec_for
 
     spec = input_spec_for(model, batch_size, recipe.get("input_size"), recipe.get("seq_len"))
     steps = int(recipe.get("steps", 3))
@@ -169,7 +169,7 @@ def _measure(recipe: dict, model, opt, batch_size: int, baseline: int, t0: float
                     if isinstance(t, torch.Tensor):
                         tracker.add(t)
             out = model(*args, **kwargs)
-            loss = _default_loss(out, target)
+            loss = default_loss(out, target)
             loss.backward()
             if tracker is not None:
                 before = dict(tracker.live)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import timm
 
-from smmf_plan.activations import (StorageTracker, _default_loss, activation_model, input_spec_for,
-                                   parse_input_size, trace_step)
+from smmf_plan.trace import (StorageTracker, activation_model, default_loss, input_spec_for,
+                             parse_input_size, trace_step)
 from smmf_plan.errors import PlanError
 
 
@@ -37,7 +37,7 @@ def _real_fwd_bwd_peak(module, spec):
             if isinstance(t, torch.Tensor):
                 tracker.add(t)
         out = module(*args, **kwargs)  # held through backward, as a training loop holds it
-        loss = _default_loss(out, target)
+        loss = default_loss(out, target)
         loss.backward()
     return tracker.peak["raw"]
 
@@ -77,15 +77,15 @@ def test_attention_routed_to_cpu_kernel_like_fake_tensors():
     spec = input_spec_for(make(), 2)
     meta = trace_step(make(), spec)
     # without routing, meta tensors take the math path, which saves the attention matrix
-    from smmf_plan import activations
+    from smmf_plan.trace import attention
 
-    activations._SDP_CACHE.clear()
-    orig = activations._cpu_sdp_choice
+    attention._SDP_CACHE.clear()
+    orig = attention._cpu_sdp_choice
     try:
-        activations._cpu_sdp_choice = lambda args, kwargs: None
+        attention._cpu_sdp_choice = lambda args, kwargs: None
         math_path = trace_step(make(), spec)
     finally:
-        activations._cpu_sdp_choice = orig
+        attention._cpu_sdp_choice = orig
     # 3 heads × 197² fp32 attention weights per block and sample are not kept by the CPU kernel
     assert math_path.saved_bytes - meta.saved_bytes >= 0.9 * 12 * 2 * 3 * 197 * 197 * 4
 

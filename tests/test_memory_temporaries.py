@@ -5,9 +5,9 @@ against a real step's extra allocations (storage tracker on real CPU tensors; to
 import pytest
 import torch
 
-from smmf_plan.activations import StorageTracker
 from smmf_plan.optimizers import ALL_IDS, FAMILIES, parse
 from smmf_plan.optimizers.base import DEVICES
+from smmf_plan.trace import StorageTracker
 from smmf_plan.shapes import ParamSpec
 
 SETS = {

@@ -1,8 +1,8 @@
 """Synthetic batches and losses for the probe's training steps: the same input the end-to-end
-estimate traces (:func:`smmf_plan.activations.input_spec_for` and its loss), built on the real
+estimate traces (:func:`smmf_plan.trace.input_spec_for` and its loss), built on the real
 device, so predicted and measured describe the same step.
 
-Assumptions (from :mod:`smmf_plan.activations`): image models get ``(B, C, H, W)`` standard-normal
+Assumptions (from :mod:`smmf_plan.trace`): image models get ``(B, C, H, W)`` standard-normal
 inputs and uniform class ids (cross-entropy); causal/masked LMs get uniform token ids with
 labels = the inputs (every position trained); seq2seq models get labels of the input length;
 sequence classifiers a label per sample; a bare encoder is trained on the mean of its first
@@ -19,8 +19,8 @@ TASKS = {"image": "image-classification", "causal-lm": "causal-lm", "masked-lm":
 
 
 def input_spec(spec, *, batch_size: int, input_size=None, seq_len=None):
-    """The :class:`~smmf_plan.activations.InputSpec` for a ModelSpec (pure Python, no torch)."""
-    from ..activations import input_spec_for
+    """The :class:`~smmf_plan.trace.InputSpec` for a ModelSpec (pure Python, no torch)."""
+    from ..trace import input_spec_for
 
     return input_spec_for(spec, batch_size, list(input_size) if input_size else None, seq_len)
 
@@ -50,7 +50,7 @@ def make_batch(in_spec, device) -> tuple[tuple, dict, Any]:
 
 def compute_loss(module, batch: tuple[tuple, dict, Any]):
     """The scalar loss of one forward pass, as the activation trace computes it."""
-    from ..activations import _default_loss
+    from ..trace import default_loss
 
     args, kwargs, target = batch
-    return _default_loss(module(*args, **kwargs), target)
+    return default_loss(module(*args, **kwargs), target)

@@ -1,0 +1,201 @@
+"""What one training batch is, per task, and the loss a traced (or probed) step computes on it.
+
+The batch is described without data (:class:`InputSpec`) from the model's own config, so the same
+description builds meta tensors for the trace and real random tensors for the probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..errors import PlanError
+
+#: documented default sequence length for text models (or the model's maximum positions if less).
+DEFAULT_SEQ_LEN = 128
+#: default (C, H, W) when a timm model states no input size.
+DEFAULT_IMAGE_SIZE = (3, 224, 224)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one training batch looks like; :meth:`make` builds it on any device.
+
+    ``kind``: "image" (``x (B,C,H,W)`` + integer class targets for a cross-entropy loss),
+    "causal-lm"/"masked-lm" (``input_ids`` + ``labels``, both ``(B, seq_len)``), "seq2seq"
+    (``input_ids`` + ``labels``; the model derives ``decoder_input_ids`` from the labels),
+    "classification" (``input_ids`` + ``labels (B,)``) or "base" (``input_ids`` only; the loss is
+    the mean of the first output)."""
+
+    kind: str
+    batch_size: int
+    input_size: tuple[int, ...] | None = None
+    seq_len: int | None = None
+    vocab_size: int | None = None
+    num_classes: int | None = None
+    #: floating dtype of image inputs (canonical name, e.g. "bfloat16"); None: float32.
+    float_dtype: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "image":
+            return f"batch {self.batch_size} · {'×'.join(map(str, self.input_size or ()))}"
+        return f"batch {self.batch_size} · seq_len {self.seq_len}"
+
+    def with_batch(self, batch_size: int) -> "InputSpec":
+        return InputSpec(self.kind, batch_size, self.input_size, self.seq_len, self.vocab_size,
+                         self.num_classes, self.float_dtype)
+
+    def make(self, device: str = "meta", dtype: Any = None) -> tuple[tuple, dict, Any]:
+        """``(args, kwargs, target)``: random values on a real device, none on meta. ``dtype``
+        is the floating dtype of image inputs (default float32)."""
+        import torch
+
+        b = self.batch_size
+        real = device != "meta"
+        gen = torch.Generator().manual_seed(0)
+        if self.kind == "image":
+            dt = dtype or (getattr(torch, self.float_dtype) if self.float_dtype else torch.float32)
+            x = torch.randn(b, *self.input_size, generator=gen).to(dt) if real else \
+                torch.empty(b, *self.input_size, dtype=dt, device="meta")
+            n = max(1, self.num_classes or 1)
+            y = torch.randint(0, n, (b,), generator=gen) if real else \
+                torch.zeros(b, dtype=torch.long, device="meta")
+            return (x,), {}, y
+
+        def ids(shape):
+            if real:
+                return torch.randint(0, max(1, self.vocab_size or 2), shape, generator=gen)
+            return torch.zeros(shape, dtype=torch.long, device="meta")
+
+        s = self.seq_len
+        kw = {"input_ids": ids((b, s))}
+        if self.kind in ("causal-lm", "masked-lm", "seq2seq"):
+            kw["labels"] = kw["input_ids"].clone()
+        elif self.kind == "classification":
+            kw["labels"] = torch.randint(0, max(1, self.num_classes or 2), (b,), generator=gen) \
+                if real else torch.zeros(b, dtype=torch.long, device="meta")
+        return (), kw, None
+
+
+def _check_positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlanError(f"{what} {value!r} must be a whole number ≥ 1")
+    return value
+
+
+def _config_of(obj: Any) -> dict:
+    cfg = getattr(obj, "config", None)
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    meta = getattr(obj, "meta", None) or {}
+    c = meta.get("config")
+    return c if isinstance(c, dict) else {}
+
+
+def _max_positions(cfg: dict) -> int | None:
+    sub = [cfg] + [cfg[k] for k in ("text_config", "decoder", "encoder") if isinstance(cfg.get(k), dict)]
+    for c in sub:
+        for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx"):
+            v = c.get(key)
+            if isinstance(v, int) and v > 0:
+                return v
+    return None
+
+
+def _vocab(cfg: dict) -> int | None:
+    for c in [cfg] + [cfg[k] for k in ("text_config", "decoder") if isinstance(cfg.get(k), dict)]:
+        v = c.get("vocab_size")
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def parse_input_size(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"3,224,224"`` / ``"3x224x224"`` / ``(3, 224, 224)`` → a (C, H, W) tuple of ints ≥ 1."""
+    if isinstance(text, str):
+        parts = [p for p in text.replace("x", ",").replace("×", ",").split(",") if p.strip()]
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            raise PlanError(f"--input-size {text!r} is not C,H,W: give e.g. 3,224,224") from None
+    else:
+        dims = tuple(text)
+    if len(dims) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+        raise PlanError(f"--input-size {text!r} is not C,H,W of whole numbers ≥ 1: give e.g. 3,224,224")
+    return dims
+
+
+def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str | None = None,
+                   seq_len: int | None = None) -> InputSpec:
+    """The batch a training step of ``model`` (a :class:`~smmf_plan.model.ModelSpec` or an
+    ``nn.Module``) consumes.
+
+    Image models (timm): ``(B, C, H, W)`` with ``(C, H, W)`` from ``input_size`` or the model's
+    ``pretrained_cfg["input_size"]`` (3×224×224 if it states none). Text models (transformers):
+    ``seq_len`` tokens, default :data:`DEFAULT_SEQ_LEN` (128) or the config's maximum positions
+    if smaller; the task (causal / masked / seq2seq / classification / base) comes from the
+    architecture."""
+    _check_positive(batch_size, "--batch-size")
+    if seq_len is not None:
+        _check_positive(seq_len, "--seq-len")
+    meta = getattr(model, "meta", None)
+    if meta is not None:  # a ModelSpec
+        library, task, arch = meta.get("library"), meta.get("task"), meta.get("architecture") or ""
+        default_size = meta.get("input_size")
+        num_classes = meta.get("num_classes")
+    else:
+        cfg_obj = getattr(model, "pretrained_cfg", None)
+        library = "timm" if cfg_obj is not None and not hasattr(model, "config") else "transformers"
+        arch = type(model).__name__
+        default_size = (cfg_obj or {}).get("input_size")
+        pe_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if default_size and isinstance(pe_size, (tuple, list)) and len(pe_size) == 2:
+            default_size = (default_size[0], *pe_size)  # built with img_size=...: that wins
+        num_classes = getattr(model, "num_classes", None)
+        task = None
+        if library == "transformers":
+            from ..sources.hf_config import task_of
+
+            task = task_of(arch, _config_of(model))
+    if library == "timm" or (library is None and input_size is not None):
+        size = parse_input_size(input_size) if input_size is not None else \
+            tuple(default_size) if default_size else DEFAULT_IMAGE_SIZE
+        return InputSpec("image", batch_size, input_size=tuple(int(s) for s in size),
+                         num_classes=num_classes)
+    if library != "transformers":
+        raise PlanError("no architecture to run for activations: the model comes from weights "
+                        "without a config; put its config.json beside the weights")
+    if input_size is not None:
+        raise PlanError("--input-size is for image models; use --seq-len for text models")
+    cfg = _config_of(model)
+    limit = _max_positions(cfg)
+    if seq_len is None:
+        seq_len = min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
+    elif limit and seq_len > limit:
+        raise PlanError(f"--seq-len {seq_len} exceeds the model's {limit} positions: give ≤ {limit}")
+    kind = {"causal-lm": "causal-lm", "masked-lm": "masked-lm", "seq2seq-lm": "seq2seq"}.get(task or "")
+    if kind is None:
+        kind = "classification" if "ForSequenceClassification" in arch else "base"
+    return InputSpec(kind, batch_size, seq_len=seq_len, vocab_size=_vocab(cfg),
+                     num_classes=cfg.get("num_labels") if kind == "classification" else None)
+
+
+def default_loss(out, target):
+    """The model's own ``loss`` if it returns one; cross entropy for ``(B, classes)`` logits with a
+    target; else the mean of the first output."""
+    import torch
+    import torch.nn.functional as F
+
+    loss = getattr(out, "loss", None)
+    if loss is None and isinstance(out, Mapping):
+        loss = out.get("loss")
+    if loss is not None:
+        return loss
+    if not isinstance(out, torch.Tensor):
+        first = out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", None)
+        if first is None and hasattr(out, "to_tuple"):
+            first = out.to_tuple()[0]
+        out = first
+    if target is not None and out.dim() == 2 and target.dim() == 1:
+        return F.cross_entropy(out.float(), target)
+    return out.float().mean()

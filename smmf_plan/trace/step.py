@@ -1,0 +1,159 @@
+"""One traced forward + backward at one batch size (see :mod:`smmf_plan.trace`)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..allocators import QUANTUM as ROUNDING
+from ..errors import PlanError
+from .inputs import InputSpec, default_loss
+from .storage import StorageTracker, storage_bytes
+
+
+@dataclass
+class ActivationTrace:
+    """One traced forward + backward at one batch size (see the module docstring). Byte figures
+    are dicts keyed by allocator rounding: "raw", "cpu", "cuda"."""
+
+    batch_size: int | None
+    saved_bytes: int
+    peak_bytes: dict[str, int]
+    grad_bytes: dict[str, int]
+    retained_bytes: dict[str, int]
+    forward_bytes: dict[str, int]
+    ops: int
+    seconds: float
+    mode: str
+
+    def activation_bytes(self, allocator: str = "raw") -> int:
+        """The step's peak beyond the parameter gradients (what a breakdown adds to weights +
+        grads + state)."""
+        return max(0, self.peak_bytes[allocator] - self.grad_bytes[allocator])
+
+
+
+def _enable_checkpointing(module) -> None:
+    if hasattr(module, "gradient_checkpointing_enable"):
+        try:
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+        except Exception as e:  # noqa: BLE001
+            raise PlanError(f"this model does not support gradient checkpointing ({e}); "
+                            "drop --grad-checkpointing") from None
+    if hasattr(module, "set_grad_checkpointing"):
+        try:
+            module.set_grad_checkpointing(True)
+            return
+        except Exception as e:  # noqa: BLE001
+            raise PlanError(f"this model does not support gradient checkpointing ({e}); "
+                            "drop --grad-checkpointing") from None
+    raise PlanError("this model has no gradient-checkpointing switch (timm set_grad_checkpointing "
+                    "or transformers gradient_checkpointing_enable); drop --grad-checkpointing")
+
+
+def _to_fake(module, fake_mode):
+    """Replace meta parameters/buffers by fake CPU tensors (tied weights stay tied)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    memo: dict[int, Any] = {}
+    for mod in module.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(
+                    FakeTensor(fake_mode, p.data.to("meta"), torch.device("cpu")),
+                    requires_grad=p.requires_grad)
+            mod._parameters[name] = memo[id(p)]
+        for name, b in list(mod._buffers.items()):
+            if b is None:
+                continue
+            if id(b) not in memo:
+                memo[id(b)] = FakeTensor(fake_mode, b.to("meta"), torch.device("cpu"))
+            mod._buffers[name] = memo[id(b)]
+
+
+
+def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
+               grad_checkpointing: bool = False, amp_dtype: Any = None,
+               target: Any = None) -> ActivationTrace:
+    """Run one forward + backward of ``module`` (on the meta device, its parameters without
+    storage) and count what the step allocates; see the module docstring.
+
+    ``example_inputs``: an :class:`InputSpec`, a dict of keyword inputs or a tuple of positional
+    inputs (meta tensors). ``loss_fn(output, target) -> scalar`` defaults to the model's own
+    ``loss`` if it returns one, cross entropy for ``(B, classes)`` logits with a target, else the
+    mean of the first output. ``amp_dtype`` (``torch.bfloat16``/``torch.float16``) runs forward
+    under CPU autocast on fake CPU tensors (autocast does not act on meta tensors). The module is
+    put in train mode; parameter gradients are removed again afterwards."""
+    import torch
+
+    t0 = time.perf_counter()
+    batch = None
+    if isinstance(example_inputs, InputSpec):
+        batch = example_inputs.batch_size
+        args, kwargs, tgt = example_inputs.make("meta")
+        target = tgt if target is None else target
+    elif isinstance(example_inputs, Mapping):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        args, kwargs = tuple(example_inputs), {}
+    module.train()
+    if grad_checkpointing:
+        _enable_checkpointing(module)
+    mode_name = "meta"
+    fake_ctx: Any = contextlib.nullcontext()
+    if amp_dtype is not None:
+        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+        fake = FakeTensorMode(allow_non_fake_inputs=False)
+        _to_fake(module, fake)
+
+        def conv(t):
+            return FakeTensor(fake, t.to("meta"), torch.device("cpu")) \
+                if isinstance(t, torch.Tensor) else t
+
+        args = tuple(conv(a) for a in args)
+        kwargs = {k: conv(v) for k, v in kwargs.items()}
+        target = conv(target)
+        fake_ctx = fake
+        mode_name = "fake"
+    params = list(module.parameters())
+    tracker = StorageTracker()
+    tracker.ignore(params)
+    tracker.ignore(module.buffers())
+    for t in list(args) + list(kwargs.values()) + [target]:
+        if isinstance(t, torch.Tensor):
+            tracker.add(t)
+    loss_fn = loss_fn or default_loss
+    amp = torch.autocast("cpu", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    try:
+        with fake_ctx, tracker.mode():
+            with amp:
+                out = module(*args, **kwargs)
+                loss = loss_fn(out, target)
+            forward = dict(tracker.live)
+            saved_bytes = forward["raw"]
+            loss.backward()
+            del loss
+
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_bytes = {k: storage_bytes(grads, q) for k, q in ROUNDING.items()}
+            retained = {k: max(0, tracker.live[k] - grad_bytes[k]) for k in ROUNDING}
+    except PlanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure is "cannot trace this model"
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise PlanError(f"could not trace a training step of {type(module).__name__} without data "
+                        f"({type(e).__name__}: {msg[:200]}); activations cannot be estimated for it"
+                        ) from None
+    finally:
+        for p in params:
+            p.grad = None
+    return ActivationTrace(batch, saved_bytes, dict(tracker.peak), grad_bytes, retained, forward,
+                           tracker.ops, time.perf_counter() - t0, mode_name)
+

@@ -1,0 +1,126 @@
+"""Live bytes of tensor storages during a traced step, per allocator rounding, with peaks."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+from ..allocators import QUANTUM as ROUNDING, round_up as _round
+
+
+class StorageTracker:
+    """Live bytes of tensor storages created while active, per allocator rounding, with peaks.
+
+    A ``TorchDispatchMode`` sees each operator's outputs; a storage not seen before is an
+    allocation, and a weakref finalizer on its Python object (which PyTorch keeps alive exactly as
+    long as the storage) is its free. Storages registered with :meth:`ignore` (parameters,
+    buffers, pre-existing state) are never counted. Works on meta, fake and real tensors."""
+
+    def __init__(self) -> None:
+        self.live = {k: 0 for k in ROUNDING}
+        self.peak = {k: 0 for k in ROUNDING}
+        self._sizes: dict[int, int] = {}
+        self._ignored: set[int] = set()
+        self.ops = 0
+
+    def ignore(self, tensors) -> None:
+        for t in tensors:
+            if t is None:
+                continue
+            st = t.untyped_storage()
+            if st._cdata not in self._ignored:
+                self._ignored.add(st._cdata)
+                # a freed storage's address can be reused by a new one: forget it when it dies
+                weakref.finalize(st, self._ignored.discard, st._cdata)
+
+    def add(self, t) -> None:
+        """Count ``t``'s storage as live from now (e.g. the input batch)."""
+        self._track(t)
+        self._bump()
+
+    def _track(self, t) -> None:
+        st = t.untyped_storage()
+        key = st._cdata
+        if key in self._sizes or key in self._ignored:
+            return
+        n = st.nbytes()
+        self._sizes[key] = n
+        for k, q in ROUNDING.items():
+            self.live[k] += _round(n, q)
+        weakref.finalize(st, self._free, key, n)
+
+    def _free(self, key: int, n: int) -> None:
+        if self._sizes.pop(key, None) is None:
+            return
+        for k, q in ROUNDING.items():
+            self.live[k] -= _round(n, q)
+
+    def _bump(self) -> None:
+        for k in ROUNDING:
+            if self.live[k] > self.peak[k]:
+                self.peak[k] = self.live[k]
+
+    def reset_peak(self) -> None:
+        self.peak = dict(self.live)
+
+    def mode(self):
+        """A fresh dispatch mode feeding this tracker (enter it with ``with``); on meta tensors it
+        also routes attention to the CPU kernel (see :mod:`smmf_plan.trace.attention`)."""
+        import torch
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        from .attention import sdpa_as_cpu
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                return tracker._dispatch(func, args, kwargs or {})
+
+        class _Attention(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func is torch.nn.functional.scaled_dot_product_attention:
+                    out = sdpa_as_cpu(args, kwargs)
+                    if out is not None:
+                        return out
+                return func(*args, **kwargs)
+
+        @contextlib.contextmanager
+        def both():
+            with _Mode(), _Attention():
+                yield
+
+        return both()
+
+    def _dispatch(self, func, args, kwargs):
+        out = func(*args, **kwargs)
+        self.ops += 1
+        for t in _tensors(out):
+            self._track(t)
+        self._bump()
+        return out
+
+
+def _tensors(out):
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, (tuple, list)):
+        return [t for t in out if isinstance(t, torch.Tensor)]
+    return ()
+
+
+
+
+def storage_bytes(tensors, q: int) -> int:
+    """Bytes of the distinct storages behind ``tensors``, each rounded up to ``q``."""
+    seen, total = set(), 0
+    for t in tensors:
+        st = t.untyped_storage()
+        if st._cdata not in seen:
+            seen.add(st._cdata)
+            total += _round(st.nbytes(), q)
+    return total

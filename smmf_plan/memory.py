@@ -36,7 +36,7 @@ from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, ro
 from .model import ModelSpec
 from .plan import plan_state, with_dtype
 from .shapes import ParamSpec
-from .trace import DEFAULT_SEQ_LEN
+from .trace import DEFAULT_SEQ_LEN, IMAGE_CLASSIFICATION
 
 MiB = 1 << 20
 
@@ -225,7 +225,7 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
                 f"activations: one forward+backward traced on {how} at batch {b1} and {b2} "
                 f"({in_desc.split(' · ', 1)[-1]}), every storage's lifetime tracked; other batch "
                 "sizes extrapolated linearly")
-            if facts["kind"] != "image":
+            if facts["task"] != IMAGE_CLASSIFICATION:
                 assumptions.append(f"text input: {facts['seq_len']} tokens per sample "
                                    f"(--seq-len; default {DEFAULT_SEQ_LEN} or the model's maximum positions)")
             if grad_checkpointing:
@@ -291,8 +291,8 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
 
 # --------------------------------------------------------------------------- traced facts + cache
 
-#: bump when the cached trace facts change meaning.
-FACTS_VERSION = 1
+#: bump when the cached trace facts change meaning (2: "task" in the one task vocabulary).
+FACTS_VERSION = 2
 
 
 def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, amp_name, input_size,
@@ -323,7 +323,7 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, am
     except PlanError as e:
         return {"error": str(e), "library": _library_of(model_spec, None)}
     spec_in = input_spec_for(module, batch_size, input_size, seq_len)
-    if dtype is not None and spec_in.kind == "image":
+    if dtype is not None and spec_in.is_image:
         from dataclasses import replace
 
         spec_in = replace(spec_in, float_dtype=dtypes.canonical(dtype))
@@ -345,7 +345,7 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, am
         "saved": [am.saved.fixed, am.saved.per_sample],
         "buffer_bytes": buffers,
         "input": spec_in.describe(),
-        "kind": spec_in.kind,
+        "task": spec_in.task,
         "seq_len": spec_in.seq_len,
         "trace_seconds": round(am.seconds, 3),
     }

@@ -60,7 +60,7 @@ def test_meta_trace_equals_real_tensor_peak(name, kw, size):
 def test_gpt2_trace_equals_real_and_keeps_logits():
     meta = _gpt2_meta()
     spec = input_spec_for(meta, 2, seq_len=32)
-    assert spec.kind == "causal-lm"
+    assert spec.task == "causal-lm"
     traced = trace_step(meta, spec)
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -70,6 +70,33 @@ def test_gpt2_trace_equals_real_and_keeps_logits():
     assert abs(traced.peak_bytes["raw"] - measured) <= 0.005 * measured
     # the caller still holds the logits when backward returns: B × S × V fp32 at least
     assert traced.retained_bytes["raw"] >= 2 * 32 * 1000 * 4
+
+
+@pytest.mark.parametrize("model, task", [
+    ("resnet18", "image-classification"), ("gpt2", "causal-lm"), ("bert-base-uncased", "masked-lm"),
+    ("t5-small", "seq2seq-lm"),
+])
+def test_one_task_vocabulary_from_source_to_batch(model, task):
+    """The source's task, the batch the trace builds and what JSON reports use one name."""
+    from smmf_plan.sources import load_model
+
+    spec = load_model(model, use_cache=False)
+    inputs = input_spec_for(spec, 1)
+    assert spec.meta["task"] == inputs.task == inputs.to_dict()["task"] == task
+
+
+def test_sequence_classifier_batch_has_one_label_per_sample():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    with torch.device("meta"):
+        model = BertForSequenceClassification(cfg)
+    inputs = input_spec_for(model, 4, seq_len=16)
+    assert inputs.task == "sequence-classification" and inputs.num_classes == 3
+    _, kwargs, _ = inputs.make("cpu")
+    assert kwargs["labels"].shape == (4,) and int(kwargs["labels"].max()) < 3
+    assert inputs.to_dict() == {"task": "sequence-classification", "batch_size": 4, "seq_len": 16}
 
 
 def test_attention_routed_to_cpu_kernel_like_fake_tensors():

@@ -2,20 +2,17 @@
 estimate traces (:func:`smmf_plan.trace.input_spec_for` and its loss), built on the real
 device, so predicted and measured describe the same step.
 
-Assumptions (from :mod:`smmf_plan.trace`): image models get ``(B, C, H, W)`` standard-normal
-inputs and uniform class ids (cross-entropy); causal/masked LMs get uniform token ids with
-labels = the inputs (every position trained); seq2seq models get labels of the input length;
-sequence classifiers a label per sample; a bare encoder is trained on the mean of its first
-output. Values come from fixed seeds, so every optimizer sees the same batch.
+Assumptions (from :mod:`smmf_plan.trace.inputs`, which names each task's batch and loss): image
+models get ``(B, C, H, W)`` standard-normal inputs and uniform class ids (cross-entropy);
+causal/masked LMs get uniform token ids with labels = the inputs (every position trained); seq2seq
+models get labels of the input length; sequence classifiers a label per sample; a bare encoder is
+trained on the mean of its first output. Values come from fixed seeds, so every optimizer sees the
+same batch.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-#: InputSpec kinds → the task names the probe's JSON uses.
-TASKS = {"image": "image-classification", "causal-lm": "causal-lm", "masked-lm": "masked-lm",
-         "seq2seq": "seq2seq-lm", "classification": "sequence-classification", "base": "base"}
 
 
 def input_spec(spec, *, batch_size: int, input_size=None, seq_len=None):
@@ -30,14 +27,9 @@ def resolve_input(spec, *, batch_size: int, input_size=None, seq_len=None) -> di
     from ..errors import PlanError
 
     s = input_spec(spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len)
-    if s.kind == "image" and seq_len is not None:
+    if s.is_image and seq_len is not None:
         raise PlanError("--seq-len is for language models; use --input-size C,H,W for an image model")
-    d: dict[str, Any] = {"task": TASKS.get(s.kind, s.kind), "batch_size": s.batch_size}
-    if s.kind == "image":
-        d["input_size"] = [int(x) for x in s.input_size]
-    else:
-        d["seq_len"] = int(s.seq_len)
-    return d
+    return s.to_dict()
 
 
 def make_batch(in_spec, device) -> tuple[tuple, dict, Any]:

@@ -120,7 +120,7 @@ def _train_on(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool, 
     from ..measure import total_state_bytes
     from ..sources import build_module
     from . import rss
-    from .inputs import TASKS, compute_loss, make_batch
+    from .inputs import compute_loss, make_batch
 
     _warm_up(torch, device)
     gc.collect()
@@ -208,7 +208,7 @@ def _train_on(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool, 
         timing_excludes_first_step=True,
         num_threads=torch.get_num_threads(),
     )
-    result["input"] = {"task": TASKS.get(in_spec.kind, in_spec.kind), "description": in_spec.describe()}
+    result["input"] = {"task": in_spec.task, "description": in_spec.describe()}
     result["torch"] = torch.__version__
     return {"measured": measured}
 

@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from ..errors import SourceError
+from ..trace.inputs import BASE, CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM
 
 
 def is_timm_config(cfg: dict) -> bool:
@@ -24,15 +25,15 @@ def task_of(arch: str | None, cfg: dict) -> str | None:
     if not arch:
         return None
     if arch.endswith(("ForCausalLM", "LMHeadModel")) and not cfg.get("is_encoder_decoder"):
-        return "causal-lm"
+        return CAUSAL_LM
     if arch.endswith(("ForMaskedLM", "ForPreTraining")):
-        return "masked-lm"
+        return MASKED_LM
     if arch.endswith(("ForConditionalGeneration", "ForSeq2SeqLM")) or (
         arch.endswith("LMHeadModel") and cfg.get("is_encoder_decoder")
     ):
-        return "seq2seq-lm" if cfg.get("is_encoder_decoder") else None
+        return SEQ2SEQ_LM if cfg.get("is_encoder_decoder") else None
     if arch.endswith("Model"):
-        return "base"
+        return BASE
     return None
 
 

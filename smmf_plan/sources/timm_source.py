@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SourceError
+from ..trace.inputs import IMAGE_CLASSIFICATION
 
 
 def is_timm_name(name: str) -> bool:
@@ -34,7 +35,7 @@ def build(name: str, *, num_classes: int | None = None, device: str = "meta"):
     info: dict[str, Any] = {
         "library": "timm",
         "architecture": type(model).__name__,
-        "task": "image-classification",
+        "task": IMAGE_CLASSIFICATION,
         "input_size": list(input_size) if input_size else None,
         "num_classes": int(getattr(model, "num_classes", num_classes or 0) or 0) or num_classes,
         "config": None,

@@ -45,13 +45,15 @@ inside the functions that run a trace.
 from __future__ import annotations
 
 from .affine import TRACE_HIGH_BATCH, ActivationModel, Affine, activation_model, trace_batches
-from .inputs import (DEFAULT_IMAGE_SIZE, DEFAULT_SEQ_LEN, InputSpec, default_loss, input_spec_for,
-                     parse_input_size)
+from .inputs import (BASE, CAUSAL_LM, DEFAULT_IMAGE_SIZE, DEFAULT_SEQ_LEN, IMAGE_CLASSIFICATION,
+                     MASKED_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, TASKS, InputSpec, default_loss,
+                     input_spec_for, parse_input_size)
 from .step import ActivationTrace, trace_step
 from .storage import StorageTracker
 
 __all__ = [
-    "DEFAULT_IMAGE_SIZE", "DEFAULT_SEQ_LEN", "TRACE_HIGH_BATCH", "ActivationModel", "ActivationTrace",
+    "BASE", "CAUSAL_LM", "IMAGE_CLASSIFICATION", "MASKED_LM", "SEQ2SEQ_LM", "SEQUENCE_CLASSIFICATION",
+    "TASKS", "DEFAULT_IMAGE_SIZE", "DEFAULT_SEQ_LEN", "TRACE_HIGH_BATCH", "ActivationModel", "ActivationTrace",
     "Affine", "InputSpec", "StorageTracker", "activation_model", "default_loss", "input_spec_for",
     "parse_input_size", "trace_batches", "trace_step",
 ]

@@ -1,7 +1,9 @@
 """What one training batch is, per task, and the loss a traced (or probed) step computes on it.
 
 The batch is described without data (:class:`InputSpec`) from the model's own config, so the same
-description builds meta tensors for the trace and real random tensors for the probe.
+description builds meta tensors for the trace and real random tensors for the probe. A new kind of
+model (vision transformers, contrastive image-text, speech) adds its task name here, the inputs
+:meth:`InputSpec.make` builds for it and, if it needs one, its loss in :func:`default_loss`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,26 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import PlanError
 
+# --------------------------------------------------------------------------- the task vocabulary
+# One name per task, used everywhere: the sources (``ModelSpec.meta["task"]``), InputSpec, the
+# probe and every JSON document.
+
+#: ``x (B, C, H, W)`` + integer class ids; cross-entropy loss.
+IMAGE_CLASSIFICATION = "image-classification"
+#: ``input_ids`` + ``labels`` = the inputs, both ``(B, seq_len)``; the model's own loss.
+CAUSAL_LM = "causal-lm"
+#: as causal-lm (every position is a label).
+MASKED_LM = "masked-lm"
+#: ``input_ids`` + ``labels`` of the input length; the model derives ``decoder_input_ids``.
+SEQ2SEQ_LM = "seq2seq-lm"
+#: ``input_ids`` + ``labels (B,)``; the model's own loss.
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+#: ``input_ids`` only (a bare encoder/decoder); the loss is the mean of the first output.
+BASE = "base"
+TASKS = (IMAGE_CLASSIFICATION, CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, BASE)
+#: text tasks whose labels are the input tokens.
+TOKEN_LABELS = (CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM)
+
 #: documented default sequence length for text models (or the model's maximum positions if less).
 DEFAULT_SEQ_LEN = 128
 #: default (C, H, W) when a timm model states no input size.
@@ -19,15 +41,10 @@ DEFAULT_IMAGE_SIZE = (3, 224, 224)
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What one training batch looks like; :meth:`make` builds it on any device.
+    """What one training batch looks like; :meth:`make` builds it on any device. ``task`` is one
+    of :data:`TASKS` (each constant documents its batch and loss)."""
 
-    ``kind``: "image" (``x (B,C,H,W)`` + integer class targets for a cross-entropy loss),
-    "causal-lm"/"masked-lm" (``input_ids`` + ``labels``, both ``(B, seq_len)``), "seq2seq"
-    (``input_ids`` + ``labels``; the model derives ``decoder_input_ids`` from the labels),
-    "classification" (``input_ids`` + ``labels (B,)``) or "base" (``input_ids`` only; the loss is
-    the mean of the first output)."""
-
-    kind: str
+    task: str
     batch_size: int
     input_size: tuple[int, ...] | None = None
     seq_len: int | None = None
@@ -36,13 +53,26 @@ class InputSpec:
     #: floating dtype of image inputs (canonical name, e.g. "bfloat16"); None: float32.
     float_dtype: str | None = None
 
+    @property
+    def is_image(self) -> bool:
+        return self.task == IMAGE_CLASSIFICATION
+
     def describe(self) -> str:
-        if self.kind == "image":
+        if self.is_image:
             return f"batch {self.batch_size} · {'×'.join(map(str, self.input_size or ()))}"
         return f"batch {self.batch_size} · seq_len {self.seq_len}"
 
+    def to_dict(self) -> dict[str, Any]:
+        """``{"task", "batch_size", "input_size" | "seq_len"}``, as JSON documents report it."""
+        d: dict[str, Any] = {"task": self.task, "batch_size": self.batch_size}
+        if self.is_image:
+            d["input_size"] = [int(x) for x in self.input_size]
+        else:
+            d["seq_len"] = int(self.seq_len)
+        return d
+
     def with_batch(self, batch_size: int) -> "InputSpec":
-        return InputSpec(self.kind, batch_size, self.input_size, self.seq_len, self.vocab_size,
+        return InputSpec(self.task, batch_size, self.input_size, self.seq_len, self.vocab_size,
                          self.num_classes, self.float_dtype)
 
     def make(self, device: str = "meta", dtype: Any = None) -> tuple[tuple, dict, Any]:
@@ -53,7 +83,7 @@ class InputSpec:
         b = self.batch_size
         real = device != "meta"
         gen = torch.Generator().manual_seed(0)
-        if self.kind == "image":
+        if self.is_image:
             dt = dtype or (getattr(torch, self.float_dtype) if self.float_dtype else torch.float32)
             x = torch.randn(b, *self.input_size, generator=gen).to(dt) if real else \
                 torch.empty(b, *self.input_size, dtype=dt, device="meta")
@@ -69,9 +99,9 @@ class InputSpec:
 
         s = self.seq_len
         kw = {"input_ids": ids((b, s))}
-        if self.kind in ("causal-lm", "masked-lm", "seq2seq"):
+        if self.task in TOKEN_LABELS:
             kw["labels"] = kw["input_ids"].clone()
-        elif self.kind == "classification":
+        elif self.task == SEQUENCE_CLASSIFICATION:
             kw["labels"] = torch.randint(0, max(1, self.num_classes or 2), (b,), generator=gen) \
                 if real else torch.zeros(b, dtype=torch.long, device="meta")
         return (), kw, None
@@ -110,6 +140,16 @@ def _vocab(cfg: dict) -> int | None:
     return None
 
 
+def _num_labels(cfg: dict) -> int | None:
+    """A classifier's label count: ``num_labels`` in a config.json, ``id2label`` in a config
+    object's ``to_dict()`` (which does not write ``num_labels``)."""
+    n = cfg.get("num_labels")
+    if isinstance(n, int) and n > 0:
+        return n
+    labels = cfg.get("id2label")
+    return len(labels) if isinstance(labels, dict) and labels else None
+
+
 def parse_input_size(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"3,224,224"`` / ``"3x224x224"`` / ``(3, 224, 224)`` → a (C, H, W) tuple of ints ≥ 1."""
     if isinstance(text, str):
@@ -133,8 +173,7 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
     Image models (timm): ``(B, C, H, W)`` with ``(C, H, W)`` from ``input_size`` or the model's
     ``pretrained_cfg["input_size"]`` (3×224×224 if it states none). Text models (transformers):
     ``seq_len`` tokens, default :data:`DEFAULT_SEQ_LEN` (128) or the config's maximum positions
-    if smaller; the task (causal / masked / seq2seq / classification / base) comes from the
-    architecture."""
+    if smaller; the task (one of :data:`TASKS`) comes from the architecture."""
     _check_positive(batch_size, "--batch-size")
     if seq_len is not None:
         _check_positive(seq_len, "--seq-len")
@@ -160,7 +199,7 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
     if library == "timm" or (library is None and input_size is not None):
         size = parse_input_size(input_size) if input_size is not None else \
             tuple(default_size) if default_size else DEFAULT_IMAGE_SIZE
-        return InputSpec("image", batch_size, input_size=tuple(int(s) for s in size),
+        return InputSpec(IMAGE_CLASSIFICATION, batch_size, input_size=tuple(int(s) for s in size),
                          num_classes=num_classes)
     if library != "transformers":
         raise PlanError("no architecture to run for activations: the model comes from weights "
@@ -173,11 +212,10 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
         seq_len = min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
     elif limit and seq_len > limit:
         raise PlanError(f"--seq-len {seq_len} exceeds the model's {limit} positions: give ≤ {limit}")
-    kind = {"causal-lm": "causal-lm", "masked-lm": "masked-lm", "seq2seq-lm": "seq2seq"}.get(task or "")
-    if kind is None:
-        kind = "classification" if "ForSequenceClassification" in arch else "base"
-    return InputSpec(kind, batch_size, seq_len=seq_len, vocab_size=_vocab(cfg),
-                     num_classes=cfg.get("num_labels") if kind == "classification" else None)
+    if task not in TOKEN_LABELS:
+        task = SEQUENCE_CLASSIFICATION if "ForSequenceClassification" in arch else BASE
+    return InputSpec(task, batch_size, seq_len=seq_len, vocab_size=_vocab(cfg),
+                     num_classes=_num_labels(cfg) if task == SEQUENCE_CLASSIFICATION else None)
 
 
 def default_loss(out, target):

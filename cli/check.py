@@ -61,8 +61,10 @@ def check(
     from smmf_plan.report import check_report as render
 
     if junit:
+        from smmf_plan.atomic import write_text_atomic
+
         try:
-            gate.write_text_atomic(junit, render.junit_xml(report))
+            write_text_atomic(junit, render.junit_xml(report))
         except OSError as e:
             raise PlanError(f"--junit {junit}: cannot write ({e.strerror or e})") from None
     if json_out:

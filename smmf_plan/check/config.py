@@ -1,0 +1,392 @@
+"""``smmf-plan check`` configuration: the ``[tool.smmf-plan]`` table of a pyproject.toml (or the same
+keys in any TOML file), read and validated into :class:`CheckConfig` (see :mod:`smmf_plan.check`)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import PlanError
+from ..units import parse_size
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli backport
+    import tomli as tomllib  # type: ignore[no-redef]
+
+#: keys of one ``[[tool.smmf-plan.checks]]`` table.
+CHECK_KEYS = (
+    "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
+    "num-classes", "trainable", "freeze", "lora-rank", "lora-targets", "grad-checkpointing",
+    "amp", "max-state", "max-total",
+)
+#: keys of ``[tool.smmf-plan]`` itself. ``devices`` belongs to :mod:`smmf_plan.devices` (user
+#: device tables) and is accepted here without being read.
+TOP_KEYS = ("device", "baseline", "tolerance", "checks", "devices")
+
+METRICS = ("state", "total")
+BUDGET_KEYS = {"state": "max-state", "total": "max-total"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One ``[[tool.smmf-plan.checks]]`` entry, validated."""
+
+    id: str
+    model: str
+    optimizers: tuple[str, ...]
+    device: str | None = None
+    batch_size: int = 1
+    input_size: tuple[int, ...] | None = None
+    seq_len: int | None = None
+    dtype: str | None = None
+    num_classes: int | None = None
+    trainable: tuple[str, ...] = ()
+    freeze: tuple[str, ...] = ()
+    lora_rank: int | None = None
+    lora_targets: tuple[str, ...] = ()
+    grad_checkpointing: bool = False
+    #: mixed precision for the total estimate: "bf16" or "fp16" (fp32 master weights).
+    amp: str | None = None
+    max_state: int | None = None
+    max_total: int | None = None
+    #: "pyproject.toml: check 2" — where error messages point.
+    where: str = ""
+
+    def budget(self, metric: str) -> int | None:
+        return self.max_state if metric == "state" else self.max_total
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "model": self.model, "optimizers": list(self.optimizers),
+            "device": self.device, "batch_size": self.batch_size,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "seq_len": self.seq_len, "dtype": self.dtype, "num_classes": self.num_classes,
+            "grad_checkpointing": self.grad_checkpointing, "amp": self.amp,
+            "max_state_bytes": self.max_state, "max_total_bytes": self.max_total,
+        }
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How much a metric may grow over its baseline: a fraction of it, or a number of bytes."""
+
+    text: str = "0"
+    fraction: float | None = None
+    nbytes: int | None = 0
+
+    def allowed(self, baseline: int) -> int:
+        """Bytes of growth over ``baseline`` still accepted."""
+        if self.fraction is not None:
+            return int(baseline * self.fraction)
+        return int(self.nbytes or 0)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text,
+                "percent": None if self.fraction is None else self.fraction * 100,
+                "bytes": self.nbytes}
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    path: str
+    checks: tuple[Check, ...]
+    device: str | None = None
+    baseline: str | None = None
+    tolerance: Tolerance | None = None
+
+
+def parse_tolerance(text: str | int, what: str = "--tolerance") -> Tolerance:
+    """``"1%"``, ``"0.5 %"`` (of the baseline) or a size: ``"2MiB"``, ``"4096"`` (bytes)."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise PlanError(f"{what} {text!r} is not a tolerance: write a percentage such as 1% or a "
+                        "size such as 2MiB")
+    s = str(text).strip()
+    if s.endswith("%"):
+        try:
+            pct = float(s[:-1])
+        except ValueError:
+            pct = -1.0
+        if not pct >= 0 or pct != pct or pct == float("inf"):
+            raise PlanError(f"{what} {text!r} is not a tolerance: write a percentage such as 1% "
+                            "or a size such as 2MiB")
+        return Tolerance(s, fraction=pct / 100.0, nbytes=None)
+    try:
+        n = parse_size(s, what)
+    except PlanError:
+        raise PlanError(f"{what} {text!r} is not a tolerance: write a percentage such as 1% or a "
+                        "size such as 2MiB") from None
+    return Tolerance(s, fraction=None, nbytes=n)
+
+
+def _suggest(key: str, valid: Sequence[str]) -> str:
+    norm = key.strip().lower().replace("_", "-")
+    if norm in valid:
+        return f"; did you mean {norm!r}?"
+    close = difflib.get_close_matches(norm, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f" (valid keys: {', '.join(valid)})"
+
+
+def _positive_int(value: Any, where: str, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlanError(f"{where}: {key} = {value!r} must be a positive integer")
+    return value
+
+
+def _string(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise PlanError(f"{where}: {key} = {value!r} must be a non-empty string")
+    return value.strip()
+
+
+def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
+    """A string or a list of strings; a string may be comma-separated."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise PlanError(f"{where}: {key} = {value!r} must be a string or a list of strings")
+    items = [v for v in items if v]
+    if not items:
+        raise PlanError(f"{where}: {key} is empty")
+    return tuple(items)
+
+
+def _amp(value: Any, where: str) -> str:
+    text = _string(value, where, "amp").lower()
+    if text not in ("bf16", "bfloat16", "fp16", "float16"):
+        raise PlanError(f"{where}: amp = {value!r} is not a mixed-precision dtype: use \"bf16\" or \"fp16\"")
+    return text
+
+
+def _bool(value: Any, where: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise PlanError(f"{where}: {key} = {value!r} must be true or false")
+    return value
+
+
+def _budget(value: Any, where: str, key: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise PlanError(f"{where}: {key} = {value!r} is not a size: write e.g. \"5 MiB\" or \"1.5 GiB\"")
+    try:
+        n = parse_size(value, key)
+    except PlanError:
+        raise PlanError(f"{where}: {key} = {value!r} is not a size: write e.g. \"5 MiB\" or "
+                        "\"1.5 GiB\"") from None
+    if n <= 0:
+        raise PlanError(f"{where}: {key} = {value!r} must be a positive size")
+    return n
+
+
+def _input_size(value: Any, where: str) -> tuple[int, ...]:
+    """``[3, 224, 224]``, ``"3x224x224"`` or ``224`` (a square RGB image)."""
+    dims: list[Any]
+    if isinstance(value, int) and not isinstance(value, bool):
+        dims = [3, value, value]
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d+(\s*[x×,]\s*\d+)*\s*", value):
+        dims = [int(d) for d in re.split(r"[x×,]", value)]
+        if len(dims) == 1:
+            dims = [3, dims[0], dims[0]]
+    elif isinstance(value, list):
+        dims = value
+    else:
+        dims = []
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise PlanError(f"{where}: input-size = {value!r} must be e.g. [3, 224, 224], "
+                        "\"3x224x224\" or 224")
+    return tuple(dims)
+
+
+def _optimizer_ids(value: Any, where: str) -> tuple[str, ...]:
+    from ..optimizers import UnknownOptimizer, parse_many
+
+    if value is None:
+        texts: list[str] = [""]
+    elif isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        texts = value
+    else:
+        raise PlanError(f"{where}: optimizer = {value!r} must be an optimizer id or a list of ids")
+    ids: list[str] = []
+    for text in texts:
+        try:
+            layouts = parse_many(text or None)
+        except UnknownOptimizer as e:
+            raise PlanError(f"{where}: optimizer: {e}") from None
+        ids += [layout.id for layout in layouts if layout.id not in ids]
+    return tuple(ids)
+
+
+def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Check:
+    """Validate one check table; ``where`` prefixes every message (``pyproject.toml: check 2``)."""
+    if not isinstance(table, dict):
+        raise PlanError(f"{where}: must be a table ([[tool.smmf-plan.checks]])")
+    name = table.get("name")
+    label = f"{where} ({name!r})" if isinstance(name, str) and name.strip() else where
+    for key in table:
+        if key not in CHECK_KEYS:
+            raise PlanError(f"{label}: unknown key {key!r}{_suggest(key, CHECK_KEYS)}")
+    if "model" not in table:
+        raise PlanError(f"{label}: missing key 'model': add model = \"<timm name, bundled name, "
+                        "path or hub id>\"")
+    model = _string(table["model"], label, "model")
+    if base_dir is not None and not os.path.isabs(os.path.expanduser(model)):
+        beside = base_dir / model
+        if beside.exists() and not Path(model).exists():
+            model = str(beside)
+    check_id = _string(name, where, "name") if name is not None else model
+    label = f"{where} ({check_id!r})"
+    dtype = None
+    if "dtype" in table:
+        from .. import dtypes
+
+        try:
+            dtype = dtypes.canonical(_string(table["dtype"], label, "dtype"))
+        except ValueError as e:
+            raise PlanError(f"{label}: dtype: {e}") from None
+        if dtype not in dtypes.FLOATING:
+            raise PlanError(f"{label}: dtype = {table['dtype']!r} is not a floating-point dtype: "
+                            "use fp32, bf16, fp16 or fp64")
+    lora_rank = _positive_int(table["lora-rank"], label, "lora-rank") if "lora-rank" in table else None
+    lora_targets = _strings(table["lora-targets"], label, "lora-targets") if "lora-targets" in table else ()
+    if (lora_rank is None) != (not lora_targets):
+        raise PlanError(f"{label}: lora-rank and lora-targets go together: set both or neither")
+    return Check(
+        id=check_id,
+        model=model,
+        optimizers=_optimizer_ids(table.get("optimizer"), label),
+        device=_string(table["device"], label, "device") if "device" in table else None,
+        batch_size=_positive_int(table["batch-size"], label, "batch-size") if "batch-size" in table else 1,
+        input_size=_input_size(table["input-size"], label) if "input-size" in table else None,
+        seq_len=_positive_int(table["seq-len"], label, "seq-len") if "seq-len" in table else None,
+        dtype=dtype,
+        num_classes=_positive_int(table["num-classes"], label, "num-classes") if "num-classes" in table else None,
+        trainable=_strings(table["trainable"], label, "trainable") if "trainable" in table else (),
+        freeze=_strings(table["freeze"], label, "freeze") if "freeze" in table else (),
+        lora_rank=lora_rank,
+        lora_targets=lora_targets,
+        grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),
+        amp=_amp(table["amp"], label) if "amp" in table else None,
+        max_state=_budget(table["max-state"], label, "max-state") if "max-state" in table else None,
+        max_total=_budget(table["max-total"], label, "max-total") if "max-total" in table else None,
+        where=label,
+    )
+
+
+def parse_config(table: Any, path: str, *, base_dir: Path | None = None) -> CheckConfig:
+    """Validate a ``[tool.smmf-plan]`` table read from ``path``."""
+    section = "[tool.smmf-plan]" if os.path.basename(path) == "pyproject.toml" else path
+    if not isinstance(table, dict):
+        raise PlanError(f"{path}: {section} must be a table")
+    for key in table:
+        if key not in TOP_KEYS:
+            raise PlanError(f"{path}: {section}: unknown key {key!r}{_suggest(key, TOP_KEYS)}")
+    checks = table.get("checks")
+    if not checks:
+        raise PlanError(f"{path}: {section} has no checks: add a [[tool.smmf-plan.checks]] table "
+                        "with at least model = \"...\"")
+    if not isinstance(checks, list):
+        raise PlanError(f"{path}: checks must be an array of tables ([[tool.smmf-plan.checks]])")
+    device = _string(table["device"], f"{path}: {section}", "device") if "device" in table else None
+    baseline = _string(table["baseline"], f"{path}: {section}", "baseline") if "baseline" in table else None
+    if baseline is not None and base_dir is not None and not os.path.isabs(baseline):
+        baseline = os.path.relpath(base_dir / baseline) if base_dir != Path(".") else baseline
+    tolerance = (parse_tolerance(table["tolerance"], f"{path}: tolerance")
+                 if "tolerance" in table else None)
+    parsed: list[Check] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(checks, 1):
+        check = parse_check(entry, f"{path}: check {i}", base_dir=base_dir)
+        if check.id in seen:
+            raise PlanError(f"{check.where}: duplicate check name {check.id!r} (also {seen[check.id]}): "
+                            "give each check a distinct name = \"...\"")
+        seen[check.id] = f"check {i}"
+        parsed.append(check)
+    return CheckConfig(path=path, checks=tuple(parsed), device=device, baseline=baseline,
+                       tolerance=tolerance)
+
+
+def _toml_error(path: str, e: Exception) -> PlanError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    line = getattr(e, "lineno", None)
+    col = getattr(e, "colno", None)
+    m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+    if line is None and m:
+        line, col = int(m.group(1)), int(m.group(2))
+    msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
+    msg = re.sub(r"\s*\(at end of document\)", "", msg) if line is None else msg
+    loc = f"{path}:{line}:{col}" if line is not None else path
+    return PlanError(f"{loc}: malformed TOML: {msg}; fix the syntax")
+
+
+def read_toml(path: str | Path, shown: str | None = None) -> dict:
+    """Parse a TOML file; syntax errors become one-line :class:`PlanError` with ``file:line``
+    (the file named as ``shown``, default ``path``)."""
+    p = shown or str(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise PlanError(f"{p}: no such file; check --config") from None
+    except IsADirectoryError:
+        raise PlanError(f"{p}: is a directory; --config takes a TOML file") from None
+    except OSError as e:
+        raise PlanError(f"{p}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"{p}: not UTF-8 text; TOML files must be UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise _toml_error(p, e) from None
+
+
+def find_pyproject(start: str | Path | None = None) -> Path | None:
+    """The nearest ``pyproject.toml`` at or above ``start`` (default: the current directory)."""
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").is_file():
+            return d / "pyproject.toml"
+    return None
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # pragma: no cover - other drive on Windows
+        return str(path)
+
+
+def load_config(path: str | Path | None = None) -> CheckConfig:
+    """Read the checks from ``path`` or, when ``None``, from the nearest ``pyproject.toml``.
+
+    A file named ``pyproject.toml`` is read from its ``[tool.smmf-plan]`` table; any other TOML file
+    may hold the same keys at its top level or under ``[tool.smmf-plan]``. Relative model paths and
+    the ``baseline`` path are taken relative to the configuration file's directory."""
+    if path is None:
+        found = find_pyproject()
+        if found is None:
+            raise PlanError("no pyproject.toml here or above: add [[tool.smmf-plan.checks]] to one, "
+                            "or pass --config FILE")
+        p = found
+    else:
+        p = Path(path)
+    shown = _display(p) if path is None else str(path)
+    doc = read_toml(p, shown)
+    tool = doc.get("tool") if isinstance(doc.get("tool"), dict) else {}
+    if "smmf-plan" in tool:
+        table = tool["smmf-plan"]
+    elif p.name == "pyproject.toml":
+        raise PlanError(f"{shown}: has no [tool.smmf-plan] section: add [[tool.smmf-plan.checks]] "
+                        "tables (see the README), or pass --config FILE")
+    else:
+        table = {k: v for k, v in doc.items() if k != "tool"}
+    base = p.resolve().parent
+    cwd = Path(os.getcwd()).resolve()
+    return parse_config(table, shown, base_dir=Path(".") if base == cwd else base)
+

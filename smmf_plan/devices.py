@@ -23,12 +23,8 @@ from typing import Any, Iterable, Mapping
 
 from .allocators import DEVICE_ALLOCATORS as ALLOCATORS
 from .errors import PlanError
+from .tomlfile import find_pyproject, loads, read_toml, tool_table
 from .units import format_bytes, parse_size
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli backport
-    import tomli as tomllib  # type: ignore[no-redef]
 
 MEMORY_KINDS = ("host RAM", "unified", "GPU", "MCU SRAM+PSRAM")
 PYTORCH_LEVELS = ("yes", "limited", "marginal", "no", "unknown")
@@ -193,43 +189,17 @@ def devices_from_tables(tables: Any, origin: str) -> dict[str, Device]:
     return out
 
 
-def _read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise PlanError(f"devices file {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise PlanError(f"devices file {str(path)!r} is a directory: give a .toml file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PlanError(f"devices file {str(path)!r} is not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise PlanError(f"devices file {str(path)!r} is not UTF-8 TOML") from None
-    except OSError as e:
-        raise PlanError(f"devices file {str(path)!r} cannot be read: {e.strerror}") from None
-
-
 def load_devices_file(path: str | Path) -> dict[str, Device]:
     """A user's devices file: one table per id, the catalog's format."""
     p = Path(path)
-    return devices_from_tables(_read_toml(p), str(p))
+    return devices_from_tables(read_toml(p, option="--devices-file"), str(p))
 
 
 @functools.lru_cache(maxsize=1)
 def catalog() -> dict[str, Device]:
     """The bundled catalog, in file order."""
     data = resources.files("smmf_plan").joinpath("data", "devices.toml").read_bytes()
-    return devices_from_tables(tomllib.loads(data.decode("utf-8")), "catalog")
-
-
-def find_pyproject(start: str | Path | None = None) -> Path | None:
-    """The nearest ``pyproject.toml`` in ``start`` (default: the current directory) or above."""
-    here = Path(start if start is not None else Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
+    return devices_from_tables(loads(data.decode("utf-8"), "catalog"), "catalog")
 
 
 def pyproject_devices(start: str | Path | None = None) -> dict[str, Device]:
@@ -237,9 +207,9 @@ def pyproject_devices(start: str | Path | None = None) -> dict[str, Device]:
     path = find_pyproject(start)
     if path is None:
         return {}
-    data = _read_toml(path)
-    tool = data.get("tool", {})
-    section = tool.get("smmf-plan", {}) if isinstance(tool, Mapping) else {}
+    section = tool_table(read_toml(path))
+    if section is None:
+        return {}
     if not isinstance(section, Mapping):
         raise PlanError(f"{path}: [tool.smmf-plan] must be a table")
     tables = section.get("devices")

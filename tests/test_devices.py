@@ -130,7 +130,7 @@ def test_usable_defaults_to_total(tmp_path):
 
 
 @pytest.mark.parametrize("body,named", [
-    ("[box\ntotal_bytes = 1", "not valid TOML"),
+    ("[box\ntotal_bytes = 1", "malformed TOML"),
     ("[box]\ntotal_byte = 1024", "'total_byte'"),
     ("[box]\nname = 'x'", "needs total_bytes"),
     ("[box]\ntotal_bytes = 'lots'", "'lots'"),
@@ -153,7 +153,7 @@ def test_malformed_files_name_file_and_key(tmp_path, body, named):
 
 
 def test_missing_devices_file(tmp_path):
-    with pytest.raises(PlanError, match="does not exist"):
+    with pytest.raises(PlanError, match="nope.toml: no such file; check --devices-file"):
         load_devices_file(tmp_path / "nope.toml")
     with pytest.raises(PlanError, match="is a directory"):
         load_devices_file(tmp_path)
@@ -191,3 +191,12 @@ def test_malformed_pyproject_section_is_named(tmp_path):
     with pytest.raises(PlanError) as e:
         list_devices(search_from=tmp_path)
     assert "pyproject.toml" in str(e.value) and "'big'" in str(e.value)
+
+
+def test_devices_file_syntax_error_names_its_line(tmp_path):
+    """Device files and check configurations share one TOML reader: file:line:col, one line."""
+    f = write(tmp_path / "d.toml", "[box]\ntotal_bytes = \n")
+    with pytest.raises(PlanError) as e:
+        load_devices_file(f)
+    assert str(e.value).startswith(f"{f}:2:") and "malformed TOML" in str(e.value)
+    assert "\n" not in str(e.value)

@@ -11,12 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import PlanError
+from ..tomlfile import find_pyproject, read_toml, tool_table
 from ..units import parse_size
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli backport
-    import tomli as tomllib  # type: ignore[no-redef]
 
 #: keys of one ``[[tool.smmf-plan.checks]]`` table.
 CHECK_KEYS = (
@@ -314,47 +310,6 @@ def parse_config(table: Any, path: str, *, base_dir: Path | None = None) -> Chec
                        tolerance=tolerance)
 
 
-def _toml_error(path: str, e: Exception) -> PlanError:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    line = getattr(e, "lineno", None)
-    col = getattr(e, "colno", None)
-    m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
-    if line is None and m:
-        line, col = int(m.group(1)), int(m.group(2))
-    msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
-    msg = re.sub(r"\s*\(at end of document\)", "", msg) if line is None else msg
-    loc = f"{path}:{line}:{col}" if line is not None else path
-    return PlanError(f"{loc}: malformed TOML: {msg}; fix the syntax")
-
-
-def read_toml(path: str | Path, shown: str | None = None) -> dict:
-    """Parse a TOML file; syntax errors become one-line :class:`PlanError` with ``file:line``
-    (the file named as ``shown``, default ``path``)."""
-    p = shown or str(path)
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise PlanError(f"{p}: no such file; check --config") from None
-    except IsADirectoryError:
-        raise PlanError(f"{p}: is a directory; --config takes a TOML file") from None
-    except OSError as e:
-        raise PlanError(f"{p}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise PlanError(f"{p}: not UTF-8 text; TOML files must be UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        raise _toml_error(p, e) from None
-
-
-def find_pyproject(start: str | Path | None = None) -> Path | None:
-    """The nearest ``pyproject.toml`` at or above ``start`` (default: the current directory)."""
-    here = Path(start or os.getcwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "pyproject.toml").is_file():
-            return d / "pyproject.toml"
-    return None
-
-
 def _display(path: Path) -> str:
     try:
         return os.path.relpath(path)
@@ -377,14 +332,12 @@ def load_config(path: str | Path | None = None) -> CheckConfig:
     else:
         p = Path(path)
     shown = _display(p) if path is None else str(path)
-    doc = read_toml(p, shown)
-    tool = doc.get("tool") if isinstance(doc.get("tool"), dict) else {}
-    if "smmf-plan" in tool:
-        table = tool["smmf-plan"]
-    elif p.name == "pyproject.toml":
+    doc = read_toml(p, shown, option="--config")
+    table = tool_table(doc)
+    if table is None and p.name == "pyproject.toml":
         raise PlanError(f"{shown}: has no [tool.smmf-plan] section: add [[tool.smmf-plan.checks]] "
                         "tables (see the README), or pass --config FILE")
-    else:
+    if table is None:
         table = {k: v for k, v in doc.items() if k != "tool"}
     base = p.resolve().parent
     cwd = Path(os.getcwd()).resolve()

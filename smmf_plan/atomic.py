@@ -1,17 +1,30 @@
-"""Atomic file replacement: readers see the old file or the complete new one, never half."""
+"""Atomic file replacement: readers see the old file or the complete new one, never half.
+
+One writer for every file smmf-plan writes (reports, baselines, SVGs, caches). It raises on any
+failure; a caller for which a failed write is not an error (the caches) catches that explicitly.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 
-def write_text_atomic(path: str | Path, writer: Callable[[Any], Any] | str) -> None:
-    """Atomic replacement of a text file; ``writer`` is the text or a callable given the open file."""
+def write_text_atomic(path: str | Path, writer: Callable[[Any], Any] | str, *,
+                      make_dirs: bool = False) -> None:
+    """Atomic replacement of a text file; ``writer`` is the text or a callable given the open file.
+
+    The content goes to a temporary file in the same directory, is flushed and fsynced, then
+    ``os.replace``-d over ``path`` (and the directory fsynced where the OS allows). If anything
+    fails before the rename, the temporary file is removed and ``path`` is untouched.
+    ``make_dirs`` creates missing parent directories first."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    if make_dirs:
+        directory.mkdir(parents=True, exist_ok=True)
     try:
         mode = target.stat().st_mode & 0o777
     except FileNotFoundError:
@@ -45,3 +58,18 @@ def write_text_atomic(path: str | Path, writer: Callable[[Any], Any] | str) -> N
         pass
     finally:
         os.close(dfd)
+
+
+def write_json_atomic(path: str | Path, document: Any, *, indent: int | None = 2,
+                      make_dirs: bool = False) -> None:
+    """Write ``document`` as JSON (``indent`` spaces, or compact with ``None``) and a final newline
+    to ``path`` atomically (:func:`write_text_atomic`): serialization streams into the temporary
+    file, so a document that fails to serialize half-way leaves ``path`` untouched. Raises
+    ``OSError`` (cannot write) and ``TypeError``/``ValueError`` (not serializable)."""
+    separators = None if indent is not None else (",", ":")
+
+    def dump(f) -> None:
+        json.dump(document, f, indent=indent, separators=separators)
+        f.write("\n")
+
+    write_text_atomic(path, dump, make_dirs=make_dirs)

@@ -382,7 +382,7 @@ def _cached_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, module_f
     import json
     import os
 
-    from .sources.cache import cache_dir, write_json_atomic
+    from .sources.cache import cache_dir, store_json
 
     if module_factory is not None:
         return _trace_facts(model_spec, specs, module_factory=module_factory, **options)
@@ -395,7 +395,7 @@ def _cached_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, module_f
     except (OSError, ValueError):
         pass
     facts = _trace_facts(model_spec, specs, module_factory=None, **options)
-    write_json_atomic(path, facts)
+    store_json(path, facts)
     return facts
 
 

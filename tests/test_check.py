@@ -201,7 +201,7 @@ def test_baseline_and_tolerance_from_the_config(tiny, capsys):
 def test_interrupted_baseline_write_leaves_the_old_file_intact(tmp_path):
     """Serialization fails after more than a buffer's worth of JSON reached the temporary file:
     the baseline keeps its old bytes and no temporary file is left behind."""
-    from smmf_plan.check.baseline import write_json_atomic
+    from smmf_plan.atomic import write_json_atomic
 
     target = tmp_path / "base.json"
     write_json_atomic(target, {"schema_version": 1, "checks": {}})

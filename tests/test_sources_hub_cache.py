@@ -126,3 +126,19 @@ def test_cache_hit_imports_no_torch(tmp_path):
     second = _run(code, env)
     assert second.returncode == 0, second.stderr
     assert second.stdout.split() == ["hit", "25557032", "-"]
+
+
+def test_one_atomic_writer_raises_and_only_the_cache_ignores_failures(tmp_path):
+    """The writer reports a failed write; the cache (an accelerator) is the caller that ignores it."""
+    from smmf_plan.atomic import write_json_atomic
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    target = blocker / "entry.json"
+    with pytest.raises(OSError):
+        write_json_atomic(target, {"a": 1}, make_dirs=True)
+    cache.store_json(str(target), {"a": 1})  # ignored, and nothing half-written anywhere
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-dir"]
+    good = tmp_path / "sub" / "entry.json"
+    cache.store_json(str(good), {"a": [1, 2]})
+    assert good.read_text() == '{"a":[1,2]}\n'

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..atomic import write_text_atomic
+from ..atomic import write_json_atomic
 from ..errors import PlanError
 from .evaluate import Evaluated
 
@@ -80,14 +80,6 @@ def baseline_document(evaluated: Sequence[Evaluated]) -> dict:
     return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND,
             "generator": f"smmf-plan {__version__}", "checks": checks}
 
-
-
-def write_json_atomic(path: str | Path, document: Any) -> None:
-    """Write ``document`` as JSON to ``path`` so that readers only ever see the old file or the
-    complete new one: serialize into a temporary file in the same directory, flush and fsync it,
-    then ``os.replace`` it over ``path`` (and fsync the directory where the OS allows). If anything
-    fails before the rename, the temporary file is removed and ``path`` is untouched."""
-    write_text_atomic(path, lambda f: (json.dump(document, f, indent=2, sort_keys=False), f.write("\n")))
 
 
 def write_baseline(path: str | Path, evaluated: Sequence[Evaluated]) -> dict:

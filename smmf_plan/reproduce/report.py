@@ -266,13 +266,6 @@ def explain(row: Row, rows: list[Row]) -> str | None:
 
 
 # --------------------------------------------------------------------------- output
-def _atomic_write(path: Path, text: str) -> None:
-    from ..atomic import write_text_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, text)
-
-
 def summarize(rows: list[Row]) -> Summary:
     by_kind: dict[str, dict[str, int]] = {}
     for kind in ("optimizer", "end_to_end"):
@@ -289,7 +282,8 @@ def summarize(rows: list[Row]) -> Summary:
     )
 
 
-def to_json(summary: Summary) -> str:
+def json_document(summary: Summary) -> dict:
+    """``paper-reproduction.json``."""
     from ..report import SCHEMA_VERSION
 
     doc = {
@@ -302,12 +296,13 @@ def to_json(summary: Summary) -> str:
                     for k, r in sorted(R.RECIPES.items())},
         "rows": [asdict(r) for r in summary.rows],
     }
-    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+    return doc
 
 
 def reproduce(output_dir: str | os.PathLike = "reports") -> Summary:
     """Plan every paper figure, write ``paper-reproduction.md`` and ``.json`` into ``output_dir``
     (atomically, deterministic content) and return the summary."""
+    from ..atomic import write_json_atomic, write_text_atomic
     from .markdown import render
 
     rows = build_rows()
@@ -315,6 +310,6 @@ def reproduce(output_dir: str | os.PathLike = "reports") -> Summary:
     out = Path(output_dir)
     summary.json_path = out / JSON_NAME
     summary.markdown_path = out / MD_NAME
-    _atomic_write(summary.json_path, to_json(summary))
-    _atomic_write(summary.markdown_path, render(summary))
+    write_json_atomic(summary.json_path, json_document(summary), indent=1, make_dirs=True)
+    write_text_atomic(summary.markdown_path, render(summary), make_dirs=True)
     return summary

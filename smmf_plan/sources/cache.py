@@ -102,17 +102,16 @@ def get(key: str) -> ModelSpec | None:
         return None
 
 
-def write_json_atomic(path: str, doc: Any) -> None:
-    """Write ``doc`` as JSON to ``path`` atomically; errors are swallowed, since a cache is an
-    accelerator, never a requirement."""
-    from ..atomic import write_text_atomic
+def store_json(path: str, doc: Any) -> None:
+    """Store a cache entry (compact JSON, written atomically). A cache is an accelerator, never a
+    requirement: a failed write is ignored, here and only here."""
+    from ..atomic import write_json_atomic
 
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_text_atomic(path, json.dumps(doc, separators=(",", ":")))
+        write_json_atomic(path, doc, indent=None, make_dirs=True)
     except (OSError, TypeError, ValueError):
         pass
 
 
 def put(key: str, spec: ModelSpec) -> None:
-    write_json_atomic(_entry(key), {"key": key, "spec": spec.to_dict()})
+    store_json(_entry(key), {"key": key, "spec": spec.to_dict()})

@@ -136,10 +136,6 @@ def smallest_device(candidates: Iterable[tuple[Device, Fit]], *, require_pytorch
 
 # --------------------------------------------------------------------------- one-line verdict
 
-def _b(n: int) -> str:
-    return format_bytes(n, 0)
-
-
 def _upto(f: Fit) -> str:
     return f" (fits up to batch {f.max_batch_text()})" if 0 < f.max_batch_size < f.batch_size else ""
 
@@ -183,28 +179,30 @@ def recommendation(device: Device, fits: Mapping[str, Fit], *, batch_known: bool
     if len(order) == 1:
         o, f = order[0]
         if f.fits:
-            line = (f"{o} fits {where}: {_b(f.total_bytes)} at batch {batch}, "
-                    f"{_b(f.headroom_bytes)} to spare" + _largest(f))
+            line = (f"{o} fits {where}: {format_bytes(f.total_bytes, 0)} at batch {batch}, "
+                    f"{format_bytes(f.headroom_bytes, 0)} to spare" + _largest(f))
         else:
-            line = (f"{o} does not fit {where}: needs {_b(f.total_bytes)} at batch {batch}, "
-                    f"{_b(-f.headroom_bytes)} over{_upto(f)}")
+            line = (f"{o} does not fit {where}: needs {format_bytes(f.total_bytes, 0)} at batch "
+                    f"{batch}, {format_bytes(-f.headroom_bytes, 0)} over{_upto(f)}")
     elif not no:
         (lo, flo), (hi, fhi) = order[0], order[-1]
         line = (f"All {len(order)} optimizers fit {where} at batch {batch}: {lo} needs least, "
-                f"{_b(flo.total_bytes)}{_paren(_largest(flo))}; {hi} needs most, "
-                f"{_b(fhi.total_bytes)}{_paren(_largest(fhi))}")
+                f"{format_bytes(flo.total_bytes, 0)}{_paren(_largest(flo))}; {hi} needs most, "
+                f"{format_bytes(fhi.total_bytes, 0)}{_paren(_largest(fhi))}")
     elif not yes:
         o, f = order[0]
-        rest = ", ".join(f"{p} {_b(g.total_bytes)}{_upto(g)}" for p, g in order[1:])
-        line = (f"No optimizer fits {where} at batch {batch}: {o} needs least, {_b(f.total_bytes)} "
-                f"({_b(-f.headroom_bytes)} over){_upto(f)}" + (f"; {rest}" if rest else ""))
+        rest = ", ".join(f"{p} {format_bytes(g.total_bytes, 0)}{_upto(g)}" for p, g in order[1:])
+        line = (f"No optimizer fits {where} at batch {batch}: {o} needs least, "
+                f"{format_bytes(f.total_bytes, 0)} ({format_bytes(-f.headroom_bytes, 0)} over)"
+                f"{_upto(f)}" + (f"; {rest}" if rest else ""))
     else:
         names = ", ".join(o for o, _ in yes)
         if len(yes) == 1:
-            needs = f"{_b(yes[0][1].total_bytes)} at batch {batch}"
+            needs = f"{format_bytes(yes[0][1].total_bytes, 0)} at batch {batch}"
         else:
-            needs = ", ".join(f"{o} {_b(f.total_bytes)}" for o, f in yes) + f" at batch {batch}"
-        others = ", ".join(f"{o} needs {_b(f.total_bytes)}{_upto(f)}" for o, f in no)
+            needs = (", ".join(f"{o} {format_bytes(f.total_bytes, 0)}" for o, f in yes)
+                     + f" at batch {batch}")
+        others = ", ".join(f"{o} needs {format_bytes(f.total_bytes, 0)}{_upto(f)}" for o, f in no)
         line = f"Only {names} fit{'s' if len(yes) == 1 else ''} {where}: {needs}; {others}"
     return line + _pytorch_caveat(device, bool(yes))
 

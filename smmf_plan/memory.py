@@ -36,6 +36,7 @@ from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, ro
 from .model import ModelSpec
 from .plan import plan_state, with_dtype
 from .shapes import ParamSpec
+from .units import format_bytes
 from .trace import DEFAULT_SEQ_LEN, IMAGE_CLASSIFICATION
 
 MiB = 1 << 20
@@ -248,15 +249,18 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
             "(deterministic, measured = tensor peak + 24-43 MiB); under default glibc RSS measured "
             "up to 1.35x the tensor-level peak - set that variable in the training process")
     if runtime_bytes is not None:
-        assumptions.append(f"runtime baseline: {runtime_bytes / MiB:,.1f} MiB as given with --runtime")
+        assumptions.append(f"runtime baseline: {format_bytes(runtime_bytes, unit='MiB')} as given "
+                           "with --runtime")
     elif allocator == "cpu":
         assumptions.append(
             "runtime baseline (stated, not measured on the device; measure yours and pass "
             "--runtime): PyTorch CPU-only process "
-            f"{rparts['pytorch'] // MiB} MiB (x86-64 import RSS minus CUDA libraries; ARM builds "
-            "not measured; this machine's CUDA build is 508 MiB)"
-            + (f" + {library} import {rparts['library'] // MiB} MiB" if "library" in rparts else "")
-            + f" + {rparts['step_overhead'] // MiB} MiB step overhead (Python objects, kernel pages)")
+            f"{format_bytes(rparts['pytorch'], 0, unit='MiB')} (x86-64 import RSS minus CUDA "
+            "libraries; ARM builds not measured; this machine's CUDA build is 508 MiB)"
+            + (f" + {library} import {format_bytes(rparts['library'], 0, unit='MiB')}"
+               if "library" in rparts else "")
+            + f" + {format_bytes(rparts['step_overhead'], 0, unit='MiB')} step overhead (Python "
+              "objects, kernel pages)")
     else:
         assumptions.append("runtime baseline: 32 MiB cuBLAS workspaces; the CUDA context is not "
                            "counted because a device's usable memory already excludes it")

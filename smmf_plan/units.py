@@ -1,4 +1,5 @@
-"""Byte sizes: parse what users write ("512MiB", "4GB", "1.5 GiB", "300000") and print MiB.
+"""Byte sizes: parse what users write ("512MiB", "4GB", "1.5 GiB", "300000") and print them
+(:func:`format_bytes`, the one formatter every table, message and report uses).
 
 SI prefixes are decimal (1 GB = 10⁹ B), IEC prefixes binary (1 GiB = 2³⁰ B), as the standards say.
 """
@@ -44,16 +45,49 @@ def mib(nbytes: int | float) -> float:
     return nbytes / MiB
 
 
-def format_bytes(nbytes: int | float | None, digits: int = 1) -> str:
-    """Human form with binary units: ``"97.5 MiB"``, ``"1.21 GiB"``, ``"612 B"``."""
+_BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+UNITS = {"B": 1, **dict(_BINARY)}
+
+
+def format_bytes(nbytes: int | float | None, digits: int = 1, *, unit: str | None = None,
+                 signed: bool = False, compact: bool = False, suffix: bool = True,
+                 sig_below_unit: int | None = None) -> str:
+    """Byte sizes for people, binary units throughout; every renderer formats sizes here.
+
+    * default: the largest unit the size reaches, ``digits`` decimals (two for GiB/TiB under
+      100): ``"97.5 MiB"``, ``"1.21 GiB"``, ``"612 B"``;
+    * ``unit="MiB"`` (any of :data:`UNITS`): always that unit, thousands separated, ``digits``
+      decimals (``"1,536.0 MiB"``); ``suffix=False`` leaves the unit to a column heading;
+      ``sig_below_unit=3`` shows a size under one unit with that many significant digits
+      (``"0.0123"``) instead of rounding it to zero;
+    * ``compact=True``: dense tables, one letter and no space, one decimal under 10 (``"383M"``,
+      ``"9.5G"``, ``"512B"``; negative with a true minus, ``"−18M"``);
+    * ``signed=True``: a ``+`` before sizes ≥ 0 (changes: ``"+512 B"``, ``"-1.5 MiB"``).
+
+    ``None`` is ``"–"``."""
     if nbytes is None:
         return "–"
     n = float(nbytes)
-    sign = "-" if n < 0 else ""
+    if compact:
+        sign = "−" if n < 0 else ("+" if signed else "")
+        n = abs(n)
+        for name, size in _BINARY:
+            if n >= size:
+                v = n / size
+                return f"{sign}{v:.1f}{name[0]}" if v < 10 else f"{sign}{v:.0f}{name[0]}"
+        return f"{sign}{int(n)}B"
+    sign = "-" if n < 0 else ("+" if signed else "")
     n = abs(n)
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if unit is not None:
+        v = n / UNITS[unit]
+        if sig_below_unit is not None and 0 < v < 1:
+            text = f"{v:.{sig_below_unit}g}"
+        else:
+            text = f"{v:,.{digits}f}"
+        return f"{sign}{text}" + (f" {unit}" if suffix else "")
+    for name, size in _BINARY:
         if n >= size:
             value = n / size
-            d = 2 if unit in ("GiB", "TiB") and value < 100 else digits
-            return f"{sign}{value:.{d}f} {unit}"
+            d = 2 if name in ("GiB", "TiB") and value < 100 else digits
+            return f"{sign}{value:.{d}f} {name}"
     return f"{sign}{int(n)} B"

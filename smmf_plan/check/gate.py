@@ -30,10 +30,6 @@ def _pct(delta: int, ref: int) -> str:
     return f"{p:+.2g}%"
 
 
-def _signed_bytes(n: int) -> str:
-    return ("+" if n >= 0 else "-") + format_bytes(abs(n))
-
-
 @dataclass(frozen=True)
 class Result:
     """One row: a check × optimizer × metric, judged against its budget and baseline."""
@@ -136,7 +132,7 @@ def judge(check: str, optimizer: str, metric: str, now: int, budget: int | None,
     if budget is not None and now > budget:
         over = now - budget
         msg = (f"{who}: {metric} {format_bytes(now)} > {label} {format_bytes(budget)} "
-               f"({_signed_bytes(over)}, {_pct(over, budget)})")
+               f"({format_bytes(over, signed=True)}, {_pct(over, budget)})")
         return Result(check, optimizer, metric, now, budget, budget_source, baseline, FAIL, msg, "budget")
     if not has_baseline:
         return Result(check, optimizer, metric, now, budget, budget_source, None, PASS)
@@ -148,7 +144,7 @@ def judge(check: str, optimizer: str, metric: str, now: int, budget: int | None,
                       f"{who}: {metric} {format_bytes(now)} has no baseline entry")
     delta = now - baseline
     change = (f"{who}: {metric} {format_bytes(baseline)} → {format_bytes(now)} "
-              f"({_signed_bytes(delta)}, {_pct(delta, baseline)})")
+              f"({format_bytes(delta, signed=True)}, {_pct(delta, baseline)})")
     if delta != 0 and updating:
         return Result(check, optimizer, metric, now, budget, budget_source, baseline, UPDATED,
                       change + "; baseline updated")

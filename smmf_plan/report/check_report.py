@@ -35,7 +35,7 @@ def _delta_cell(r: Result) -> str:
     if d == 0:
         return "±0"
     pct = f", {100.0 * d / r.baseline:+.1f}%" if r.baseline else ""
-    return ("+" if d > 0 else "-") + format_bytes(abs(d)) + pct
+    return format_bytes(d, signed=True) + pct
 
 
 def _rows(report: CheckReport) -> Iterable[tuple[Result, list[str]]]:

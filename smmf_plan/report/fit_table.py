@@ -69,23 +69,12 @@ def device_header(device: Device) -> Text:
 
 # --------------------------------------------------------------------------- verdict cells
 
-def short_bytes(n: int) -> str:
-    """Compact binary size for dense tables: ``383M``, ``10.5G``, ``140G``, ``512K``."""
-    sign = "−" if n < 0 else ""
-    n = abs(n)
-    for unit, size in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
-        if n >= size:
-            v = n / size
-            return f"{sign}{v:.1f}{unit}" if v < 10 else f"{sign}{v:.0f}{unit}"
-    return f"{sign}{n}B"
-
-
 def fit_cell(f: Fit, show_batch: bool = True) -> Text:
     """``✓ 65M ≤16`` (fits, 65 MiB free, largest batch 16) or ``✗ −18M`` (18 MiB short)."""
     batch = f" ≤{f.max_batch_size:,}" if show_batch and not f.capped and f.max_batch_size else ""
     if f.fits:
-        return Text(f"✓ {short_bytes(f.headroom_bytes)}{batch}", style="green")
-    return Text(f"✗ {short_bytes(f.headroom_bytes)}{batch}", style="red")
+        return Text(f"✓ {format_bytes(f.headroom_bytes, compact=True)}{batch}", style="green")
+    return Text(f"✗ {format_bytes(f.headroom_bytes, compact=True)}{batch}", style="red")
 
 
 def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | None = None,
@@ -106,8 +95,8 @@ def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | Non
         table.add_column("fits (free)", justify="right", no_wrap=True)
         table.add_column("max batch", justify="right", no_wrap=True)
     for oid, step in steps.items():
-        cells = [short_bytes(step.breakdown[p.key]) for p in parts]
-        row = [Text(oid), *cells, Text(short_bytes(step.total_bytes), style="bold")]
+        cells = [format_bytes(step.breakdown[p.key], compact=True) for p in parts]
+        row = [Text(oid), *cells, Text(format_bytes(step.total_bytes, compact=True), style="bold")]
         if fits is not None:
             f = fits[oid]
             row += [fit_cell(f, show_batch=False), f.max_batch_text()]
@@ -145,7 +134,7 @@ def size_table(devices: Sequence[Device], optimizers: Sequence[str],
         name = Text(d.id)
         if not d.runs_pytorch:
             name.append(" ⊘", style="dim")
-        table.add_row(name, short_bytes(d.usable_bytes), *(cells[o][i] for o in optimizers))
+        table.add_row(name, format_bytes(d.usable_bytes, compact=True), *(cells[o][i] for o in optimizers))
     if any(not d.runs_pytorch for d in devices):
         table.caption += "; ⊘: PyTorch does not run on that device"
     return table

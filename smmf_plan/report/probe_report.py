@@ -13,8 +13,6 @@ from typing import Any
 from ..units import format_bytes
 from .breakdown_md import breakdown_table, legend
 
-MiB = 2**20
-
 METHOD_NOTES = (
     "Each optimizer ran in a fresh subprocess (`python -m smmf_plan.probe.worker`) on the same "
     "random-initialised model and the same synthetic batch (fixed seeds), so peaks do not mix.",
@@ -39,15 +37,12 @@ METHOD_NOTES = (
 
 
 def _mib(n) -> str:
-    return "–" if n is None else f"{n / MiB:,.1f}"
+    return format_bytes(n, unit="MiB", suffix=False)
 
 
 def _size(n) -> str:
     """MiB throughout the table (so columns compare at a glance), more digits below 1 MiB."""
-    if n is None:
-        return "–"
-    v = n / MiB
-    return f"{v:,.1f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
+    return format_bytes(n, unit="MiB", suffix=False, sig_below_unit=3)
 
 
 def _pct(x) -> str:

@@ -1,4 +1,10 @@
-"""The Typer application: command registration, the default command and error mapping.
+"""The Typer application: every command registered here, in one place; the default command and
+error mapping.
+
+Command modules hold plain functions and never import this module (no import cycle). They import
+only typer and the shared options at import time; torch, timm and transformers are imported
+inside the functions that need them, so ``smmf-plan resnet50`` from the shape cache starts
+without them.
 
 ``smmf-plan MODEL`` is short for ``smmf-plan plan MODEL``. Every user error is one line on stderr
 with exit code 2: :class:`~smmf_plan.errors.PlanError` from the library and click's usage errors
@@ -11,6 +17,8 @@ import sys
 
 import typer
 
+from . import check, devices, models, optimizers, plan, probe, reproduce, shapes, size
+
 app = typer.Typer(
     name="smmf-plan",
     help="Will training this model fit, with which optimizer, on which device?",
@@ -20,17 +28,15 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# commands register themselves on `app` when imported
-from . import check as _check  # noqa: E402,F401
-from . import devices as _devices  # noqa: E402,F401
-from . import models as _models  # noqa: E402,F401
-from . import optimizers as _optimizers  # noqa: E402,F401
-from . import plan as _plan  # noqa: E402,F401
-from . import probe as _probe  # noqa: E402,F401
-from . import reproduce as _reproduce  # noqa: E402,F401
-from . import shapes as _shapes  # noqa: E402,F401
-from . import size as _size  # noqa: E402,F401
-
+app.command("plan")(plan.plan)
+app.command("shapes")(shapes.shapes)
+app.command("size")(size.size)
+app.command("probe")(probe.probe)
+app.command("check")(check.check)
+app.command("devices")(devices.devices)
+app.command("models")(models.models)
+app.command("optimizers")(optimizers.optimizers)
+app.command("reproduce")(reproduce.reproduce)
 
 
 def _click_errors():

@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 import typer
 
 from . import options as o
-from .app import app
 
 Config = Annotated[Optional[str], typer.Option(
     "--config", "-c", metavar="FILE",
@@ -32,7 +31,6 @@ Junit = Annotated[Optional[str], typer.Option(
     "--junit", metavar="FILE", help="Also write JUnit XML: one test case per check × optimizer × metric.")]
 
 
-@app.command("check")
 def check(
     config: Config = None,
     baseline: BaselineOpt = None,

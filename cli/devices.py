@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from . import options as o
-from .app import app
 
 Device, Devices, DevicesFile = o.Device, o.Devices, o.DevicesFile
 
 
-@app.command("devices")
 def devices(
     json_out: o.Json = False,
     devices_file: DevicesFile = None,

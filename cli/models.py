@@ -7,10 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from . import options as o
-from .app import app
 
 
-@app.command("models")
 def models(
     pattern: Annotated[Optional[str], typer.Argument(help="Glob on timm names, e.g. 'resnet*'.")] = None,
     json_out: o.Json = False,

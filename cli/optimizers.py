@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from . import options as o
-from .app import app
 
 
-@app.command("optimizers")
 def optimizers(json_out: o.Json = False) -> None:
     """List every optimizer: id, variant options (default and valid values), the implementation
     each layout reproduces, the step's code path per device and the probe's learning rate."""

@@ -4,10 +4,8 @@ with ``--device`` or any training-step option, the end-to-end training memory an
 from __future__ import annotations
 
 from . import options as o
-from .app import app
 
 
-@app.command("plan")
 def plan(
     model: o.Model,
     optimizer: o.Optimizers = None,

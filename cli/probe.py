@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from . import options as o
-from .app import app
 
 Steps = Annotated[int, typer.Option("--steps", help="Training steps per optimizer (step 1 is a warm-up for timing).", min=1)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size of the synthetic batch.", min=1)]
@@ -43,7 +42,6 @@ def _command_line(model: str, **opts) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-@app.command("probe")
 def probe(
     model: o.Model,
     optimizer: o.Optimizers = None,

@@ -8,13 +8,11 @@ from typing import Annotated
 import typer
 
 from . import options as o
-from .app import app
 
 Output = Annotated[Path, typer.Option(
     "--output", help="Folder that receives paper-reproduction.md and paper-reproduction.json.")]
 
 
-@app.command("reproduce")
 def reproduce(output: Output = Path("reports"), json_out: o.Json = False) -> None:
     """Plan every optimizer-memory and end-to-end figure of the SMMF paper (Tables 1-4, 6-13) and
     write the comparison report (Markdown + JSON)."""

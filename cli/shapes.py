@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from . import options as o
-from .app import app
 
 
-@app.command("shapes")
 def shapes(
     model: o.Model,
     optimizer: o.Optimizers = None,

@@ -10,7 +10,6 @@ import sys
 from typing import Any, Sequence
 
 from . import options as o
-from .app import app
 
 def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_options: dict[str, Any]):
     """optimizer id → :class:`~smmf_plan.breakdown.StepMemory` under ``allocator``."""
@@ -44,7 +43,6 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
             "smallest": smallest, "complete": complete}
 
 
-@app.command("size")
 def size(
     model: o.Model,
     optimizer: o.Optimizers = None,

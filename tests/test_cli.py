@@ -281,3 +281,24 @@ def test_the_readme_first_command_keeps_its_numbers(capsys):
         assert o["headroom_bytes"] == doc["device"]["usable_bytes"] - total
     assert doc["optimizers"]["adam"]["state_bytes"] == 204_456_900  # logical, as before
     assert doc["optimizers"]["smmf"]["state_bytes"] == 3_714_333
+
+
+def test_commands_are_registered_in_one_place_without_an_import_cycle():
+    """cli/app.py registers every command; command modules are plain functions that never import
+    the app (the cycle app → command → app is gone)."""
+    import ast
+    from pathlib import Path
+
+    import smmf_plan.cli as cli_pkg
+    from smmf_plan.cli.app import app
+
+    folder = Path(cli_pkg.__file__).parent
+    for path in folder.glob("*.py"):
+        if path.name in ("app.py", "__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = {a.name for a in node.names}
+                assert not (node.level == 1 and (node.module == "app" or "app" in names)), path.name
+    assert [c.name for c in app.registered_commands] == [
+        "plan", "shapes", "size", "probe", "check", "devices", "models", "optimizers", "reproduce"]

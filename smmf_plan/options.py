@@ -1,0 +1,94 @@
+"""What a user asks to plan, as two records every entry point shares: :class:`ModelOptions` (the
+model, how its parameters are loaded and trained, the optimizers to compare) and
+:class:`StepOptions` (the training step to estimate).
+
+``plan``, ``shapes``, ``size`` and ``probe`` build them from their command-line options
+(:mod:`smmf_plan.cli.options`), ``check`` from each ``[[tool.smmf-plan.checks]]`` table
+(:mod:`smmf_plan.check.config`); each front-end validates its own syntax and names its own keys in
+errors, and everything after that goes through these records. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model and how it is trained, independent of the step's shape."""
+
+    #: anything a source resolves: a timm or bundled name, a config.json, a model directory,
+    #: a weights file or a hub id.
+    model: str
+    #: comma-separated optimizer ids with optional variants, or "all"; None: the default set.
+    optimizers: str | None = None
+    #: plan parameters in this (canonical, floating) dtype; None: as the source has them.
+    dtype: str | None = None
+    #: classifier size for timm models; None: the architecture's.
+    num_classes: int | None = None
+    #: globs of the parameters trained (the rest frozen) / frozen.
+    trainable: tuple[str, ...] = ()
+    freeze: tuple[str, ...] = ()
+    #: LoRA adapters of this rank on these modules (both or neither); base weights frozen.
+    lora_rank: int | None = None
+    lora_targets: tuple[str, ...] = ()
+    #: read and write the shape cache.
+    use_cache: bool = True
+
+    def layouts(self) -> list:
+        """The optimizer layouts to plan; an unknown id is a :class:`PlanError` with suggestions."""
+        from .errors import PlanError
+        from .layouts import UnknownOptimizer, parse_layouts
+
+        try:
+            return parse_layouts(self.optimizers)
+        except UnknownOptimizer as e:
+            raise PlanError(str(e)) from None
+
+    def load(self):
+        """The :class:`~smmf_plan.model.ModelSpec` (no weights allocated), its floating parameters
+        re-typed to :attr:`dtype` when one is given."""
+        from .plan import with_dtype
+        from .sources import load_model
+
+        spec = load_model(self.model, num_classes=self.num_classes, trainable=self.trainable,
+                          freeze=self.freeze, lora_rank=self.lora_rank,
+                          lora_targets=self.lora_targets, use_cache=self.use_cache)
+        spec.params = with_dtype(spec.params, self.dtype)
+        return spec
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """The training step to estimate end to end (:func:`smmf_plan.memory.estimate`)."""
+
+    #: samples per step; None: 1 (and, for ``plan``, not asked for).
+    batch_size: int | None = None
+    #: image input C,H,W ("3,224,224" or a tuple); None: the model's.
+    input_size: str | Sequence[int] | None = None
+    #: tokens per sample for text models; None: 128 or the model's maximum positions.
+    seq_len: int | None = None
+    #: mixed-precision compute dtype ("bf16"/"fp16") with fp32 master weights.
+    amp: str | None = None
+    grad_checkpointing: bool = False
+    #: a runtime baseline measured on the device, instead of the stated one.
+    runtime_bytes: int | None = None
+
+    @property
+    def given(self) -> bool:
+        """Whether any step option was set (``plan`` then estimates the whole step)."""
+        return self.grad_checkpointing or any(
+            v is not None for v in (self.batch_size, self.input_size, self.seq_len, self.amp,
+                                    self.runtime_bytes))
+
+    @property
+    def batch(self) -> int:
+        return 1 if self.batch_size is None else self.batch_size
+
+    def estimate_kwargs(self, dtype: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of :func:`smmf_plan.memory.estimate` (``dtype`` from the model's
+        options), the allocator left to the caller."""
+        return {"batch_size": self.batch, "input_size": self.input_size, "seq_len": self.seq_len,
+                "dtype": dtype, "amp": self.amp, "grad_checkpointing": self.grad_checkpointing,
+                "runtime_bytes": self.runtime_bytes}

@@ -1,14 +1,27 @@
-"""Options shared by several commands, declared once."""
+"""Options shared by several commands, declared once, and :func:`shared_options`, which gives
+``plan``, ``shapes``, ``size`` and ``probe`` one set of model options (and, where they apply, the
+training-step options) as one validated record each.
+
+A command declares a parameter annotated :class:`~smmf_plan.options.ModelOptions` (and optionally
+one annotated :class:`~smmf_plan.options.StepOptions`); the decorator replaces it in the
+signature Typer reads by the individual options below, and hands the command the record::
+
+    @shared_options()
+    def shapes(m: ModelOptions, json_out: Json = False) -> None: ...
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
 
 from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
+from smmf_plan.options import ModelOptions, StepOptions
 
 Model = Annotated[str, typer.Argument(
     help="timm name, bundled checkpoint name (gpt2, bert-base-uncased, llama-2-7b …), "
@@ -72,24 +85,6 @@ DevicesFile = Annotated[Optional[list[str]], typer.Option(
     show_default=False)]
 
 
-def batch_size(value: int | None) -> int:
-    from smmf_plan.fit import check_batch_size
-
-    return check_batch_size(1 if value is None else value)
-
-
-def estimate_options(input_size, seq_len, amp, grad_checkpointing, dtype, runtime=None) -> dict:
-    """Keyword arguments for :func:`smmf_plan.memory.estimate`, validated."""
-    from smmf_plan.errors import PlanError
-    from smmf_plan.units import parse_size
-
-    if seq_len is not None and seq_len < 1:
-        raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number >= 1")
-    return {"input_size": input_size, "seq_len": seq_len, "dtype": dtype, "amp": amp,
-            "grad_checkpointing": grad_checkpointing,
-            "runtime_bytes": None if runtime is None else parse_size(runtime, "--runtime")}
-
-
 def split_csv(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
@@ -106,48 +101,138 @@ def status(message: str, quiet: bool = False):
         yield
 
 
-def load_model(model: str, *, num_classes=None, trainable=None, freeze=None, lora_rank=None,
-               lora_targets=None, no_cache=False, quiet=False):
-    from smmf_plan.errors import PlanError
-    from smmf_plan.sources import load_model as _load
-
-    targets = split_csv(lora_targets)
-    if lora_rank is None and targets:
-        raise PlanError("--lora-targets needs --lora-rank: add e.g. --lora-rank 8")
-    if lora_rank is not None and not targets:
-        raise PlanError("--lora-rank needs --lora-targets: add e.g. --lora-targets q_proj,v_proj")
-    with status(f"Reading {model} (no weights are allocated)…", quiet):
-        return _load(model, num_classes=num_classes, trainable=tuple(trainable or ()),
-                     freeze=tuple(freeze or ()), lora_rank=lora_rank, lora_targets=tuple(targets),
-                     use_cache=not no_cache)
-
-
-def layouts(text: str | None):
-    from smmf_plan.errors import PlanError
-    from smmf_plan.optimizers import UnknownOptimizer, parse_many
-
-    try:
-        return parse_many(text)
-    except UnknownOptimizer as e:
-        raise PlanError(str(e)) from None
-
-
-def dtype(text: str | None) -> str | None:
-    from smmf_plan import dtypes
-    from smmf_plan.errors import PlanError
-
-    if text is None:
-        return None
-    try:
-        dt = dtypes.canonical(text)
-    except ValueError as e:
-        raise PlanError(f"--dtype: {e}") from None
-    if dt not in dtypes.FLOATING:
-        raise PlanError(f"--dtype {text!r} is not a floating-point dtype: use fp32, bf16, fp16 or fp64")
-    return dt
+def load(m: ModelOptions, quiet: bool = False):
+    """``m.load()`` behind a spinner."""
+    with status(f"Reading {m.model} (no weights are allocated)…", quiet):
+        return m.load()
 
 
 def emit_json(obj) -> None:
     import json
 
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- the shared option set
+
+#: (parameter, its option, its default) of every model option, in --help order.
+MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("model", Model, inspect.Parameter.empty),
+    ("optimizer", Optimizers, None),
+    ("dtype", DType, None),
+    ("num_classes", NumClasses, None),
+    ("trainable", Trainable, None),
+    ("freeze", Freeze, None),
+    ("lora_rank", LoraRank, None),
+    ("lora_targets", LoraTargets, None),
+    ("no_cache", NoCache, False),
+)
+#: the same for the training-step options.
+STEP_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("batch_size", BatchSize, None),
+    ("input_size", InputSize, None),
+    ("seq_len", SeqLen, None),
+    ("amp", Amp, None),
+    ("grad_checkpointing", GradCheckpointing, False),
+    ("runtime", Runtime, None),
+)
+
+
+def model_options(model: str, optimizer: str | None = None, dtype: str | None = None,
+                  num_classes: int | None = None, trainable: list[str] | None = None,
+                  freeze: list[str] | None = None, lora_rank: int | None = None,
+                  lora_targets: str | None = None, no_cache: bool = False) -> ModelOptions:
+    """The model options as given on the command line, validated."""
+    from smmf_plan import dtypes
+    from smmf_plan.errors import PlanError
+
+    targets = split_csv(lora_targets)
+    if lora_rank is None and targets:
+        raise PlanError("--lora-targets needs --lora-rank: add e.g. --lora-rank 8")
+    if lora_rank is not None and not targets:
+        raise PlanError("--lora-rank needs --lora-targets: add e.g. --lora-targets q_proj,v_proj")
+    dt = None
+    if dtype is not None:
+        try:
+            dt = dtypes.canonical(dtype)
+        except ValueError as e:
+            raise PlanError(f"--dtype: {e}") from None
+        if dt not in dtypes.FLOATING:
+            raise PlanError(f"--dtype {dtype!r} is not a floating-point dtype: use fp32, bf16, fp16 "
+                            "or fp64")
+    return ModelOptions(model=model, optimizers=optimizer, dtype=dt, num_classes=num_classes,
+                        trainable=tuple(trainable or ()), freeze=tuple(freeze or ()),
+                        lora_rank=lora_rank, lora_targets=tuple(targets), use_cache=not no_cache)
+
+
+def step_options(batch_size: int | None = None, input_size: str | None = None,
+                 seq_len: int | None = None, amp: str | None = None,
+                 grad_checkpointing: bool = False, runtime: str | None = None) -> StepOptions:
+    """The training-step options as given on the command line, validated."""
+    from smmf_plan.errors import PlanError
+    from smmf_plan.fit import check_batch_size
+    from smmf_plan.units import parse_size
+
+    if batch_size is not None:
+        check_batch_size(batch_size)
+    if seq_len is not None and seq_len < 1:
+        raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number >= 1")
+    return StepOptions(batch_size=batch_size, input_size=input_size, seq_len=seq_len, amp=amp,
+                       grad_checkpointing=grad_checkpointing,
+                       runtime_bytes=None if runtime is None else parse_size(runtime, "--runtime"))
+
+
+_GROUPS: dict[type, tuple[tuple[tuple[str, Any, Any], ...], Callable[..., Any]]] = {
+    ModelOptions: (MODEL_OPTIONS, model_options),
+    StepOptions: (STEP_OPTIONS, step_options),
+}
+
+
+def _resolve(annotation: Any, command: Callable) -> Any:
+    """An annotation as Typer would read it; the two records are recognised by name too, so a
+    command may import them anywhere (postponed annotations are strings)."""
+    if not isinstance(annotation, str):
+        return annotation
+    by_name = {cls.__name__: cls for cls in _GROUPS}
+    if annotation in by_name:
+        return by_name[annotation]
+    return eval(annotation, command.__globals__)  # noqa: S307 - our own source, as Typer does
+
+
+def shared_options(*, omit: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+    """Splice the shared options into a command: each parameter annotated ``ModelOptions`` or
+    ``StepOptions`` becomes the individual options of :data:`MODEL_OPTIONS` / :data:`STEP_OPTIONS`
+    in the signature Typer reads (leaving out those named in ``omit``, for a command that cannot
+    honour them), and the command receives the validated record in that parameter."""
+    omit = frozenset(omit)
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command)
+        params: list[inspect.Parameter] = []
+        spliced: dict[str, tuple[Callable[..., Any], list[str]]] = {}
+        for p in signature.parameters.values():
+            annotation = _resolve(p.annotation, command)
+            group = _GROUPS.get(annotation)
+            if group is None:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=annotation))
+                continue
+            options, build = group
+            names = [name for name, _, _ in options if name not in omit]
+            spliced[p.name] = (build, names)
+            params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                         annotation=option)
+                       for name, option, default in options if name not in omit]
+        if not spliced:
+            raise TypeError(f"{command.__name__} has no ModelOptions/StepOptions parameter")
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            for target, (build, names) in spliced.items():
+                kwargs[target] = build(**{name: kwargs.pop(name) for name in names})
+            return command(**kwargs)
+
+        run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate

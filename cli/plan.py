@@ -3,54 +3,39 @@ with ``--device`` or any training-step option, the end-to-end training memory an
 
 from __future__ import annotations
 
+from smmf_plan.options import ModelOptions, StepOptions
+
 from . import options as o
 
 
+@o.shared_options()
 def plan(
-    model: o.Model,
-    optimizer: o.Optimizers = None,
-    dtype: o.DType = None,
-    num_classes: o.NumClasses = None,
-    trainable: o.Trainable = None,
-    freeze: o.Freeze = None,
-    lora_rank: o.LoraRank = None,
-    lora_targets: o.LoraTargets = None,
+    m: ModelOptions,
+    step: StepOptions,
     device: o.Device = None,
     devices_file: o.DevicesFile = None,
-    batch_size: o.BatchSize = None,
-    input_size: o.InputSize = None,
-    seq_len: o.SeqLen = None,
-    amp: o.Amp = None,
-    grad_checkpointing: o.GradCheckpointing = False,
-    runtime: o.Runtime = None,
     svg: o.Svg = None,
     json_out: o.Json = False,
-    no_cache: o.NoCache = False,
 ) -> None:
     """Optimizer-state bytes of MODEL for each optimizer (logical and allocator-rounded); with
     --device (or --batch-size, --input-size, --seq-len, --amp, --grad-checkpointing) the whole
     training step: weights, gradients, state, activations, temporaries, runtime, and the fit."""
     from smmf_plan.errors import PlanError
-    from smmf_plan.plan import adam_reference_bytes, plan_model, with_dtype
+    from smmf_plan.plan import adam_reference_bytes, plan_model
 
-    layouts = o.layouts(optimizer)
-    dt = o.dtype(dtype)
-    end_to_end = device is not None or svg is not None or grad_checkpointing or any(
-        v is not None for v in (batch_size, input_size, seq_len, amp, runtime))
+    layouts = m.layouts()
+    dt = m.dtype
+    end_to_end = device is not None or svg is not None or step.given
     dev = None
     if end_to_end:
-        batch = o.batch_size(batch_size)
-        options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt, runtime)
+        batch = step.batch
         if device is not None:
             from smmf_plan.devices import get_device
 
             dev = get_device(device, tuple(devices_file or ()))
         elif svg is not None:
             raise PlanError(f"--svg {svg!r} draws the bars against a device's usable memory: add --device ID")
-    spec = o.load_model(model, num_classes=num_classes, trainable=trainable, freeze=freeze,
-                        lora_rank=lora_rank, lora_targets=lora_targets, no_cache=no_cache,
-                        quiet=json_out)
-    spec.params = with_dtype(spec.params, dt)
+    spec = o.load(m, quiet=json_out)
     plans = plan_model(spec, layouts)
     adam = adam_reference_bytes(spec)
     est = steps = fits = None
@@ -60,7 +45,7 @@ def plan(
 
         with o.status("Estimating the training step (tracing on meta tensors)…", json_out):
             est = memory.estimate(spec, layouts, batch_size=batch,
-                                  allocator=dev.allocator if dev else "cpu", **options)
+                                  allocator=dev.allocator if dev else "cpu", **step.estimate_kwargs(dt))
         steps = est.steps()
         fits = judge(steps, dev, batch) if dev else None
     if svg is not None:

@@ -7,14 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from smmf_plan.options import ModelOptions, StepOptions
+
 from . import options as o
 
+#: shared options the probe cannot honour yet: it trains the checkpoint's dtype in fp32 compute,
+#: without adapters, recomputation or a given runtime (its worker builds the model as the source has it).
+NOT_PROBED = ("dtype", "lora_rank", "lora_targets", "amp", "grad_checkpointing", "runtime")
+
 Steps = Annotated[int, typer.Option("--steps", help="Training steps per optimizer (step 1 is a warm-up for timing).", min=1)]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size of the synthetic batch.", min=1)]
-InputSize = Annotated[Optional[str], typer.Option(
-    "--input-size", help="Image input C,H,W (or H for a square image with the model's channels). "
-                         "Default: the architecture's.")]
-SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per sequence for language models (default: min(128, max positions)).", min=1)]
 DeviceType = Annotated[str, typer.Option("--device-type", help="Run on cpu or cuda.")]
 DeviceCap = Annotated[Optional[str], typer.Option(
     "--device", help="Run under this device's usable memory as a cap (catalog id such as rpi-zero, "
@@ -42,19 +43,14 @@ def _command_line(model: str, **opts) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+@o.shared_options(omit=NOT_PROBED)
 def probe(
-    model: o.Model,
-    optimizer: o.Optimizers = None,
+    m: ModelOptions,
+    step: StepOptions,
     steps: Steps = 10,
-    batch_size: BatchSize = 1,
-    input_size: InputSize = None,
-    seq_len: SeqLen = None,
     device_type: DeviceType = "cpu",
     device: DeviceCap = None,
     lr: Lr = None,
-    num_classes: o.NumClasses = None,
-    trainable: o.Trainable = None,
-    freeze: o.Freeze = None,
     json_out: o.Json = False,
     report: Report = None,
     timeout: Timeout = None,
@@ -66,7 +62,7 @@ def probe(
     from smmf_plan.errors import PlanError
     from smmf_plan.probe.runner import run_probe
 
-    layouts = o.layouts(optimizer)
+    layouts = m.layouts()
     if device_type not in ("cpu", "cuda"):
         raise PlanError(f"--device-type {device_type!r}: use cpu or cuda")
     dev = None
@@ -74,27 +70,26 @@ def probe(
         from smmf_plan.devices import get_device
 
         dev = get_device(device)
-    spec = o.load_model(model, num_classes=num_classes, trainable=trainable, freeze=freeze,
-                        quiet=json_out)
+    spec = o.load(m, quiet=json_out)
     size = None
-    if input_size is not None:
+    if step.input_size is not None:
         from smmf_plan.trace import parse_input_size
 
-        size = list(parse_input_size(input_size))
-    doc = run_probe(spec, layouts, steps=steps, batch_size=batch_size, input_size=size,
-                    seq_len=seq_len, device_type=device_type, device=dev, lr=lr,
+        size = list(parse_input_size(step.input_size))
+    doc = run_probe(spec, layouts, steps=steps, batch_size=step.batch, input_size=size,
+                    seq_len=step.seq_len, device_type=device_type, device=dev, lr=lr,
                     progress=not json_out and sys.stderr.isatty(), timeout_s=timeout,
                     num_threads=threads, deterministic_malloc=not glibc_default)
     if report:
+        from smmf_plan.atomic import write_text_atomic
         from smmf_plan.report.probe_report import markdown
 
-        command = _command_line(model, optimizer=optimizer, steps=steps, batch_size=batch_size,
-                                input_size=input_size, seq_len=seq_len, device_type=device_type,
-                                device=device, lr=lr, threads=threads,
+        command = _command_line(m.model, optimizer=m.optimizers, steps=steps, batch_size=step.batch,
+                                input_size=step.input_size, seq_len=step.seq_len,
+                                device_type=device_type, device=device, lr=lr, threads=threads,
                                 glibc_default=glibc_default or None, report=report)
         try:
-            with open(report, "w", encoding="utf-8") as f:
-                f.write(markdown(doc, command=command))
+            write_text_atomic(report, markdown(doc, command=command))
         except OSError as e:
             raise PlanError(f"--report {report}: cannot write ({e.strerror or e}); check the path") from None
     if json_out:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
+from smmf_plan.options import ModelOptions, StepOptions
+
 from . import options as o
+
 
 def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_options: dict[str, Any]):
     """optimizer id → :class:`~smmf_plan.breakdown.StepMemory` under ``allocator``."""
@@ -43,35 +46,22 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
             "smallest": smallest, "complete": complete}
 
 
+@o.shared_options()
 def size(
-    model: o.Model,
-    optimizer: o.Optimizers = None,
-    dtype: o.DType = None,
-    num_classes: o.NumClasses = None,
-    trainable: o.Trainable = None,
-    freeze: o.Freeze = None,
-    lora_rank: o.LoraRank = None,
-    lora_targets: o.LoraTargets = None,
-    batch_size: o.BatchSize = None,
-    input_size: o.InputSize = None,
-    seq_len: o.SeqLen = None,
-    amp: o.Amp = None,
-    grad_checkpointing: o.GradCheckpointing = False,
-    runtime: o.Runtime = None,
+    m: ModelOptions,
+    step: StepOptions,
     device: o.Devices = None,
     devices_file: o.DevicesFile = None,
     svg: o.Svg = None,
     json_out: o.Json = False,
-    no_cache: o.NoCache = False,
 ) -> None:
     """Which devices can train MODEL, with which optimizer, at what batch size."""
     from smmf_plan.devices import get_device, list_devices
     from smmf_plan.errors import PlanError
-    from smmf_plan.plan import with_dtype
 
-    batch = o.batch_size(batch_size)
-    layouts = o.layouts(optimizer)
-    dt = o.dtype(dtype)
+    batch = step.batch
+    layouts = m.layouts()
+    dt = m.dtype
     files = tuple(devices_file or ())
     if device:
         chosen = list({d.id: d for d in (get_device(t, files) for t in device)}.values())
@@ -80,11 +70,8 @@ def size(
     if svg is not None and len(chosen) != 1:
         raise PlanError(f"--svg {svg!r} draws the bars against one device: add --device ID "
                         f"(got {len(chosen)} devices)")
-    spec = o.load_model(model, num_classes=num_classes, trainable=trainable, freeze=freeze,
-                        lora_rank=lora_rank, lora_targets=lora_targets, no_cache=no_cache,
-                        quiet=json_out)
-    spec.params = with_dtype(spec.params, dt)
-    options = o.estimate_options(input_size, seq_len, amp, grad_checkpointing, dt, runtime)
+    spec = o.load(m, quiet=json_out)
+    options = step.estimate_kwargs(dt)
     with o.status("Estimating training memory (tracing one step on meta tensors)…", json_out):
         result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options)
     if json_out:

@@ -21,8 +21,9 @@ class ModelOptions:
     #: anything a source resolves: a timm or bundled name, a config.json, a model directory,
     #: a weights file or a hub id.
     model: str
-    #: comma-separated optimizer ids with optional variants, or "all"; None: the default set.
-    optimizers: str | None = None
+    #: comma-separated optimizer ids with optional variants, or "all" (as typed on the command
+    #: line), or the ids one by one (as a check configuration lists them); None: the default set.
+    optimizers: str | tuple[str, ...] | None = None
     #: plan parameters in this (canonical, floating) dtype; None: as the source has them.
     dtype: str | None = None
     #: classifier size for timm models; None: the architecture's.
@@ -39,10 +40,12 @@ class ModelOptions:
     def layouts(self) -> list:
         """The optimizer layouts to plan; an unknown id is a :class:`PlanError` with suggestions."""
         from .errors import PlanError
-        from .layouts import UnknownOptimizer, parse_layouts
+        from .optimizers import UnknownOptimizer, parse, parse_many
 
         try:
-            return parse_layouts(self.optimizers)
+            if isinstance(self.optimizers, tuple):
+                return [parse(i) for i in self.optimizers]
+            return parse_many(self.optimizers)
         except UnknownOptimizer as e:
             raise PlanError(str(e)) from None
 
@@ -88,7 +91,7 @@ class StepOptions:
 
     def estimate_kwargs(self, dtype: str | None = None) -> dict[str, Any]:
         """Keyword arguments of :func:`smmf_plan.memory.estimate` (``dtype`` from the model's
-        options), the allocator left to the caller."""
-        return {"batch_size": self.batch, "input_size": self.input_size, "seq_len": self.seq_len,
-                "dtype": dtype, "amp": self.amp, "grad_checkpointing": self.grad_checkpointing,
+        options) but the batch size and the allocator, which callers vary."""
+        return {"input_size": self.input_size, "seq_len": self.seq_len, "dtype": dtype,
+                "amp": self.amp, "grad_checkpointing": self.grad_checkpointing,
                 "runtime_bytes": self.runtime_bytes}

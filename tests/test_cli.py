@@ -302,3 +302,42 @@ def test_commands_are_registered_in_one_place_without_an_import_cycle():
                 assert not (node.level == 1 and (node.module == "app" or "app" in names)), path.name
     assert [c.name for c in app.registered_commands] == [
         "plan", "shapes", "size", "probe", "check", "devices", "models", "optimizers", "reproduce"]
+
+
+def test_shared_options_hand_each_command_one_validated_record():
+    """The shared option set is spliced into a command's signature and arrives as ModelOptions /
+    StepOptions; options a command omits are not accepted."""
+    import typer
+    from typer.testing import CliRunner
+
+    from smmf_plan.cli.options import shared_options
+    from smmf_plan.options import ModelOptions, StepOptions
+
+    seen = {}
+
+    @shared_options(omit=("amp",))
+    def command(m: ModelOptions, s: StepOptions, flag: bool = False) -> None:
+        seen.update(m=m, s=s, flag=flag)
+
+    app = typer.Typer()
+    app.command()(command)
+    args = ["gpt2", "-o", "adam,smmf", "--dtype", "bf16", "--trainable", "h.*", "--trainable", "ln_f.*",
+            "--lora-rank", "4", "--lora-targets", "c_attn, c_proj", "--no-cache", "-b", "3",
+            "--seq-len", "16", "--grad-checkpointing", "--runtime", "1MiB", "--flag"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen["m"] == ModelOptions(model="gpt2", optimizers="adam,smmf", dtype="bfloat16",
+                                     trainable=("h.*", "ln_f.*"), lora_rank=4,
+                                     lora_targets=("c_attn", "c_proj"), use_cache=False)
+    assert seen["s"] == StepOptions(batch_size=3, seq_len=16, grad_checkpointing=True,
+                                    runtime_bytes=2**20)
+    assert seen["flag"] is True and seen["s"].given
+    assert CliRunner().invoke(app, ["gpt2", "--amp", "bf16"]).exit_code == 2  # omitted here
+
+
+def test_probe_takes_the_shared_options_it_can_honour(capsys):
+    code, out, err = run(["probe", "resnet18", "--lora-rank", "4", "--lora-targets", "fc"], capsys)
+    assert code == 2 and "No such option" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(["probe", "resnet18", "-b", "0"], capsys)
+    assert code == 2 and "--batch-size" in err and out == ""
+

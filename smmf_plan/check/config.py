@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import PlanError
+from ..options import ModelOptions, StepOptions
 from ..tomlfile import find_pyproject, read_toml, tool_table
 from ..units import parse_size
 
@@ -30,39 +31,39 @@ BUDGET_KEYS = {"state": "max-state", "total": "max-total"}
 
 @dataclass(frozen=True)
 class Check:
-    """One ``[[tool.smmf-plan.checks]]`` entry, validated."""
+    """One ``[[tool.smmf-plan.checks]]`` entry, validated: the model options and the training
+    step (the same records the command line builds), the device and the budgets."""
 
     id: str
-    model: str
-    optimizers: tuple[str, ...]
+    #: the model, how it is trained, and the optimizer ids (a tuple, in the configured order).
+    options: ModelOptions
+    #: the step the ``total`` metric estimates (batch 1 unless configured).
+    step: StepOptions = StepOptions()
     device: str | None = None
-    batch_size: int = 1
-    input_size: tuple[int, ...] | None = None
-    seq_len: int | None = None
-    dtype: str | None = None
-    num_classes: int | None = None
-    trainable: tuple[str, ...] = ()
-    freeze: tuple[str, ...] = ()
-    lora_rank: int | None = None
-    lora_targets: tuple[str, ...] = ()
-    grad_checkpointing: bool = False
-    #: mixed precision for the total estimate: "bf16" or "fp16" (fp32 master weights).
-    amp: str | None = None
     max_state: int | None = None
     max_total: int | None = None
     #: "pyproject.toml: check 2" — where error messages point.
     where: str = ""
 
+    @property
+    def model(self) -> str:
+        return self.options.model
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        return tuple(self.options.optimizers or ())
+
     def budget(self, metric: str) -> int | None:
         return self.max_state if metric == "state" else self.max_total
 
     def to_dict(self) -> dict:
+        m, s = self.options, self.step
         return {
             "id": self.id, "model": self.model, "optimizers": list(self.optimizers),
-            "device": self.device, "batch_size": self.batch_size,
-            "input_size": list(self.input_size) if self.input_size else None,
-            "seq_len": self.seq_len, "dtype": self.dtype, "num_classes": self.num_classes,
-            "grad_checkpointing": self.grad_checkpointing, "amp": self.amp,
+            "device": self.device, "batch_size": s.batch,
+            "input_size": list(s.input_size) if s.input_size else None,
+            "seq_len": s.seq_len, "dtype": m.dtype, "num_classes": m.num_classes,
+            "grad_checkpointing": s.grad_checkpointing, "amp": s.amp,
             "max_state_bytes": self.max_state, "max_total_bytes": self.max_total,
         }
 
@@ -255,22 +256,28 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
     lora_targets = _strings(table["lora-targets"], label, "lora-targets") if "lora-targets" in table else ()
     if (lora_rank is None) != (not lora_targets):
         raise PlanError(f"{label}: lora-rank and lora-targets go together: set both or neither")
-    return Check(
-        id=check_id,
+    options = ModelOptions(
         model=model,
         optimizers=_optimizer_ids(table.get("optimizer"), label),
-        device=_string(table["device"], label, "device") if "device" in table else None,
-        batch_size=_positive_int(table["batch-size"], label, "batch-size") if "batch-size" in table else 1,
-        input_size=_input_size(table["input-size"], label) if "input-size" in table else None,
-        seq_len=_positive_int(table["seq-len"], label, "seq-len") if "seq-len" in table else None,
         dtype=dtype,
         num_classes=_positive_int(table["num-classes"], label, "num-classes") if "num-classes" in table else None,
         trainable=_strings(table["trainable"], label, "trainable") if "trainable" in table else (),
         freeze=_strings(table["freeze"], label, "freeze") if "freeze" in table else (),
         lora_rank=lora_rank,
         lora_targets=lora_targets,
-        grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),
+    )
+    step = StepOptions(
+        batch_size=_positive_int(table["batch-size"], label, "batch-size") if "batch-size" in table else 1,
+        input_size=_input_size(table["input-size"], label) if "input-size" in table else None,
+        seq_len=_positive_int(table["seq-len"], label, "seq-len") if "seq-len" in table else None,
         amp=_amp(table["amp"], label) if "amp" in table else None,
+        grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),
+    )
+    return Check(
+        id=check_id,
+        options=options,
+        step=step,
+        device=_string(table["device"], label, "device") if "device" in table else None,
         max_state=_budget(table["max-state"], label, "max-state") if "max-state" in table else None,
         max_total=_budget(table["max-total"], label, "max-total") if "max-total" in table else None,
         where=label,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import PlanError
+from ..options import ModelOptions
 from .config import BUDGET_KEYS, Check, CheckConfig
 
 
@@ -30,7 +31,6 @@ class Evaluated:
     #: budget for ``total`` taken from the device (usable bytes) when no max-total is set.
     device_budget: int | None = None
     model_summary: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
     #: the step estimate behind the ``total`` metric (a MemoryEstimate), or None.
     estimate: Any = None
 
@@ -44,15 +44,6 @@ class Evaluated:
         return None, None
 
 
-def _memory_estimate() -> Callable | None:
-    """:func:`smmf_plan.memory.estimate` when that module is installed, else None."""
-    try:
-        from .. import memory  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(memory, "estimate", None)
-
-
 def _resolve_device(text: str, where: str, search_from: str | Path | None = None):
     from ..devices import get_device
 
@@ -62,24 +53,18 @@ def _resolve_device(text: str, where: str, search_from: str | Path | None = None
         raise PlanError(f"{where}: device: {e}") from None
 
 
-def _load_spec(check: Check, use_cache: bool, memo: dict | None):
+def _load_spec(check: Check, options: ModelOptions, memo: dict | None):
     """The check's ModelSpec; ``memo`` shares one load between checks of the same model."""
     import copy
 
-    from ..sources import load_model
-
-    key = (check.model, check.num_classes, check.trainable, check.freeze, check.lora_rank,
-           check.lora_targets)
-    if memo is not None and key in memo:
-        return copy.deepcopy(memo[key])
+    if memo is not None and options in memo:
+        return copy.deepcopy(memo[options])
     try:
-        spec = load_model(check.model, num_classes=check.num_classes, trainable=check.trainable,
-                          freeze=check.freeze, lora_rank=check.lora_rank,
-                          lora_targets=check.lora_targets, use_cache=use_cache)
+        spec = options.load()
     except PlanError as e:
         raise PlanError(f"{check.where}: model {check.model!r}: {e}") from None
     if memo is not None:
-        memo[key] = copy.deepcopy(spec)
+        memo[options] = copy.deepcopy(spec)
     return spec
 
 
@@ -89,44 +74,33 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
 
     Device ids are looked up in the catalog and in the ``[tool.smmf-plan.devices]`` of the
     pyproject.toml nearest ``search_from`` (the configuration file's directory)."""
-    from ..optimizers import parse
-    from ..plan import plan_state, with_dtype
+    from ..plan import plan_state
 
     device_text = check.device or default_device
     device = _resolve_device(device_text, check.where, search_from) if device_text else None
-    spec = _load_spec(check, use_cache, memo)
-    spec.params = with_dtype(spec.params, check.dtype)
-    layouts = [parse(i) for i in check.optimizers]
+    options = replace(check.options, use_cache=use_cache)
+    spec = _load_spec(check, options, memo)
+    layouts = options.layouts()
     values: dict[str, dict[str, int]] = {
         layout.id: {"state": plan_state(spec.params, layout).state_bytes} for layout in layouts}
-    notes: list[str] = []
     est = None
-    estimate = _memory_estimate() if check.max_total is not None or device is not None else None
-    if estimate is not None:
-        kwargs: dict[str, Any] = {"batch_size": check.batch_size, "input_size": check.input_size,
-                                  "seq_len": check.seq_len, "dtype": check.dtype}
-        if check.grad_checkpointing:
-            kwargs["grad_checkpointing"] = True
-        if check.amp is not None:
-            kwargs["amp"] = check.amp
-        if device is not None:
-            kwargs["allocator"] = device.allocator
+    if check.max_total is not None or device is not None:
+        from ..memory import estimate
+
         try:
-            est = estimate(spec, layouts, **kwargs)
+            est = estimate(spec, layouts, batch_size=check.step.batch,
+                           allocator=device.allocator if device is not None else "cpu",
+                           **check.step.estimate_kwargs(options.dtype))
         except PlanError as e:
             raise PlanError(f"{check.where}: {e}") from None
         for oid, step in est.steps().items():
             values[oid]["total"] = step.total_bytes
-    elif check.max_total is not None or device is not None:
-        raise PlanError(f"{check.where}: max-total/device need the end-to-end estimate "
-                        "(smmf_plan.memory), which this installation lacks; use max-state only")
     return Evaluated(
         check=check,
         measurements=[Measurement(check.id, lid, v) for lid, v in values.items()],
         device=device.reference() if device is not None else None,
         device_budget=device.usable_bytes if device is not None else None,
         model_summary=spec.summary(),
-        notes=notes,
         estimate=est,
     )
 
@@ -142,4 +116,3 @@ def evaluate(config: CheckConfig, *, use_cache: bool = True,
         out.append(evaluate_check(check, default_device=config.device, use_cache=use_cache,
                                   search_from=Path(config.path).resolve().parent, memo=memo))
     return out
-

@@ -341,3 +341,22 @@ def test_probe_takes_the_shared_options_it_can_honour(capsys):
     code, out, err = run(["probe", "resnet18", "-b", "0"], capsys)
     assert code == 2 and "--batch-size" in err and out == ""
 
+
+def test_warm_plan_from_the_shape_cache_imports_no_torch(tmp_path):
+    """`smmf-plan resnet50 --json` a second time reads the shape cache and never imports torch,
+    timm or transformers (the CLI imports them only inside the functions that need them)."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: sys.stderr.write('heavy=' + ','.join(m for m in "
+            "('torch', 'timm', 'transformers') if m in sys.modules) + '\\n'))\n"
+            "from smmf_plan.cli import main\n"
+            "main(['resnet50', '--json'])\n")
+    env = {**os.environ, "SMMF_PLAN_CACHE_DIR": str(tmp_path)}
+    cold = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert cold.returncode == 0, cold.stderr
+    assert "heavy=torch" in cold.stderr  # the first run had to build the model
+    warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stderr.strip().splitlines()[-1] == "heavy="
+    assert json.loads(warm.stdout) == json.loads(cold.stdout)

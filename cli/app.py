@@ -1,10 +1,11 @@
 """The Typer application: every command registered here, in one place; the default command and
 error mapping.
 
-Command modules hold plain functions and never import this module (no import cycle). They import
-only typer and the shared options at import time; torch, timm and transformers are imported
-inside the functions that need them, so ``smmf-plan resnet50`` from the shape cache starts
-without them.
+Command modules hold plain functions and never import this module (no import cycle). Every one of
+them is imported at start-up, so at module level they import only typer, the shared options and
+small torch-free helpers; each command imports its own subsystem (estimate, probe, renderers, rich)
+in its body. torch, timm and transformers are imported only where a model is built, so
+``smmf-plan resnet50`` from the shape cache starts without them.
 
 ``smmf-plan MODEL`` is short for ``smmf-plan plan MODEL``. Every user error is one line on stderr
 with exit code 2: :class:`~smmf_plan.errors.PlanError` from the library and click's usage errors
@@ -16,6 +17,9 @@ from __future__ import annotations
 import sys
 
 import typer
+
+from smmf_plan import __version__
+from smmf_plan.errors import PlanError
 
 from . import check, devices, models, optimizers, plan, probe, reproduce, shapes, size
 
@@ -55,9 +59,6 @@ def _argv_with_default_command(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from smmf_plan import __version__
-    from smmf_plan.errors import PlanError
-
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--version"]:
         print(f"smmf-plan {__version__}")

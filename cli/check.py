@@ -10,6 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from smmf_plan.atomic import write_text_atomic
+from smmf_plan.errors import PlanError
+
 from . import options as o
 
 Config = Annotated[Optional[str], typer.Option(
@@ -43,7 +46,6 @@ def check(
 ) -> None:
     """Fail the build when optimizer state or the training footprint outgrows its budget or baseline."""
     from smmf_plan import check as gate
-    from smmf_plan.errors import PlanError
 
     fmt = fmt.strip().lower()
     if fmt not in ("table", "markdown", "md"):
@@ -59,8 +61,6 @@ def check(
     from smmf_plan.report import check_report as render
 
     if junit:
-        from smmf_plan.atomic import write_text_atomic
-
         try:
             write_text_atomic(junit, render.junit_xml(report))
         except OSError as e:

@@ -15,13 +15,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import sys
 from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
 
+from smmf_plan import dtypes
+from smmf_plan.errors import PlanError
 from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
 from smmf_plan.options import ModelOptions, StepOptions
+from smmf_plan.units import parse_size
 
 Model = Annotated[str, typer.Argument(
     help="timm name, bundled checkpoint name (gpt2, bert-base-uncased, llama-2-7b …), "
@@ -108,8 +112,6 @@ def load(m: ModelOptions, quiet: bool = False):
 
 
 def emit_json(obj) -> None:
-    import json
-
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
@@ -143,9 +145,6 @@ def model_options(model: str, optimizer: str | None = None, dtype: str | None = 
                   freeze: list[str] | None = None, lora_rank: int | None = None,
                   lora_targets: str | None = None, no_cache: bool = False) -> ModelOptions:
     """The model options as given on the command line, validated."""
-    from smmf_plan import dtypes
-    from smmf_plan.errors import PlanError
-
     targets = split_csv(lora_targets)
     if lora_rank is None and targets:
         raise PlanError("--lora-targets needs --lora-rank: add e.g. --lora-rank 8")
@@ -169,11 +168,9 @@ def step_options(batch_size: int | None = None, input_size: str | None = None,
                  seq_len: int | None = None, amp: str | None = None,
                  grad_checkpointing: bool = False, runtime: str | None = None) -> StepOptions:
     """The training-step options as given on the command line, validated."""
-    from smmf_plan.errors import PlanError
-    from smmf_plan.fit import check_batch_size
-    from smmf_plan.units import parse_size
-
     if batch_size is not None:
+        from smmf_plan.fit import check_batch_size  # fit loads the device catalog's code
+
         check_batch_size(batch_size)
     if seq_len is not None and seq_len < 1:
         raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number >= 1")

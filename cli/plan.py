@@ -3,6 +3,7 @@ with ``--device`` or any training-step option, the end-to-end training memory an
 
 from __future__ import annotations
 
+from smmf_plan.errors import PlanError
 from smmf_plan.options import ModelOptions, StepOptions
 
 from . import options as o
@@ -20,7 +21,6 @@ def plan(
     """Optimizer-state bytes of MODEL for each optimizer (logical and allocator-rounded); with
     --device (or --batch-size, --input-size, --seq-len, --amp, --grad-checkpointing) the whole
     training step: weights, gradients, state, activations, temporaries, runtime, and the fit."""
-    from smmf_plan.errors import PlanError
     from smmf_plan.plan import adam_reference_bytes, plan_model
 
     layouts = m.layouts()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Annotated, Optional
 
 import typer
 
+from smmf_plan.atomic import write_text_atomic
+from smmf_plan.errors import PlanError
 from smmf_plan.options import ModelOptions, StepOptions
 
 from . import options as o
@@ -33,8 +36,6 @@ Timeout = Annotated[Optional[float], typer.Option("--timeout", help="Seconds all
 
 def _command_line(model: str, **opts) -> str:
     """The command that reproduces a run (for the report's header)."""
-    import shlex
-
     parts = ["smmf-plan", "probe", model]
     for key, value in opts.items():
         if value is None or (key == "device_type" and value == "cpu"):
@@ -59,7 +60,6 @@ def probe(
 ) -> None:
     """Train MODEL (random weights, synthetic batch) a few steps with each optimizer, each in a fresh
     subprocess, and show measured state, peak memory and step times beside the plan."""
-    from smmf_plan.errors import PlanError
     from smmf_plan.probe.runner import run_probe
 
     layouts = m.layouts()
@@ -81,7 +81,6 @@ def probe(
                     progress=not json_out and sys.stderr.isatty(), timeout_s=timeout,
                     num_threads=threads, deterministic_malloc=not glibc_default)
     if report:
-        from smmf_plan.atomic import write_text_atomic
         from smmf_plan.report.probe_report import markdown
 
         command = _command_line(m.model, optimizer=m.optimizers, steps=steps, batch_size=step.batch,

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from smmf_plan.errors import PlanError
+
 from . import options as o
 
 Output = Annotated[Path, typer.Option(
@@ -16,7 +18,6 @@ Output = Annotated[Path, typer.Option(
 def reproduce(output: Output = Path("reports"), json_out: o.Json = False) -> None:
     """Plan every optimizer-memory and end-to-end figure of the SMMF paper (Tables 1-4, 6-13) and
     write the comparison report (Markdown + JSON)."""
-    from smmf_plan.errors import PlanError
     from smmf_plan.reproduce import reproduce as run
 
     if output.exists() and not output.is_dir():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
+from smmf_plan.errors import PlanError
 from smmf_plan.options import ModelOptions, StepOptions
+from smmf_plan.units import format_bytes
 
 from . import options as o
 
@@ -57,7 +59,6 @@ def size(
 ) -> None:
     """Which devices can train MODEL, with which optimizer, at what batch size."""
     from smmf_plan.devices import get_device, list_devices
-    from smmf_plan.errors import PlanError
 
     batch = step.batch
     layouts = m.layouts()
@@ -108,7 +109,6 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
 
     from smmf_plan.report.fit_table import size_table
     from smmf_plan.report.state_table import model_header
-    from smmf_plan.units import format_bytes
 
     console = Console()
     console.print(model_header(spec, dtype))

@@ -5,7 +5,8 @@ model, how its parameters are loaded and trained, the optimizers to compare) and
 ``plan``, ``shapes``, ``size`` and ``probe`` build them from their command-line options
 (:mod:`smmf_plan.cli.options`), ``check`` from each ``[[tool.smmf-plan.checks]]`` table
 (:mod:`smmf_plan.check.config`); each front-end validates its own syntax and names its own keys in
-errors, and everything after that goes through these records. Torch-free.
+errors, and everything after that goes through these records. Torch-free. Every CLI command
+imports this module at start-up, so the subsystems its methods use are imported in them.
 """
 
 from __future__ import annotations

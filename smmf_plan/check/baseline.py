@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .. import __version__
 from ..atomic import write_json_atomic
 from ..errors import PlanError
 from .evaluate import Evaluated
@@ -68,8 +69,6 @@ def load_baseline(path: str | Path) -> Baseline:
 def baseline_document(evaluated: Sequence[Evaluated]) -> dict:
     """The baseline file's content for these results: sorted, without timestamps, so that an
     unchanged result rewrites the identical file."""
-    from .. import __version__
-
     checks: dict[str, Any] = {}
     for ev in evaluated:
         checks[ev.check.id] = {

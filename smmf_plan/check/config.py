@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import dtypes
 from ..errors import PlanError
+from ..optimizers import UnknownOptimizer, parse_many
 from ..options import ModelOptions, StepOptions
 from ..tomlfile import find_pyproject, read_toml, tool_table
 from ..units import parse_size
@@ -202,8 +204,6 @@ def _input_size(value: Any, where: str) -> tuple[int, ...]:
 
 
 def _optimizer_ids(value: Any, where: str) -> tuple[str, ...]:
-    from ..optimizers import UnknownOptimizer, parse_many
-
     if value is None:
         texts: list[str] = [""]
     elif isinstance(value, str):
@@ -243,8 +243,6 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
     label = f"{where} ({check_id!r})"
     dtype = None
     if "dtype" in table:
-        from .. import dtypes
-
         try:
             dtype = dtypes.canonical(_string(table["dtype"], label, "dtype"))
         except ValueError as e:

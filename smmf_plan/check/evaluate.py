@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..devices import get_device
 from ..errors import PlanError
+from ..memory import estimate
 from ..options import ModelOptions
+from ..plan import plan_state
 from .config import BUDGET_KEYS, Check, CheckConfig
 
 
@@ -45,8 +49,6 @@ class Evaluated:
 
 
 def _resolve_device(text: str, where: str, search_from: str | Path | None = None):
-    from ..devices import get_device
-
     try:
         return get_device(text, search_from=search_from)
     except PlanError as e:
@@ -55,8 +57,6 @@ def _resolve_device(text: str, where: str, search_from: str | Path | None = None
 
 def _load_spec(check: Check, options: ModelOptions, memo: dict | None):
     """The check's ModelSpec; ``memo`` shares one load between checks of the same model."""
-    import copy
-
     if memo is not None and options in memo:
         return copy.deepcopy(memo[options])
     try:
@@ -74,8 +74,6 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
 
     Device ids are looked up in the catalog and in the ``[tool.smmf-plan.devices]`` of the
     pyproject.toml nearest ``search_from`` (the configuration file's directory)."""
-    from ..plan import plan_state
-
     device_text = check.device or default_device
     device = _resolve_device(device_text, check.where, search_from) if device_text else None
     options = replace(check.options, use_cache=use_cache)
@@ -85,8 +83,6 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
         layout.id: {"state": plan_state(spec.params, layout).state_bytes} for layout in layouts}
     est = None
     if check.max_total is not None or device is not None:
-        from ..memory import estimate
-
         try:
             est = estimate(spec, layouts, batch_size=check.step.batch,
                            allocator=device.allocator if device is not None else "cpu",

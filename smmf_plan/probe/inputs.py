@@ -14,18 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import PlanError
+from ..trace import default_loss, input_spec_for
+
 
 def input_spec(spec, *, batch_size: int, input_size=None, seq_len=None):
     """The :class:`~smmf_plan.trace.InputSpec` for a ModelSpec (pure Python, no torch)."""
-    from ..trace import input_spec_for
-
     return input_spec_for(spec, batch_size, list(input_size) if input_size else None, seq_len)
 
 
 def resolve_input(spec, *, batch_size: int, input_size=None, seq_len=None) -> dict[str, Any]:
     """``{"task", "batch_size", "input_size" | "seq_len"}`` as the probe reports it."""
-    from ..errors import PlanError
-
     s = input_spec(spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len)
     if s.is_image and seq_len is not None:
         raise PlanError("--seq-len is for language models; use --input-size C,H,W for an image model")
@@ -42,7 +41,5 @@ def make_batch(in_spec, device) -> tuple[tuple, dict, Any]:
 
 def compute_loss(module, batch: tuple[tuple, dict, Any]):
     """The scalar loss of one forward pass, as the activation trace computes it."""
-    from ..trace import default_loss
-
     args, kwargs, target = batch
     return default_loss(module(*args, **kwargs), target)

@@ -18,7 +18,9 @@ import os
 from importlib import metadata
 from typing import Any
 
+from ..atomic import write_json_atomic
 from ..model import SPEC_FORMAT, ModelSpec
+from . import registry
 
 CACHE_VERSION = 1
 _PACKAGES = ("smmf-plan", "torch", "timm", "transformers", "safetensors", "huggingface_hub")
@@ -68,8 +70,6 @@ def fingerprint(source: str) -> list[Any] | None:
 
 
 def _bundled_digest(source: str) -> str | None:
-    from . import registry
-
     name = registry.resolve_bundled(source)
     if name is None:
         return None
@@ -105,8 +105,6 @@ def get(key: str) -> ModelSpec | None:
 def store_json(path: str, doc: Any) -> None:
     """Store a cache entry (compact JSON, written atomically). A cache is an accelerator, never a
     requirement: a failed write is ignored, here and only here."""
-    from ..atomic import write_json_atomic
-
     try:
         write_json_atomic(path, doc, indent=None, make_dirs=True)
     except (OSError, TypeError, ValueError):

@@ -193,6 +193,7 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
         num_classes = getattr(model, "num_classes", None)
         task = None
         if library == "transformers":
+            # function-level: the sources import this module's task names (a cycle otherwise)
             from ..sources.hf_config import task_of
 
             task = task_of(arch, _config_of(model))

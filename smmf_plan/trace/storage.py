@@ -6,6 +6,7 @@ import contextlib
 import weakref
 
 from ..allocators import QUANTUM as ROUNDING, round_up as _round
+from .attention import sdpa_as_cpu
 
 
 class StorageTracker:
@@ -69,8 +70,6 @@ class StorageTracker:
         import torch
         from torch.overrides import TorchFunctionMode
         from torch.utils._python_dispatch import TorchDispatchMode
-
-        from .attention import sdpa_as_cpu
 
         tracker = self
 

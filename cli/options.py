@@ -54,7 +54,8 @@ NoCache = Annotated[bool, typer.Option("--no-cache", help="Rebuild the parameter
 BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", "-b", help="Samples per training step (default 1).", show_default=False)]
 InputSize = Annotated[Optional[str], typer.Option(
-    "--input-size", help="Image input C,H,W (default: the model's pretrained config).",
+    "--input-size", help="Image input C,H,W, or one number for a square RGB image (default: the "
+                         "model's pretrained config).",
     show_default=False)]
 SeqLen = Annotated[Optional[int], typer.Option(
     "--seq-len", help="Tokens per sample for text models (default 128, or the model's maximum "

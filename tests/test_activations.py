@@ -166,3 +166,8 @@ def test_input_specs_and_errors():
     with pytest.raises(PlanError, match="--input-size"):
         parse_input_size("3,0,224")
     assert parse_input_size("3x32x32") == (3, 32, 32)
+    # one parser for the command line and check configurations: a single number is a square RGB image
+    assert parse_input_size(96) == parse_input_size("96") == (3, 96, 96)
+    assert parse_input_size([1, 28, 28]) == (1, 28, 28)
+    with pytest.raises(PlanError, match=r"^cfg: input-size = '3x' is not C,H,W"):
+        parse_input_size("3x", "cfg: input-size =")

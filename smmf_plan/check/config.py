@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +14,7 @@ from ..errors import PlanError
 from ..optimizers import UnknownOptimizer, parse_many
 from ..options import ModelOptions, StepOptions
 from ..tomlfile import find_pyproject, read_toml, tool_table
+from ..trace import parse_input_size
 from ..units import parse_size
 
 #: keys of one ``[[tool.smmf-plan.checks]]`` table.
@@ -184,25 +184,6 @@ def _budget(value: Any, where: str, key: str) -> int:
     return n
 
 
-def _input_size(value: Any, where: str) -> tuple[int, ...]:
-    """``[3, 224, 224]``, ``"3x224x224"`` or ``224`` (a square RGB image)."""
-    dims: list[Any]
-    if isinstance(value, int) and not isinstance(value, bool):
-        dims = [3, value, value]
-    elif isinstance(value, str) and re.fullmatch(r"\s*\d+(\s*[x×,]\s*\d+)*\s*", value):
-        dims = [int(d) for d in re.split(r"[x×,]", value)]
-        if len(dims) == 1:
-            dims = [3, dims[0], dims[0]]
-    elif isinstance(value, list):
-        dims = value
-    else:
-        dims = []
-    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-        raise PlanError(f"{where}: input-size = {value!r} must be e.g. [3, 224, 224], "
-                        "\"3x224x224\" or 224")
-    return tuple(dims)
-
-
 def _optimizer_ids(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         texts: list[str] = [""]
@@ -266,7 +247,8 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
     )
     step = StepOptions(
         batch_size=_positive_int(table["batch-size"], label, "batch-size") if "batch-size" in table else 1,
-        input_size=_input_size(table["input-size"], label) if "input-size" in table else None,
+        input_size=parse_input_size(table["input-size"], f"{label}: input-size =")
+        if "input-size" in table else None,
         seq_len=_positive_int(table["seq-len"], label, "seq-len") if "seq-len" in table else None,
         amp=_amp(table["amp"], label) if "amp" in table else None,
         grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),

@@ -8,6 +8,7 @@ model (vision transformers, contrastive image-text, speech) adds its task name h
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -150,18 +151,25 @@ def _num_labels(cfg: dict) -> int | None:
     return len(labels) if isinstance(labels, dict) and labels else None
 
 
-def parse_input_size(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"3,224,224"`` / ``"3x224x224"`` / ``(3, 224, 224)`` → a (C, H, W) tuple of ints ≥ 1."""
-    if isinstance(text, str):
-        parts = [p for p in text.replace("x", ",").replace("×", ",").split(",") if p.strip()]
-        try:
+def parse_input_size(text: str | int | Sequence[int], what: str = "--input-size") -> tuple[int, ...]:
+    """An image input size as the command line and check configurations write it, as a (C, H, W)
+    tuple of whole numbers ≥ 1: ``"3,224,224"``, ``"3x224x224"``, ``(3, 224, 224)``, or one
+    number for a square RGB image (``224``, ``"224"`` → 3×224×224). ``what`` names the option
+    in the error."""
+    dims: tuple[Any, ...] = ()
+    if isinstance(text, int) and not isinstance(text, bool):
+        dims = (text,)
+    elif isinstance(text, str):
+        parts = [p.strip() for p in re.split(r"[x×,]", text)]
+        if all(re.fullmatch(r"[0-9]+", p) for p in parts):
             dims = tuple(int(p) for p in parts)
-        except ValueError:
-            raise PlanError(f"--input-size {text!r} is not C,H,W: give e.g. 3,224,224") from None
-    else:
+    elif isinstance(text, (list, tuple)):
         dims = tuple(text)
+    if len(dims) == 1:
+        dims = (3, dims[0], dims[0])
     if len(dims) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
-        raise PlanError(f"--input-size {text!r} is not C,H,W of whole numbers ≥ 1: give e.g. 3,224,224")
+        raise PlanError(f"{what} {text!r} is not C,H,W of whole numbers ≥ 1: give e.g. 3,224,224 "
+                        "(or 224 for a square RGB image)")
     return dims
 
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 from .allocators import DEVICE_ALLOCATORS as ALLOCATORS
 from .errors import PlanError
 from .tomlfile import find_pyproject, loads, read_toml, tool_table
-from .units import format_bytes, parse_size
+from .units import config_size, format_bytes, parse_size
 
 MEMORY_KINDS = ("host RAM", "unified", "GPU", "MCU SRAM+PSRAM")
 PYTORCH_LEVELS = ("yes", "limited", "marginal", "no", "unknown")
@@ -99,17 +99,6 @@ class Device:
 
 # --------------------------------------------------------------------------- parsing entries
 
-def _size(value: Any, where: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, (int, str)) or isinstance(value, bool):
-        raise PlanError(f"{where} = {value!r} is not a size: write bytes (an integer) or e.g. \"512MiB\"")
-    n = parse_size(value, where)
-    if n <= 0:
-        raise PlanError(f"{where} = {value!r} must be a positive size")
-    return n
-
-
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise PlanError(f"{where} = {value!r} must be a string")
@@ -142,9 +131,9 @@ def device_from_table(device_id: str, table: Any, origin: str) -> Device:
     if "total_bytes" not in table and "usable_bytes" not in table:
         raise PlanError(f"{where}: needs total_bytes (and optionally usable_bytes), "
                         "e.g. total_bytes = \"1GiB\"")
-    total = _size(table.get("total_bytes", table.get("usable_bytes")), f"{where}.total_bytes"
+    total = config_size(table.get("total_bytes", table.get("usable_bytes")), f"{where}.total_bytes"
                   if "total_bytes" in table else f"{where}.usable_bytes")
-    usable = _size(table["usable_bytes"], f"{where}.usable_bytes") if "usable_bytes" in table else total
+    usable = config_size(table["usable_bytes"], f"{where}.usable_bytes") if "usable_bytes" in table else total
     if usable > total:
         raise PlanError(f"{where}: usable_bytes ({usable}) exceeds total_bytes ({total})")
     bandwidth = table.get("bandwidth_gbps")

@@ -36,6 +36,27 @@ def parse_size(text: str | int, what: str = "size") -> int:
     return int(round(float(m.group(1)) * _UNITS[unit]))
 
 
+def config_size(value: object, what: str) -> int:
+    """A positive size written in a configuration file (device tables, check budgets): bytes as an
+    integer (or a float without a fraction) or a string :func:`parse_size` reads. Errors name
+    ``what`` (``"pyproject.toml: check 1: max-state"``) and the value."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+        raise PlanError(f"{what} = {value!r} must be a positive size")
+    bad = PlanError(f"{what} = {value!r} is not a size: write bytes (an integer) or e.g. \"512MiB\" "
+                    "or \"1.5 GiB\"")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise bad
+    try:
+        n = parse_size(value, what)
+    except PlanError:
+        raise bad from None
+    if n <= 0:
+        raise PlanError(f"{what} = {value!r} must be a positive size")
+    return n
+
+
 def looks_like_size(text: str) -> bool:
     m = _SIZE.match(text)
     return bool(m) and m.group(2).lower() in _UNITS and m.group(2) != ""

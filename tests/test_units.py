@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smmf_plan.errors import PlanError
-from smmf_plan.units import format_bytes, parse_size
+from smmf_plan.units import config_size, format_bytes, parse_size
 
 MiB, GiB = 2**20, 2**30
 
@@ -50,3 +50,19 @@ def test_parse_size(text, n):
 def test_parse_size_names_what_is_wrong():
     with pytest.raises(PlanError, match="--budget '12 parsecs' is not a size"):
         parse_size("12 parsecs", "--budget")
+
+
+@pytest.mark.parametrize("value, n", [(4096, 4096), (4096.0, 4096), ("5 MiB", 5 * MiB), ("1.5GiB", 3 * 2**29)])
+def test_config_size_reads_what_device_tables_and_check_budgets_hold(value, n):
+    assert config_size(value, "budget") == n
+
+
+@pytest.mark.parametrize("value, needle", [
+    (0, "budget = 0 must be a positive size"), (-5, "budget = -5 must be a positive size"),
+    ("0 MiB", "budget = '0 MiB' must be a positive size"), ("5 MeB", "budget = '5 MeB' is not a size"),
+    (True, "budget = True is not a size"), (1.5, "budget = 1.5 is not a size"), ([1], "is not a size"),
+])
+def test_config_size_errors_name_the_key_and_value(value, needle):
+    with pytest.raises(PlanError) as e:
+        config_size(value, "budget")
+    assert needle in str(e.value) and "\n" not in str(e.value)

@@ -15,7 +15,7 @@ from ..optimizers import UnknownOptimizer, parse_many
 from ..options import ModelOptions, StepOptions
 from ..tomlfile import find_pyproject, read_toml, tool_table
 from ..trace import parse_input_size
-from ..units import parse_size
+from ..units import config_size, parse_size
 
 #: keys of one ``[[tool.smmf-plan.checks]]`` table.
 CHECK_KEYS = (
@@ -169,21 +169,6 @@ def _bool(value: Any, where: str, key: str) -> bool:
     return value
 
 
-def _budget(value: Any, where: str, key: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise PlanError(f"{where}: {key} = {value!r} is not a size: write e.g. \"5 MiB\" or \"1.5 GiB\"")
-    try:
-        n = parse_size(value, key)
-    except PlanError:
-        raise PlanError(f"{where}: {key} = {value!r} is not a size: write e.g. \"5 MiB\" or "
-                        "\"1.5 GiB\"") from None
-    if n <= 0:
-        raise PlanError(f"{where}: {key} = {value!r} must be a positive size")
-    return n
-
-
 def _optimizer_ids(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         texts: list[str] = [""]
@@ -258,8 +243,8 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         options=options,
         step=step,
         device=_string(table["device"], label, "device") if "device" in table else None,
-        max_state=_budget(table["max-state"], label, "max-state") if "max-state" in table else None,
-        max_total=_budget(table["max-total"], label, "max-total") if "max-total" in table else None,
+        max_state=config_size(table["max-state"], f"{label}: max-state") if "max-state" in table else None,
+        max_total=config_size(table["max-total"], f"{label}: max-total") if "max-total" in table else None,
         where=label,
     )
 

@@ -62,10 +62,6 @@ def looks_like_size(text: str) -> bool:
     return bool(m) and m.group(2).lower() in _UNITS and m.group(2) != ""
 
 
-def mib(nbytes: int | float) -> float:
-    return nbytes / MiB
-
-
 _BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 UNITS = {"B": 1, **dict(_BINARY)}
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from ..breakdown import shown
+from ..units import format_bytes
 
-MiB = 2**20
 
-
-def mib(n: int) -> str:
-    """MiB with one decimal, more significant digits below 1 MiB."""
-    v = n / MiB
-    return f"{v:,.1f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
+def mib(n: int | None) -> str:
+    """A cell of a column headed MiB: one decimal, more significant digits below 1 MiB."""
+    return format_bytes(n, unit="MiB", suffix=False, sig_below_unit=3)
 
 
 def breakdown_table(rows: Mapping[str, Mapping[str, int]], first: str = "optimizer",

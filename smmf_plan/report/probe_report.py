@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..units import format_bytes
-from .breakdown_md import breakdown_table, legend
+from .breakdown_md import breakdown_table, legend, mib
 
 METHOD_NOTES = (
     "Each optimizer ran in a fresh subprocess (`python -m smmf_plan.probe.worker`) on the same "
@@ -38,11 +38,6 @@ METHOD_NOTES = (
 
 def _mib(n) -> str:
     return format_bytes(n, unit="MiB", suffix=False)
-
-
-def _size(n) -> str:
-    """MiB throughout the table (so columns compare at a glance), more digits below 1 MiB."""
-    return format_bytes(n, unit="MiB", suffix=False, sig_below_unit=3)
 
 
 def _pct(x) -> str:
@@ -90,8 +85,8 @@ def rows(doc: dict) -> list[list[str]]:
         p, m, err = e.get("predicted") or {}, e.get("measured") or {}, e.get("error_pct") or {}
         out.append([
             oid, status_text(e),
-            _size(p.get("state_bytes")), _size(m.get("state_bytes")), _pct(err.get("state_bytes")),
-            _size(p.get("peak_bytes")), _size(m.get("peak_bytes")), _pct(err.get("peak_bytes")),
+            mib(p.get("state_bytes")), mib(m.get("state_bytes")), _pct(err.get("state_bytes")),
+            mib(p.get("peak_bytes")), mib(m.get("peak_bytes")), _pct(err.get("peak_bytes")),
             _ms(m.get("step_ms")), _ms(m.get("optimizer_step_ms")), _losses(m),
         ])
     return out

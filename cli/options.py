@@ -25,6 +25,7 @@ from smmf_plan import dtypes
 from smmf_plan.errors import PlanError
 from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
 from smmf_plan.options import ModelOptions, StepOptions
+from smmf_plan.trace.inputs import TASKS  # torch-free
 from smmf_plan.units import parse_size
 
 Model = Annotated[str, typer.Argument(
@@ -39,6 +40,10 @@ DType = Annotated[Optional[str], typer.Option(
     "--dtype", help="Plan parameters in this dtype (fp32, bf16, fp16, fp64). Default: as the source has them.")]
 NumClasses = Annotated[Optional[int], typer.Option(
     "--num-classes", help="Classifier size for timm models (default: the architecture's).", min=1)]
+Task = Annotated[Optional[str], typer.Option(
+    "--task", help=f"Head to build from a transformers config: {', '.join(TASKS)}. Default: the "
+                   "config's architectures, else the head its model_type is trained with.",
+    show_default=False)]
 Trainable = Annotated[Optional[list[str]], typer.Option(
     "--trainable", help="Only parameters matching this glob are trained (repeatable).")]
 Freeze = Annotated[Optional[list[str]], typer.Option(
@@ -107,9 +112,14 @@ def status(message: str, quiet: bool = False):
 
 
 def load(m: ModelOptions, quiet: bool = False):
-    """``m.load()`` behind a spinner."""
+    """``m.load()`` behind a spinner. What the source had to guess (e.g. the head of a config
+    without ``architectures``) is printed as one ``warning:`` line per fact on stderr, also under
+    ``--json``."""
     with status(f"Reading {m.model} (no weights are allocated)…", quiet):
-        return m.load()
+        spec = m.load()
+    for line in (spec.meta or {}).get("warnings") or ():
+        print(f"warning: {line}", file=sys.stderr)
+    return spec
 
 
 def emit_json(obj) -> None:
@@ -124,6 +134,7 @@ MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("optimizer", Optimizers, None),
     ("dtype", DType, None),
     ("num_classes", NumClasses, None),
+    ("task", Task, None),
     ("trainable", Trainable, None),
     ("freeze", Freeze, None),
     ("lora_rank", LoraRank, None),
@@ -142,9 +153,10 @@ STEP_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
 
 
 def model_options(model: str, optimizer: str | None = None, dtype: str | None = None,
-                  num_classes: int | None = None, trainable: list[str] | None = None,
-                  freeze: list[str] | None = None, lora_rank: int | None = None,
-                  lora_targets: str | None = None, no_cache: bool = False) -> ModelOptions:
+                  num_classes: int | None = None, task: str | None = None,
+                  trainable: list[str] | None = None, freeze: list[str] | None = None,
+                  lora_rank: int | None = None, lora_targets: str | None = None,
+                  no_cache: bool = False) -> ModelOptions:
     """The model options as given on the command line, validated."""
     targets = split_csv(lora_targets)
     if lora_rank is None and targets:
@@ -160,9 +172,12 @@ def model_options(model: str, optimizer: str | None = None, dtype: str | None = 
         if dt not in dtypes.FLOATING:
             raise PlanError(f"--dtype {dtype!r} is not a floating-point dtype: use fp32, bf16, fp16 "
                             "or fp64")
+    from smmf_plan.trace.inputs import check_task
+
     return ModelOptions(model=model, optimizers=optimizer, dtype=dt, num_classes=num_classes,
-                        trainable=tuple(trainable or ()), freeze=tuple(freeze or ()),
-                        lora_rank=lora_rank, lora_targets=tuple(targets), use_cache=not no_cache)
+                        task=check_task(task), trainable=tuple(trainable or ()),
+                        freeze=tuple(freeze or ()), lora_rank=lora_rank,
+                        lora_targets=tuple(targets), use_cache=not no_cache)
 
 
 def step_options(batch_size: int | None = None, input_size: str | None = None,

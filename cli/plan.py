@@ -56,14 +56,14 @@ def plan(
     if json_out:
         from smmf_plan.report.state_json import plan_document
 
-        o.emit_json(plan_document(spec, plans, adam, dt, estimate=est, device=dev, fits=fits))
+        o.emit_json(plan_document(spec, plans, adam, estimate=est, device=dev, fits=fits))
         return
     from rich.console import Console
 
     from smmf_plan.report.state_table import model_header, state_table
 
     console = Console()
-    console.print(model_header(spec, dt))
+    console.print(model_header(spec))
     console.print(state_table(plans, adam))
     if not end_to_end:
         return

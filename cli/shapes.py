@@ -22,5 +22,5 @@ def shapes(m: ModelOptions, json_out: o.Json = False) -> None:
     from smmf_plan.report.state_table import model_header, shapes_table
 
     console = Console()
-    console.print(model_header(spec, m.dtype))
+    console.print(model_header(spec))
     console.print(shapes_table(spec, layouts))

@@ -78,7 +78,7 @@ def size(
     if json_out:
         from smmf_plan.report.step_json import size_document
 
-        o.emit_json(size_document(spec, dt, batch, result))
+        o.emit_json(size_document(spec, batch, result))
         if svg is not None:
             _write_svg(svg, spec, result, batch)
         return
@@ -111,7 +111,7 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
     from smmf_plan.report.state_table import model_header
 
     console = Console()
-    console.print(model_header(spec, dtype))
+    console.print(model_header(spec))
     if not result["complete"]:
         console.print(Text("Activations not estimated (no architecture for these weights): "
                            "the totals are lower bounds.", style="yellow"))

@@ -55,11 +55,35 @@ class ModelSpec:
             params=[ParamSpec.from_dict(p) for p in d["params"]], meta=d.get("meta", {}),
         )
 
+    @property
+    def architecture(self) -> str | None:
+        """The class built for this model (``LlamaForCausalLM``, ``ResNet`` …); None for weights
+        read without a config."""
+        return (self.meta or {}).get("architecture")
+
+    @property
+    def dtypes(self) -> dict[str, int]:
+        """Parameters per dtype, largest share first (ties by name)."""
+        counts: dict[str, int] = {}
+        for p in self.params:
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
+    def dtype(self) -> str | None:
+        """The dtype every parameter is planned in, ``"mixed"`` when they differ (see
+        :attr:`dtypes`), None without parameters."""
+        kinds = {p.dtype for p in self.params}
+        return None if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
+
     def summary(self) -> dict:
         return {
             "name": self.name,
             "source": self.source,
+            "class": self.architecture,
             "num_params": self.num_params,
             "num_tensors": self.num_tensors,
             "trainable_params": self.trainable_params,
+            "dtype": self.dtype,
+            "dtypes": self.dtypes,
         }

@@ -29,6 +29,9 @@ class ModelOptions:
     dtype: str | None = None
     #: classifier size for timm models; None: the architecture's.
     num_classes: int | None = None
+    #: the head to build from a transformers config (:data:`smmf_plan.trace.inputs.TASKS`);
+    #: None: the config's ``architectures``, else the head its model_type is trained with.
+    task: str | None = None
     #: globs of the parameters trained (the rest frozen) / frozen.
     trainable: tuple[str, ...] = ()
     freeze: tuple[str, ...] = ()
@@ -58,7 +61,7 @@ class ModelOptions:
 
         spec = load_model(self.model, num_classes=self.num_classes, trainable=self.trainable,
                           freeze=self.freeze, lora_rank=self.lora_rank,
-                          lora_targets=self.lora_targets, use_cache=self.use_cache)
+                          lora_targets=self.lora_targets, use_cache=self.use_cache, task=self.task)
         spec.params = with_dtype(spec.params, self.dtype)
         return spec
 

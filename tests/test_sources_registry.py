@@ -83,15 +83,16 @@ def test_config_json_builds_the_named_architecture(tmp_path):
         assert spec.num_params == 109_482_240
 
 
-def test_config_without_architectures_falls_back_to_automodel(tmp_path):
+def test_config_without_architectures_builds_the_head_it_is_trained_with(tmp_path):
     from smmf_plan.sources.registry import bundled_config
 
     cfg = bundled_config("gpt2")
     del cfg["architectures"]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     spec = load_model(str(tmp_path), use_cache=False)
-    assert spec.meta["architecture"] == "GPT2Model"
-    assert spec.num_params == 124_439_808 - 0  # the LM head is tied: GPT2Model has the same count
+    assert spec.meta["architecture"] == "GPT2LMHeadModel"
+    assert spec.num_params == 124_439_808  # the LM head is tied to the token embedding
+    assert len(spec.meta["warnings"]) == 1 and "GPT2LMHeadModel" in spec.meta["warnings"][0]
 
 
 @pytest.mark.parametrize("name,numel,tensors", [("resnet50", 25_557_032, 161), ("mobilenetv2_100", 3_504_872, 158)])

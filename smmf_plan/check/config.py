@@ -20,8 +20,8 @@ from ..units import config_size, parse_size
 #: keys of one ``[[tool.smmf-plan.checks]]`` table.
 CHECK_KEYS = (
     "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
-    "num-classes", "trainable", "freeze", "lora-rank", "lora-targets", "grad-checkpointing",
-    "amp", "max-state", "max-total",
+    "num-classes", "task", "trainable", "freeze", "lora-rank", "lora-targets",
+    "grad-checkpointing", "amp", "max-state", "max-total",
 )
 #: keys of ``[tool.smmf-plan]`` itself. ``devices`` belongs to :mod:`smmf_plan.devices` (user
 #: device tables) and is accepted here without being read.
@@ -64,7 +64,7 @@ class Check:
             "id": self.id, "model": self.model, "optimizers": list(self.optimizers),
             "device": self.device, "batch_size": s.batch,
             "input_size": list(s.input_size) if s.input_size else None,
-            "seq_len": s.seq_len, "dtype": m.dtype, "num_classes": m.num_classes,
+            "seq_len": s.seq_len, "dtype": m.dtype, "num_classes": m.num_classes, "task": m.task,
             "grad_checkpointing": s.grad_checkpointing, "amp": s.amp,
             "max_state_bytes": self.max_state, "max_total_bytes": self.max_total,
         }
@@ -128,6 +128,15 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
         return f"; did you mean {norm!r}?"
     close = difflib.get_close_matches(norm, list(valid), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else f" (valid keys: {', '.join(valid)})"
+
+
+def _task(value: Any, where: str) -> str:
+    from ..trace.inputs import check_task
+
+    try:
+        return check_task(_string(value, where, "task"))
+    except PlanError as e:
+        raise PlanError(f"{where}: task: {str(e).removeprefix('--task ')}") from None
 
 
 def _positive_int(value: Any, where: str, key: str) -> int:
@@ -225,6 +234,7 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         optimizers=_optimizer_ids(table.get("optimizer"), label),
         dtype=dtype,
         num_classes=_positive_int(table["num-classes"], label, "num-classes") if "num-classes" in table else None,
+        task=_task(table["task"], label) if "task" in table else None,
         trainable=_strings(table["trainable"], label, "trainable") if "trainable" in table else (),
         freeze=_strings(table["freeze"], label, "freeze") if "freeze" in table else (),
         lora_rank=lora_rank,

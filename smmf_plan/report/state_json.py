@@ -11,14 +11,15 @@ from ..shapes import square_matricize
 from . import SCHEMA_VERSION
 
 
-def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int, dtype: str | None,
+def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int,
                   *, estimate=None, device=None, fits=None) -> dict:
     """The ``plan`` document: each optimizer's state plan and, given the step ``estimate`` (a
     :class:`~smmf_plan.memory.MemoryEstimate`), its step entry, the device and the verdicts
-    (:func:`smmf_plan.report.step_json.add_training`)."""
+    (:func:`smmf_plan.report.step_json.add_training`). ``model.dtype`` is the dtype planned
+    (``--dtype`` already applied to ``model.params``)."""
     doc = {
         "schema_version": SCHEMA_VERSION,
-        "model": {**model.summary(), "dtype": dtype},
+        "model": model.summary(),
         "optimizers": {oid: p.to_dict(adam_bytes) for oid, p in plans.items()},
     }
     if estimate is not None:

@@ -14,16 +14,28 @@ from ..shapes import square_matricize
 from ..units import format_bytes
 
 
-def model_header(model: ModelSpec, dtype: str | None) -> Text:
+def model_header(model: ModelSpec) -> Text:
+    """``name (source) · Class · N M params in T tensors [· M trainable] · dtype`` (the class
+    built and the dtype planned, ``--dtype`` already applied to the parameters)."""
     t = Text()
     t.append(model.name, style="bold")
     t.append(f" ({model.source})")
+    if model.architecture:
+        t.append(f" · {model.architecture}")
     t.append(f" · {model.num_params / 1e6:,.1f} M params in {model.num_tensors} tensors")
     if model.trainable_params != model.num_params:
         t.append(f" · {model.trainable_params / 1e6:,.2f} M trainable")
-    dts = sorted({p.dtype for p in model.params}) if dtype is None else [dtype]
-    t.append(" · " + "/".join(dts))
+    dts = model.dtypes
+    if len(dts) > 1:
+        total = sum(dts.values()) or 1
+        t.append(" · mixed: " + ", ".join(f"{d} {_share(n / total)}" for d, n in dts.items()))
+    elif dts:
+        t.append(" · " + next(iter(dts)))
     return t
+
+
+def _share(x: float) -> str:
+    return f"{x:.0%}" if 0.01 <= x <= 0.99 or x in (0.0, 1.0) else ("<1%" if x < 0.01 else ">99%")
 
 
 def state_table(plans: dict[str, StatePlan], adam_bytes: int) -> Table:

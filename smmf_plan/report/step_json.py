@@ -56,7 +56,7 @@ def add_training(doc: dict, estimate, device: Device | None,
     return doc
 
 
-def size_document(spec: ModelSpec, dtype: str | None, batch_size: int, result: dict) -> dict:
+def size_document(spec: ModelSpec, batch_size: int, result: dict) -> dict:
     """The ``size`` document from :func:`smmf_plan.cli.size.size_model`'s result: per optimizer
     its step entry under each allocator and the smallest device that fits; per device the verdict
     of every optimizer."""
@@ -77,7 +77,7 @@ def size_document(spec: ModelSpec, dtype: str | None, batch_size: int, result: d
                      "recommendation": recommendation(d, grid[d.id], batch_known=result["complete"])})
     return {
         "schema_version": SCHEMA_VERSION,
-        "model": {**spec.summary(), "dtype": dtype},
+        "model": spec.summary(),  # its dtype is the one planned (--dtype applied to the params)
         "batch_size": batch_size,
         "estimate": "end-to-end" if result["complete"] else "weights+grads+state",
         "optimizers": optimizers,

@@ -22,7 +22,7 @@ from ..atomic import write_json_atomic
 from ..model import SPEC_FORMAT, ModelSpec
 from . import registry
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: configs without architectures build their task head
 _PACKAGES = ("smmf-plan", "torch", "timm", "transformers", "safetensors", "huggingface_hub")
 _RELEVANT = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 

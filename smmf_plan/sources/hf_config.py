@@ -1,10 +1,14 @@
 """transformers configs → the architecture class they name, built on the meta device.
 
-Assumptions: the class named first in ``architectures`` is the one that will be trained (so a
-causal-LM config plans its LM head, a ``*ForMaskedLM`` config its MLM head); when that field is
-missing or names a class this transformers does not have, ``AutoModel`` is used. Parameters are
-planned in the dtype ``from_config`` builds (float32); the config's ``torch_dtype``/``dtype`` is
-recorded as ``meta["checkpoint_dtype"]``. Configs needing remote code are refused.
+Which class is built: with ``task`` (``--task``), the head transformers' auto-mapping tables give
+that task for the config's ``model_type``; otherwise the class named first in ``architectures``
+(so a causal-LM config plans its LM head, a ``*ForMaskedLM`` config its MLM head). When that field
+is missing or names a class this transformers does not have, the head the ``model_type`` is
+trained with (:func:`default_head`) is built and a one-line warning with the closest class names
+is recorded in ``info["warnings"]`` (a bare model would silently drop e.g. Llama-3.1-8B's 525 M-
+parameter LM head). Parameters are planned in the dtype the class's constructor builds (float32,
+whatever the config says); the config's ``torch_dtype``/``dtype`` is recorded as
+``meta["checkpoint_dtype"]``. Configs needing remote code are refused.
 """
 
 from __future__ import annotations
@@ -13,7 +17,19 @@ import copy
 from typing import Any
 
 from ..errors import SourceError
-from ..trace.inputs import BASE, CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM
+from ..trace.inputs import (BASE, CAUSAL_LM, IMAGE_CLASSIFICATION, MASKED_LM, SEQ2SEQ_LM,
+                           SEQUENCE_CLASSIFICATION, TASKS)
+
+#: task → transformers' auto-mapping table of the head for that task (model_type → class name).
+TASK_MAPPINGS = {
+    CAUSAL_LM: "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    MASKED_LM: "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    SEQ2SEQ_LM: "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    SEQUENCE_CLASSIFICATION: "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    IMAGE_CLASSIFICATION: "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    BASE: "MODEL_MAPPING_NAMES",
+}
+assert set(TASK_MAPPINGS) == set(TASKS)
 
 
 def is_timm_config(cfg: dict) -> bool:
@@ -24,6 +40,8 @@ def is_timm_config(cfg: dict) -> bool:
 def task_of(arch: str | None, cfg: dict) -> str | None:
     if not arch:
         return None
+    if arch.endswith("ForSequenceClassification"):
+        return SEQUENCE_CLASSIFICATION
     if arch.endswith(("ForCausalLM", "LMHeadModel")) and not cfg.get("is_encoder_decoder"):
         return CAUSAL_LM
     if arch.endswith(("ForMaskedLM", "ForPreTraining")):
@@ -35,6 +53,16 @@ def task_of(arch: str | None, cfg: dict) -> str | None:
     if arch.endswith("Model"):
         return BASE
     return None
+
+
+def _drop_dtype(d: dict) -> None:
+    """Forget the checkpoint's dtype (recorded as ``checkpoint_dtype``): transformers would build
+    some modules in it (those made through ``from_config``) and others in float32."""
+    for key in ("torch_dtype", "dtype"):
+        d.pop(key, None)
+    for v in d.values():
+        if isinstance(v, dict):
+            _drop_dtype(v)
 
 
 def make_config(cfg: dict, *, num_classes: int | None = None, where: str = "config.json"):
@@ -52,6 +80,7 @@ def make_config(cfg: dict, *, num_classes: int | None = None, where: str = "conf
                           "or use a supported architecture")
     d = copy.deepcopy(cfg)
     d.pop("auto_map", None)
+    _drop_dtype(d)
     try:
         config = CONFIG_MAPPING[model_type].from_dict(d)
     except Exception as e:  # noqa: BLE001 - any config error is the user's file
@@ -62,32 +91,132 @@ def make_config(cfg: dict, *, num_classes: int | None = None, where: str = "conf
     return config
 
 
-def architecture_class(cfg: dict):
-    """``(class or None, name)``: the transformers class ``architectures[0]`` names, or ``None`` to
-    fall back to ``AutoModel``."""
+def _mapping(table: str) -> dict:
+    from transformers.models.auto import modeling_auto
+
+    return getattr(modeling_auto, table, {})
+
+
+def _first(value) -> str | None:
+    """A mapping value is a class name or a tuple of them (the first is the default)."""
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+def head_for(model_type: str | None, task: str) -> str | None:
+    """The class name transformers maps ``model_type`` to for ``task`` (None: no such head)."""
+    return _first(_mapping(TASK_MAPPINGS[task]).get(model_type or ""))
+
+
+def default_head(cfg: dict) -> tuple[str, str]:
+    """``(class name, task)`` of the head ``cfg``'s model_type is trained with, from transformers'
+    tables: its pretraining head (``MODEL_FOR_PRETRAINING_MAPPING``: BERT → BertForPreTraining,
+    T5/BART → *ForConditionalGeneration, GPT-2 → GPT2LMHeadModel), else the seq2seq-LM head of an
+    encoder-decoder, else the causal-LM head (decoder-only types: Llama, Mistral, Qwen …), else the
+    masked-LM head, else the image-classification head, else the bare model."""
+    mt = cfg.get("model_type")
+    pre = _first(_mapping("MODEL_FOR_PRETRAINING_MAPPING_NAMES").get(mt or ""))
+    if pre is not None:
+        return pre, task_of(pre, cfg) or BASE
+    order = ((SEQ2SEQ_LM, CAUSAL_LM) if cfg.get("is_encoder_decoder")
+             else (CAUSAL_LM, SEQ2SEQ_LM)) + (MASKED_LM, IMAGE_CLASSIFICATION, BASE)
+    for task in order:
+        name = head_for(mt, task)
+        if name is not None:
+            return name, task
+    raise SourceError(f"model_type {mt!r} has no model class in transformers; "
+                      "use a supported architecture")
+
+
+def class_names(model_type: str | None) -> list[str]:
+    """Every transformers class the auto-mapping tables list for ``model_type``."""
+    from transformers.models.auto import modeling_auto
+
+    names: list[str] = []
+    for table in dir(modeling_auto):
+        if not table.endswith("_MAPPING_NAMES") or table == "CONFIG_MAPPING_NAMES":
+            continue
+        value = getattr(modeling_auto, table).get(model_type or "")
+        for v in value if isinstance(value, (tuple, list)) else [value]:
+            if isinstance(v, str) and v not in names:
+                names.append(v)
+    return names
+
+
+def _transformers_class(name: str | None):
     import transformers
 
+    if not name:
+        return None
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # noqa: BLE001 - a lazy import of an optional backend failed
+        return None
+    return cls if isinstance(cls, type) and hasattr(cls, "config_class") else None
+
+
+def select_class(cfg: dict, task: str | None = None, *, where: str = "config.json"):
+    """``(class, warning or None)``: what :func:`build` constructs for ``cfg`` (see the module
+    docstring); the warning is one line saying what was built instead of ``architectures``."""
+    mt = cfg.get("model_type")
+    if task is not None:
+        name = head_for(mt, task)
+        if name is None:
+            have = [t for t in TASKS if head_for(mt, t) is not None]
+            raise SourceError(f"--task {task}: transformers has no {task} head for model_type "
+                              f"{mt!r}; use one of: {', '.join(have) or 'none'}")
+        cls = _transformers_class(name)
+        if cls is None:
+            raise SourceError(f"--task {task}: {name} is not in this transformers; upgrade "
+                              "transformers or choose another --task")
+        return cls, None
     archs = cfg.get("architectures") or []
-    name = archs[0] if archs and isinstance(archs[0], str) else None
-    cls = getattr(transformers, name, None) if name else None
-    if cls is not None and not (isinstance(cls, type) and hasattr(cls, "config_class")):
-        cls = None
-    return cls, name
+    named = archs[0] if archs and isinstance(archs[0], str) else None
+    cls = _transformers_class(named)
+    if cls is not None:
+        return cls, None
+    name, head_task = default_head(cfg)
+    cls = _transformers_class(name)
+    if cls is None:
+        raise SourceError(f"{where}: {name} is not in this transformers; upgrade transformers")
+    import difflib
+
+    if named:
+        close = difflib.get_close_matches(named, class_names(mt), n=3, cutoff=0.6)
+        why = (f"architectures names {named!r}, which this transformers does not have"
+               + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    else:
+        why = "it has no 'architectures' field"
+    warning = (f"{where}: {why}; planned {name}, the {head_task} head model_type {mt!r} is "
+               "trained with (choose another with --task " + "|".join(TASKS) + ")")
+    return cls, warning
 
 
 def build(cfg: dict, *, num_classes: int | None = None, device: str = "meta",
-          where: str = "config.json"):
-    """``(module, info)`` for a config dict; ``info`` holds the JSON-able meta fields."""
+          where: str = "config.json", task: str | None = None, architecture: str | None = None):
+    """``(module, info)`` for a config dict; ``info`` holds the JSON-able meta fields.
+
+    ``architecture`` forces a class by name (rebuilding what an earlier plan built); otherwise
+    :func:`select_class` decides from ``task`` and the config."""
     import torch
-    from transformers import AutoModel
 
     config = make_config(cfg, num_classes=num_classes, where=where)
-    cls, named = architecture_class(cfg)
+    warning = None
+    if architecture is not None:
+        cls = _transformers_class(architecture)
+        if cls is None:
+            raise SourceError(f"{where}: {architecture} is not in this transformers; "
+                              "upgrade transformers")
+    else:
+        cls, warning = select_class(cfg, task, where=where)
     try:
         with torch.device(device):
-            model = cls(config) if cls is not None else AutoModel.from_config(config)
+            # the constructor, not from_config: from_config would switch to the config's dtype
+            # for some classes only; every class is planned in the same (float32) dtype
+            model = cls(config)
     except Exception as e:  # noqa: BLE001
-        raise SourceError(f"{where}: could not build {named or 'AutoModel'} from this config "
+        raise SourceError(f"{where}: could not build {cls.__name__} from this config "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           "check the config values") from None
     arch = type(model).__name__
@@ -101,8 +230,8 @@ def build(cfg: dict, *, num_classes: int | None = None, device: str = "meta",
         "timm_name": None,
         "model_type": cfg.get("model_type"),
     }
-    if named and cls is None:
-        info["architecture_fallback"] = f"{named} not in transformers; used AutoModel"
+    if warning is not None:
+        info["warnings"] = [warning]
     ckdt = cfg.get("torch_dtype") or cfg.get("dtype")
     if isinstance(ckdt, str):
         info["checkpoint_dtype"] = ckdt

@@ -30,10 +30,13 @@ def _read_json(path: str) -> dict:
     return doc
 
 
-def _build(cfg: dict, *, num_classes: int | None, device: str, where: str):
+def _build(cfg: dict, *, num_classes: int | None, device: str, where: str,
+           task: str | None = None, architecture: str | None = None):
     """``(module, info)`` from a config dict: timm-style or transformers-style."""
     if is_timm_config(cfg):
         from . import timm_source
+
+        _timm_task(task)
 
         nc = num_classes if num_classes is not None else cfg.get("num_classes")
         model, info = timm_source.build(cfg["architecture"], num_classes=nc, device=device)
@@ -41,7 +44,16 @@ def _build(cfg: dict, *, num_classes: int | None, device: str, where: str):
         return model, info
     from . import hf_config
 
-    return hf_config.build(cfg, num_classes=num_classes, device=device, where=where)
+    return hf_config.build(cfg, num_classes=num_classes, device=device, where=where, task=task,
+                           architecture=architecture)
+
+
+def _timm_task(task: str | None) -> None:
+    from ..trace.inputs import IMAGE_CLASSIFICATION
+
+    if task not in (None, IMAGE_CLASSIFICATION):
+        raise PlanError(f"--task {task}: timm models are image classifiers; drop --task "
+                        f"or give --task {IMAGE_CLASSIFICATION}")
 
 
 def _from_module(name: str, source: str, model, info: dict) -> ModelSpec:
@@ -52,11 +64,12 @@ def _from_module(name: str, source: str, model, info: dict) -> ModelSpec:
 
 
 def _from_checkpoint(name: str, kind: str, tensors: list[StoredTensor], cfg: dict | None,
-                     num_classes: int | None, where: str, weights: str) -> ModelSpec:
+                     num_classes: int | None, where: str, weights: str,
+                     task: str | None = None) -> ModelSpec:
     if not tensors:
         raise SourceError(f"{weights}: holds no tensors; point at the model's weights")
     if cfg is not None:
-        model, info = _build(cfg, num_classes=num_classes, device="meta", where=where)
+        model, info = _build(cfg, num_classes=num_classes, device="meta", where=where, task=task)
         got = specs_by_architecture(tensors, model, where, new_head=num_classes is not None)
         if got is not None:
             params, extra = got
@@ -65,9 +78,10 @@ def _from_checkpoint(name: str, kind: str, tensors: list[StoredTensor], cfg: dic
         return ModelSpec(name, kind, params, _meta(
             {"library": info.get("library")}, weights=weights,
             config_ignored=f"{where} does not describe these weights", **extra))
-    if num_classes is not None:
-        raise PlanError(f"--num-classes needs an architecture but {weights} has no config.json "
-                        "beside it: add the model's config.json or drop --num-classes")
+    if num_classes is not None or task is not None:
+        flag = "--num-classes" if num_classes is not None else "--task"
+        raise PlanError(f"{flag} needs an architecture but {weights} has no config.json "
+                        f"beside it: add the model's config.json or drop {flag}")
     params, extra = specs_by_heuristics(tensors)
     return ModelSpec(name, kind, params, _meta(weights=weights, **extra))
 
@@ -76,7 +90,7 @@ def _kind_of(weights: str) -> str:
     return "safetensors" if ".safetensors" in os.path.basename(weights) else "state_dict"
 
 
-def _from_path(path: str, num_classes: int | None) -> ModelSpec:
+def _from_path(path: str, num_classes: int | None, task: str | None = None) -> ModelSpec:
     path = os.path.abspath(path)
     if os.path.isdir(path):
         name = os.path.basename(path.rstrip(os.sep)) or path
@@ -109,24 +123,25 @@ def _from_path(path: str, num_classes: int | None) -> ModelSpec:
     cfg = _read_json(cfg_path) if cfg_path else None
     if weights is not None:
         return _from_checkpoint(name, _kind_of(weights), read_weights(weights), cfg, num_classes,
-                                cfg_path or "config.json", weights)
-    model, info = _build(cfg, num_classes=num_classes, device="meta", where=cfg_path)
+                                cfg_path or "config.json", weights, task)
+    model, info = _build(cfg, num_classes=num_classes, device="meta", where=cfg_path, task=task)
     return _from_module(name, "config", model, info)
 
 
-def _from_hub(repo_id: str, num_classes: int | None) -> ModelSpec:
+def _from_hub(repo_id: str, num_classes: int | None, task: str | None = None) -> ModelSpec:
     from . import hub
 
     kind, got = hub.fetch(repo_id)
     repo_id = repo_id.removeprefix("hf-hub:")
     if kind == "config":
         cfg = _read_json(got)
-        model, info = _build(cfg, num_classes=num_classes, device="meta", where=f"{repo_id}/config.json")
+        model, info = _build(cfg, num_classes=num_classes, device="meta",
+                             where=f"{repo_id}/config.json", task=task)
         spec = _from_module(repo_id, "hub", model, info)
         spec.meta["hub_id"] = repo_id
         return spec
     tensors = [StoredTensor(e.name, e.dtype, e.shape) for entries in got.values() for e in entries]
-    spec = _from_checkpoint(repo_id, "hub", tensors, None, num_classes, "", f"hf://{repo_id}")
+    spec = _from_checkpoint(repo_id, "hub", tensors, None, num_classes, "", f"hf://{repo_id}", task)
     spec.meta["hub_id"] = repo_id
     return spec
 
@@ -144,19 +159,20 @@ def _unknown(source: str) -> SourceError:
     return SourceError(f"unknown model {source!r}: {hint}")
 
 
-def resolve(source: str, num_classes: int | None = None) -> ModelSpec:
-    """The base spec of ``source`` (every parameter trainable), without the cache."""
+def resolve(source: str, num_classes: int | None = None, task: str | None = None) -> ModelSpec:
+    """The base spec of ``source`` (every parameter trainable), without the cache; ``task``
+    chooses the head built from a transformers config (:data:`smmf_plan.trace.inputs.TASKS`)."""
     if not isinstance(source, str) or not source.strip():
         raise SourceError("empty model name: give a timm name, bundled name, path or hub id")
     path = os.path.expanduser(source)
     if os.path.exists(path):
-        return _from_path(path, num_classes)
+        return _from_path(path, num_classes, task)
     bundled = registry.resolve_bundled(source)
     if bundled is not None:
         from . import hf_config
 
         model, info = hf_config.build(registry.bundled_config(bundled), num_classes=num_classes,
-                                      where=f"bundled config {bundled}")
+                                      where=f"bundled config {bundled}", task=task)
         spec = _from_module(bundled, "transformers", model, info)
         spec.meta["hub_id"] = registry.HUB_IDS.get(bundled)
         return spec
@@ -165,21 +181,28 @@ def resolve(source: str, num_classes: int | None = None) -> ModelSpec:
     from . import hub
 
     if source.startswith("hf-hub:") or source.lower().startswith("timm/"):
-        return _from_hub(source, num_classes)
+        return _from_hub(source, num_classes, task)
     from . import timm_source
 
     if timm_source.is_timm_name(source):
+        _timm_task(task)
         model, info = timm_source.build(source, num_classes=num_classes)
         return _from_module(source, "timm", model, info)
     if hub.looks_like_hub_id(source):
-        return _from_hub(source, num_classes)
+        return _from_hub(source, num_classes, task)
     raise _unknown(source)
 
 
 def load_model(source: str, *, num_classes: int | None = None, trainable: Sequence[str] = (),
                freeze: Sequence[str] = (), lora_rank: int | None = None,
-               lora_targets: Sequence[str] = (), use_cache: bool = True) -> ModelSpec:
-    """Resolve ``source`` to parameter specs without allocating weights; see the package docstring."""
+               lora_targets: Sequence[str] = (), use_cache: bool = True,
+               task: str | None = None) -> ModelSpec:
+    """Resolve ``source`` to parameter specs without allocating weights; see the package docstring.
+    ``task`` (:data:`smmf_plan.trace.inputs.TASKS`) chooses the head built from a transformers
+    config."""
+    from ..trace.inputs import check_task
+
+    task = check_task(task)
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise PlanError(f"--num-classes must be a positive integer, got {num_classes!r}")
     trainable, freeze, lora_targets = tuple(trainable), tuple(freeze), tuple(lora_targets)
@@ -188,14 +211,14 @@ def load_model(source: str, *, num_classes: int | None = None, trainable: Sequen
     if lora_rank is None and lora_targets:
         raise PlanError("--lora-targets needs --lora-rank: add e.g. --lora-rank 8")
     options = {"num_classes": num_classes, "trainable": list(trainable), "freeze": list(freeze),
-               "lora_rank": lora_rank, "lora_targets": list(lora_targets)}
+               "lora_rank": lora_rank, "lora_targets": list(lora_targets), "task": task}
     key = cache.make_key(source, options) if use_cache else None
     if key is not None:
         hit = cache.get(key)
         if hit is not None:
             hit.meta["cache"] = "hit"
             return hit
-    spec = resolve(source, num_classes)
+    spec = resolve(source, num_classes, task)
     params = spec.params
     if lora_rank is not None:
         from .lora import apply_lora
@@ -226,8 +249,9 @@ def build_module(model: ModelSpec, device: str = "meta"):
                                       device=device)
         return module
     if isinstance(meta.get("config"), dict):
+        arch = meta.get("architecture") if meta.get("library") == "transformers" else None
         module, _ = _build(meta["config"], num_classes=None, device=device,
-                           where=f"config of {model.name}")
+                           where=f"config of {model.name}", architecture=arch)
         return module
     raise SourceError(f"{model.name}: a checkpoint without config.json has no architecture to "
                       "build; put the model's config.json beside the weights")

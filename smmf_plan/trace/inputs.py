@@ -34,6 +34,21 @@ TASKS = (IMAGE_CLASSIFICATION, CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM, SEQUENCE_CLASSI
 #: text tasks whose labels are the input tokens.
 TOKEN_LABELS = (CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM)
 
+
+def check_task(text: str | None) -> str | None:
+    """``text`` as a task name (``--task``; ``None`` stays ``None``); :class:`PlanError` naming
+    the closest tasks otherwise."""
+    import difflib
+
+    if text is None:
+        return None
+    key = str(text).strip().lower()
+    if key in TASKS:
+        return key
+    close = difflib.get_close_matches(key, TASKS, n=2, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise PlanError(f"--task {text!r} is not a task: {hint}use one of {', '.join(TASKS)}")
+
 #: documented default sequence length for text models (or the model's maximum positions if less).
 DEFAULT_SEQ_LEN = 128
 #: default (C, H, W) when a timm model states no input size.

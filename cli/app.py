@@ -51,6 +51,20 @@ def _click_errors():
     return ex
 
 
+def _literal_help(command) -> None:
+    """Escape rich markup in every help text of ``command`` and its subcommands: typer renders
+    help as rich markup, which would swallow ``[tool.smmf-plan]`` or ``smmf-plan[compare]``."""
+    from rich.markup import escape
+
+    for cmd in [command, *getattr(command, "commands", {}).values()]:
+        for attr in ("help", "short_help", "epilog"):
+            if getattr(cmd, attr, None):
+                setattr(cmd, attr, escape(getattr(cmd, attr)))
+        for param in cmd.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)
+
+
 def _argv_with_default_command(argv: list[str]) -> list[str]:
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
     if argv and argv[0] not in names and argv[0] not in ("-h", "--help", "--version"):
@@ -65,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0)
     ex = _click_errors()
     command = typer.main.get_command(app)
+    _literal_help(command)
     try:
         rc = command.main(args=_argv_with_default_command(args), prog_name="smmf-plan",
                           standalone_mode=False)

@@ -20,9 +20,9 @@ def devices(
 
         o.emit_json(devices_document(found))
         return
-    from rich.console import Console
+    from smmf_plan.report.console import console as make_console
 
     from smmf_plan.report.fit_table import devices_table
 
-    console = Console()
+    console = make_console()
     console.print(devices_table(found, wide=console.width >= 120))

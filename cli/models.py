@@ -30,10 +30,10 @@ def models(
             "timm": timm_names,
         })
         return
-    from rich.console import Console
+    from smmf_plan.report.console import console as make_console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     table = Table(title="Bundled checkpoints (offline configs)", title_justify="left", header_style="bold")
     table.add_column("name")
     table.add_column("reproduces the config of")

@@ -19,11 +19,11 @@ def optimizers(json_out: o.Json = False) -> None:
                      "default": list(DEFAULT_IDS), "all": list(ALL_IDS)})
         return
     from rich import box
-    from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from smmf_plan.report.console import console as make_console
+
+    console = make_console()  # markup off: ids, help and values print as written
     table = Table(title="Optimizers", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     table.add_column("id", no_wrap=True)
     table.add_column("implementation", max_width=24)
@@ -35,8 +35,8 @@ def optimizers(json_out: o.Json = False) -> None:
         impl = f"{cls} ({r['requires']['distribution']})" + ("" if r["installed"] else ", not installed")
         paths = r["temporaries"]["default_path"]
         keeps = r["summary"] + ("; keeps its step scratch between steps" if r["keeps_scratch"] else "")
-        table.add_row(escape(r["id"] + (" *" if r["default"] else "")), escape(impl),
-                      f"{paths['cpu']} / {paths['cuda']}", f"{r['probe_lr']:g}", escape(keeps))
+        table.add_row(r["id"] + (" *" if r["default"] else ""), impl,
+                      f"{paths['cpu']} / {paths['cuda']}", f"{r['probe_lr']:g}", keeps)
     console.print(table)
     options = Table(title="Variant options: ID:key=value,...", title_justify="left",
                     header_style="bold", box=box.SIMPLE_HEAD)
@@ -44,12 +44,12 @@ def optimizers(json_out: o.Json = False) -> None:
         options.add_column(col, no_wrap=col != "meaning")
     for r in rows:
         for k, v in r["options"].items():
-            options.add_row(escape(r["id"]), escape(k), escape(_word(v["default"])), escape(v["valid"]),
-                            escape(v["help"]))
+            options.add_row(r["id"], k, _word(v["default"]), v["valid"],
+                            v["help"])
     console.print(options)
     papers = ", ".join(f"{r['paper_name']} = {r['id']}" for r in rows if r["paper_name"])
-    console.print("* shown by default; '--optimizer all' selects: " + escape(", ".join(ALL_IDS)))
-    console.print("The SMMF paper's tables name them: " + escape(papers) + ". Every field: --json.")
+    console.print("* shown by default; '--optimizer all' selects: " + ", ".join(ALL_IDS))
+    console.print("The SMMF paper's tables name them: " + papers + ". Every field: --json.")
 
 
 def _word(value) -> str:

@@ -105,9 +105,11 @@ def status(message: str, quiet: bool = False):
     if quiet or not sys.stderr.isatty():
         yield
         return
-    from rich.console import Console
+    from rich.text import Text
 
-    with Console(stderr=True).status(message):
+    from smmf_plan.report.console import console
+
+    with console(stderr=True).status(Text(message)):  # a str would be parsed as markup
         yield
 
 

@@ -58,11 +58,11 @@ def plan(
 
         o.emit_json(plan_document(spec, plans, adam, estimate=est, device=dev, fits=fits))
         return
-    from rich.console import Console
+    from smmf_plan.report.console import console as make_console
 
     from smmf_plan.report.state_table import model_header, state_table
 
-    console = Console()
+    console = make_console()
     console.print(model_header(spec))
     console.print(state_table(plans, adam))
     if not end_to_end:

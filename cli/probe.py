@@ -94,11 +94,11 @@ def probe(
     if json_out:
         o.emit_json(doc)
         return
-    from rich.console import Console
+    from smmf_plan.report.console import console as make_console
 
     from smmf_plan.report.probe_report import problems, probe_table
 
-    console = Console()
+    console = make_console()
     console.print(probe_table(doc))
     for line in problems(doc):
         console.print(line, highlight=False)

@@ -17,10 +17,10 @@ def shapes(m: ModelOptions, json_out: o.Json = False) -> None:
 
         o.emit_json(shapes_document(spec, layouts))
         return
-    from rich.console import Console
+    from smmf_plan.report.console import console as make_console
 
     from smmf_plan.report.state_table import model_header, shapes_table
 
-    console = Console()
+    console = make_console()
     console.print(model_header(spec))
     console.print(shapes_table(spec, layouts))

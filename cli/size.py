@@ -104,13 +104,13 @@ def _write_svg(path: str, spec, result: dict, batch: int):
 
 
 def _print(spec, dtype, batch: int, result: dict) -> None:
-    from rich.console import Console
+    from smmf_plan.report.console import console as make_console
     from rich.text import Text
 
     from smmf_plan.report.fit_table import size_table
     from smmf_plan.report.state_table import model_header
 
-    console = Console()
+    console = make_console()
     console.print(model_header(spec))
     if not result["complete"]:
         console.print(Text("Activations not estimated (no architecture for these weights): "

@@ -286,9 +286,11 @@ class _NoBar:
 def _progress(enabled: bool):
     if not enabled:
         return _NoBar()
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description:<22}"), BarColumn(),
+    from ..report.console import console
+
+    # descriptions and notes are user text (ids, error messages): no markup
+    return Progress(TextColumn("{task.description:<22}", markup=False), BarColumn(),
                     MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
-                    TextColumn("{task.fields[note]}"), console=Console(stderr=True))
+                    TextColumn("{task.fields[note]}", markup=False), console=console(stderr=True))

@@ -92,13 +92,14 @@ def messages(report: CheckReport) -> list[str]:
 
 
 def print_table(report: CheckReport, console=None) -> None:
-    from rich.console import Console
     from rich.text import Text
 
+    from .console import console as make_console
+
     if console is None:
-        console = Console()
+        console = make_console()
         if not console.is_terminal:  # CI logs: no wrapping at 80 columns; tables stay content-wide
-            console = Console(width=max(console.width, 160))
+            console = make_console(width=max(console.width, 160))
     console.print(check_table(report))
     table = step_table(report)
     if table is not None:

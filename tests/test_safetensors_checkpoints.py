@@ -329,3 +329,27 @@ def test_num_classes_without_config_is_an_error(tmp_path, tiny):
     save_file(tiny.state_dict(), tmp_path / "m.safetensors")
     with pytest.raises(PlanError, match="--num-classes needs an architecture"):
         load_model(str(tmp_path / "m.safetensors"), num_classes=3, use_cache=False)
+
+
+def test_a_file_is_named_as_the_file_and_a_directory_as_itself(tmp_path, tiny, capsys):
+    """/x/run-3/model.safetensors is "run-3/model.safetensors", not "run-3"; the folder itself
+    keeps its name (real CLI, JSON model.name)."""
+    from safetensors.torch import save_file
+
+    from smmf_plan.cli import main
+
+    folder = tmp_path / "run-3"
+    folder.mkdir()
+    save_file(tiny.state_dict(), folder / "model.safetensors")
+    torch.save(tiny.state_dict(), folder / "last.pt")
+
+    def name(path):
+        with pytest.raises(SystemExit) as e:
+            main([str(path), "-o", "adam", "--json", "--no-cache"])
+        out, err = capsys.readouterr()
+        assert e.value.code == 0, err
+        return json.loads(out)["model"]["name"]
+
+    assert name(folder / "model.safetensors") == "run-3/model.safetensors"
+    assert name(folder / "last.pt") == "run-3/last.pt"
+    assert name(folder) == "run-3"

@@ -103,20 +103,21 @@ def _from_path(path: str, num_classes: int | None, task: str | None = None) -> M
                               "directory saved with save_pretrained or at a weights file")
     else:
         base = os.path.basename(path)
-        name = base.split(".")[0] or base
+        # the file, with its folder for context (".../llama/model.safetensors" →
+        # "llama/model.safetensors"): a file is not the folder it lies in
+        folder = os.path.basename(os.path.dirname(path))
+        name = f"{folder}/{base}" if folder else base
         cfg_path = weights = None
         if base.endswith(".index.json") or base.endswith(WEIGHT_SUFFIXES):
             weights = path
             beside = os.path.join(os.path.dirname(path), "config.json")
             cfg_path = beside if os.path.isfile(beside) else None
-            name = os.path.basename(os.path.dirname(path)) or name
         elif base.endswith(".json"):
             doc = _read_json(path)
             if "weight_map" in doc:
                 weights = path
             else:
                 cfg_path = path
-            name = os.path.basename(os.path.dirname(path)) or name
         else:
             raise SourceError(f"{path}: unknown file type; use a .safetensors, *.index.json, "
                               ".pt/.pth/.bin or config.json file, or a model directory")

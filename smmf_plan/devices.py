@@ -27,6 +27,10 @@ from .tomlfile import find_pyproject, loads, read_toml, tool_table
 from .units import config_size, format_bytes, parse_size
 
 MEMORY_KINDS = ("host RAM", "unified", "GPU", "MCU SRAM+PSRAM")
+#: the memory a device's allocator hands out when its table names no memory_kind.
+DEFAULT_MEMORY_KIND = {"cpu": "host RAM", "cuda": "GPU"}
+#: memory kinds an allocator can serve ("unified": Apple silicon on the CPU rule, Jetson on CUDA).
+KINDS_FOR_ALLOCATOR = {"cpu": ("host RAM", "unified", "MCU SRAM+PSRAM"), "cuda": ("GPU", "unified")}
 PYTORCH_LEVELS = ("yes", "limited", "marginal", "no", "unknown")
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
@@ -145,13 +149,22 @@ def device_from_table(device_id: str, table: Any, origin: str) -> Device:
         sources = [sources]
     if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
         raise PlanError(f"{where}.sources = {sources!r} must be a list of strings")
+    allocator = _choice(table.get("allocator", "cpu"), f"{where}.allocator", ALLOCATORS)
+    kind = _choice(table.get("memory_kind", DEFAULT_MEMORY_KIND[allocator]), f"{where}.memory_kind",
+                   MEMORY_KINDS)
+    if kind not in KINDS_FOR_ALLOCATOR[allocator]:
+        raise PlanError(f"{where}: memory_kind = {kind!r} does not go with allocator = "
+                        f"{allocator!r}; use memory_kind = "
+                        + " or ".join(repr(k) for k in KINDS_FOR_ALLOCATOR[allocator])
+                        + (" (the CUDA allocator hands out GPU memory)" if allocator == "cuda" else
+                           " (GPU memory needs allocator = \"cuda\")"))
     return Device(
         id=key_id,
         name=_text(table.get("name", key_id), f"{where}.name"),
         total_bytes=total,
         usable_bytes=usable,
-        memory_kind=_choice(table.get("memory_kind", "host RAM"), f"{where}.memory_kind", MEMORY_KINDS),
-        allocator=_choice(table.get("allocator", "cpu"), f"{where}.allocator", ALLOCATORS),
+        memory_kind=kind,
+        allocator=allocator,
         usable_basis=_text(table.get("usable_basis", "" if origin == "catalog" else
                                      f"as given in {origin}"), f"{where}.usable_basis"),
         pytorch_training=_choice(table.get("pytorch_training", "unknown"), f"{where}.pytorch_training",

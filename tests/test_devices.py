@@ -200,3 +200,36 @@ def test_devices_file_syntax_error_names_its_line(tmp_path):
         load_devices_file(f)
     assert str(e.value).startswith(f"{f}:2:") and "malformed TOML" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("allocator,kind", [("cuda", "GPU"), ("cpu", "host RAM")])
+def test_memory_kind_follows_the_allocator(tmp_path, allocator, kind):
+    """A user's CUDA device is GPU memory, not "host RAM" (shown in tables and JSON)."""
+    f = write(tmp_path / "d.toml", f'[box]\ntotal_bytes = "24GiB"\nallocator = "{allocator}"\n')
+    d = get_device("box", [f])
+    assert d.memory_kind == kind and d.reference()["memory_kind"] == kind
+    f = write(tmp_path / "j.toml", f'[box]\ntotal_bytes = "8GiB"\nallocator = "{allocator}"\n'
+                                   'memory_kind = "unified"\n')
+    assert get_device("box", [f]).memory_kind == "unified"  # stated explicitly: kept
+
+
+@pytest.mark.parametrize("allocator,kind", [("cuda", "host RAM"), ("cpu", "GPU")])
+def test_memory_kind_that_contradicts_the_allocator_is_named(tmp_path, allocator, kind):
+    f = write(tmp_path / "d.toml", f'[box]\ntotal_bytes = 100\nallocator = "{allocator}"\n'
+                                   f'memory_kind = "{kind}"\n')
+    with pytest.raises(PlanError) as e:
+        get_device("box", [f])
+    assert f"memory_kind = {kind!r} does not go with allocator = {allocator!r}" in str(e.value)
+
+
+def test_cuda_device_in_the_devices_table(tmp_path, capsys):
+    from smmf_plan.cli import main
+
+    f = write(tmp_path / "d.toml", '[gpu-box]\ntotal_bytes = "24GiB"\nallocator = "cuda"\n')
+    with pytest.raises(SystemExit):
+        main(["devices", "--devices-file", str(f), "--json"])
+    import json
+
+    row = next(d for d in json.loads(capsys.readouterr().out)["devices"] if d["id"] == "gpu-box")
+    assert (row["memory_kind"], row["allocator"]) == ("GPU", "cuda")
+

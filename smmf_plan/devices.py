@@ -234,7 +234,12 @@ def list_devices(extra_files: Iterable[str | Path] = (), *, search_from: str | P
 
 def ad_hoc(text: str) -> Device:
     """``512MiB`` / ``4GB`` as a device: usable = total, CPU allocator, PyTorch unknown."""
-    n = parse_size(text, "--device")
+    try:
+        n = parse_size(text, "--device")
+    except PlanError as e:
+        if "negative" not in str(e):
+            raise
+        n = -1
     if n <= 0:
         raise PlanError(f"--device {text!r}: a memory budget must be positive, e.g. 512MiB")
     label = text.strip().replace(" ", "")
@@ -260,7 +265,7 @@ def get_device(text: str, extra_files: Iterable[str | Path] = (), *,
     key = text.strip().lower()
     if key in devices:
         return devices[key]
-    if key[:1].isdigit() or key[:1] == ".":
+    if key.lstrip("+-")[:1].isdigit() or key.lstrip("+-")[:1] == ".":
         try:
             return ad_hoc(text)
         except PlanError as e:

@@ -26,7 +26,8 @@ from .units import format_bytes
 
 TotalAt = Callable[[int], int]
 
-#: the largest batch size searched for.
+#: the largest batch size searched for, and the largest one a plan accepts (1,048,576 samples:
+#: beyond any single training step; a larger number is a typo, not a plan).
 MAX_BATCH = 1 << 20
 
 
@@ -61,7 +62,8 @@ NO_DEVICE = {"fits": None, "headroom_bytes": None, "max_batch_size": None}
 
 
 def check_batch_size(value: object, what: str = "--batch-size") -> int:
-    """``value`` as a batch size ≥ 1; :class:`PlanError` naming the value otherwise."""
+    """``value`` as a batch size in 1..:data:`MAX_BATCH`; :class:`PlanError` naming the value
+    otherwise."""
     if isinstance(value, bool):
         raise PlanError(f"{what} {value!r} is not a whole number: give a batch size ≥ 1")
     if not isinstance(value, int):
@@ -71,6 +73,9 @@ def check_batch_size(value: object, what: str = "--batch-size") -> int:
             raise PlanError(f"{what} {value!r} is not a whole number: give a batch size ≥ 1") from None
     if value < 1:
         raise PlanError(f"{what} {value} is not a batch size: give a whole number ≥ 1")
+    if value > MAX_BATCH:
+        raise PlanError(f"{what} {value:,} is larger than smmf-plan plans (at most {MAX_BATCH:,} "
+                        "samples per step): give a smaller batch size")
     return value
 
 

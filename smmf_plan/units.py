@@ -15,7 +15,7 @@ _UNITS = {
     "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*([+-]?)\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 MiB = 2**20
 GiB = 2**30
@@ -30,10 +30,13 @@ def parse_size(text: str | int, what: str = "size") -> int:
             raise PlanError(f"{what} must not be negative, got {text}")
         return text
     m = _SIZE.match(str(text))
-    unit = m.group(2).lower() if m else None
+    unit = m.group(3).lower() if m else None
     if not m or unit not in _UNITS:
         raise PlanError(f"{what} {text!r} is not a size: write e.g. 512MiB, 4GB or 1.5GiB")
-    return int(round(float(m.group(1)) * _UNITS[unit]))
+    n = int(round(float(m.group(2)) * _UNITS[unit]))
+    if m.group(1) == "-" and n:
+        raise PlanError(f"{what} {text!r} is negative: a size must be positive, e.g. 512MiB")
+    return n
 
 
 def config_size(value: object, what: str) -> int:
@@ -59,7 +62,7 @@ def config_size(value: object, what: str) -> int:
 
 def looks_like_size(text: str) -> bool:
     m = _SIZE.match(text)
-    return bool(m) and m.group(2).lower() in _UNITS and m.group(2) != ""
+    return bool(m) and m.group(3).lower() in _UNITS and m.group(3) != ""
 
 
 _BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))

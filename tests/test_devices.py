@@ -233,3 +233,17 @@ def test_cuda_device_in_the_devices_table(tmp_path, capsys):
     row = next(d for d in json.loads(capsys.readouterr().out)["devices"] if d["id"] == "gpu-box")
     assert (row["memory_kind"], row["allocator"]) == ("GPU", "cuda")
 
+
+@pytest.mark.parametrize("text", ["-5GB", "-512MiB", " -1", "-0.5GiB"])
+def test_negative_budget_says_the_size_must_be_positive(text, capsys):
+    """`-d -5GB` is a size with a sign, not an unknown device id (real CLI: exit 2, one line)."""
+    from smmf_plan.cli import main
+
+    with pytest.raises(PlanError) as e:
+        get_device(text)
+    assert "must be positive" in str(e.value) and "did you mean" not in str(e.value)
+    with pytest.raises(SystemExit) as ex:
+        main(["resnet18", "-o", "adam", "-d", text])
+    out, err = capsys.readouterr()
+    assert ex.value.code == 2 and out == ""
+    assert err == f"error: --device {text!r}: a memory budget must be positive, e.g. 512MiB\n"

@@ -90,6 +90,21 @@ def test_bad_batch_sizes_are_named(bad):
         fit(affine(1, 1), 10, bad)
 
 
+def test_batch_size_is_bounded_by_max_batch(capsys):
+    """-b 10**12 used to plan 20,356,769 TiB; the bound is the documented MAX_BATCH (2**20)."""
+    from smmf_plan.cli import main
+
+    assert MAX_BATCH == 1_048_576 and check_batch_size(1_048_576) == 1_048_576
+    with pytest.raises(PlanError, match="at most 1,048,576"):
+        check_batch_size(1_048_577)
+    for command in (["resnet18"], ["size", "resnet18", "-d", "4GB"]):
+        with pytest.raises(SystemExit) as e:
+            main([*command, "-o", "adam", "-b", str(10**12)])
+        out, err = capsys.readouterr()
+        assert e.value.code == 2 and out == "" and err.count("\n") == 1
+        assert err.startswith("error: --batch-size 1,000,000,000,000 is larger than") and "TiB" not in err
+
+
 def test_bad_usable_is_named():
     with pytest.raises(PlanError, match="-1"):
         fit(affine(1, 1), -1, 1)

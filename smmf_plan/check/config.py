@@ -145,6 +145,13 @@ def _positive_int(value: Any, where: str, key: str) -> int:
     return value
 
 
+def _batch_size(value: Any, where: str) -> int:
+    from ..fit import check_batch_size
+
+    _positive_int(value, where, "batch-size")
+    return check_batch_size(value, f"{where}: batch-size")
+
+
 def _string(value: Any, where: str, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise PlanError(f"{where}: {key} = {value!r} must be a non-empty string")
@@ -241,7 +248,7 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         lora_targets=lora_targets,
     )
     step = StepOptions(
-        batch_size=_positive_int(table["batch-size"], label, "batch-size") if "batch-size" in table else 1,
+        batch_size=_batch_size(table["batch-size"], label) if "batch-size" in table else 1,
         input_size=parse_input_size(table["input-size"], f"{label}: input-size =")
         if "input-size" in table else None,
         seq_len=_positive_int(table["seq-len"], label, "seq-len") if "seq-len" in table else None,

@@ -184,8 +184,9 @@ def run_probe(spec: ModelSpec, layouts: Sequence, *, steps: int = 10, batch_size
     glibc's default keeps freed memory resident and RSS runs up to ~1.35× the tensor peak."""
     if steps < 1:
         raise PlanError(f"--steps must be at least 1, got {steps}")
-    if batch_size < 1:
-        raise PlanError(f"--batch-size must be at least 1, got {batch_size}")
+    from ..fit import check_batch_size
+
+    batch_size = check_batch_size(batch_size)
     if device_type not in ("cpu", "cuda"):
         raise PlanError(f"--device-type {device_type!r}: use cpu or cuda")
     if lr is not None and not lr > 0:

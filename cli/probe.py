@@ -91,16 +91,22 @@ def probe(
             write_text_atomic(report, markdown(doc, command=command))
         except OSError as e:
             raise PlanError(f"--report {report}: cannot write ({e.strerror or e}); check the path") from None
+    from smmf_plan.report.console import console as make_console
+    from smmf_plan.report.probe_report import failures, probe_table, verdicts
+
     if json_out:
         o.emit_json(doc)
-        return
-    from smmf_plan.report.console import console as make_console
-
-    from smmf_plan.report.probe_report import problems, probe_table
-
-    console = make_console()
-    console.print(probe_table(doc))
-    for line in problems(doc):
-        console.print(line, highlight=False)
-    if report:
-        console.print(f"report written to {report}", highlight=False)
+    else:
+        console = make_console()
+        console.print(probe_table(doc))
+        for line in verdicts(doc):
+            console.print(line, highlight=False)
+        if report:
+            console.print(f"report written to {report}", highlight=False)
+    failed = failures(doc)
+    err = make_console(stderr=True)
+    for line in failed:
+        err.print(f"error: {line}", highlight=False, soft_wrap=True)
+    if failed:
+        # an optimizer that could not run is not a measurement: fail like a test would
+        raise typer.Exit(1)

@@ -113,7 +113,7 @@ def test_optimizers_command_prints_the_registry(capsys):
             assert path == r["temporaries"]["paths"][d][0]
         for o in r["options"].values():
             assert set(o) == {"default", "type", "valid", "choices", "help"} and o["help"]
-        assert r["installed"] is True  # the test extra installs every implementation
+        assert r["installed"] is True  # the main dependencies install every implementation
     assert by_id["adam"]["implementation"] == "torch.optim:Adam"
     assert by_id["adam"]["temporaries"]["default_path"] == {"cpu": "for-loop", "cuda": "foreach"}
     assert by_id["adam"]["options"]["weight_decay"] == {
@@ -123,7 +123,7 @@ def test_optimizers_command_prints_the_registry(capsys):
     assert by_id["smmf"]["options"]["sign"]["choices"] == ["packed", "bool"]
     assert by_id["sm3"]["options"]["momentum"]["valid"] == "[0, 1)"
     assert by_id["came"]["requires"] == {"distribution": "came-pytorch", "module": "came_pytorch",
-                                         "extra": "compare"}
+                                         "extra": None}  # a main dependency
     assert {r["paper_name"] for r in doc["optimizers"]} == {"Adam", "Adafactor", "CAME", "SM3", "SMMF", None}
     assert by_id["adafactor"]["variants"] == ["adafactor", "adafactor:beta1=none"]
     assert by_id["came"]["probe_lr"] == 2e-4 and by_id["sm3"]["probe_lr"] == 1e-2

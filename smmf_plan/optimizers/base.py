@@ -167,7 +167,8 @@ class Requirement(NamedTuple):
     def install_hint(self) -> str:
         if self.extra:
             return f"the '{self.extra}' extra: pip install 'smmf-plan[{self.extra}]'"
-        return f"pip install {self.distribution}"
+        return (f"a dependency of smmf-plan: pip install '{self.distribution}', or reinstall "
+                "smmf-plan without --no-deps")
 
     def to_dict(self) -> dict:
         return {"distribution": self.distribution, "module": self.module, "extra": self.extra}

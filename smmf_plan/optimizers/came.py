@@ -43,7 +43,7 @@ INFO = OptimizerInfo(
     id="came", display_name="CAME", paper_name="CAME",
     summary="CAME: confidence-guided Adafactor with a full first moment",
     implementation="came_pytorch:CAME",
-    requires=Requirement("came-pytorch", "came_pytorch", extra="compare"),
+    requires=Requirement("came-pytorch", "came_pytorch"),
     reproduces="came_pytorch.CAME, came-pytorch 0.1.3",
     verified=VERIFIED_BY_TESTS,
     state=state,

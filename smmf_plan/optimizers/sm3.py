@@ -48,7 +48,7 @@ INFO = OptimizerInfo(
     id="sm3", display_name="SM3", paper_name="SM3",
     summary="SM3 (momentum 0.9): per-dimension accumulators plus a full momentum buffer",
     implementation="pytorch_optimizer:SM3",
-    requires=Requirement("pytorch-optimizer", "pytorch_optimizer", extra="compare"),
+    requires=Requirement("pytorch-optimizer", "pytorch_optimizer"),
     reproduces="pytorch_optimizer.SM3, pytorch-optimizer 4.1.0",
     verified=VERIFIED_BY_TESTS,
     options={"momentum": Option(0.9, "float", "momentum (the buffer is kept even at 0)",

@@ -126,14 +126,32 @@ def probe_table(doc: dict):
     return t
 
 
+def _problem(oid: str, e: dict) -> str:
+    msg = e.get("error") or ""
+    return f"{oid}: {e.get('verdict')}" + (f" — {msg}" if msg and e["status"] == "oom" else "")
+
+
 def problems(doc: dict) -> list[str]:
     """One line per optimizer that did not finish (its verdict and message)."""
-    out = []
-    for oid, e in doc["optimizers"].items():
-        if e.get("status") != "ok":
-            msg = e.get("error") or ""
-            out.append(f"{oid}: {e.get('verdict')}" + (f" — {msg}" if msg and e['status'] == 'oom' else ""))
-    return out
+    return [_problem(oid, e) for oid, e in doc["optimizers"].items() if e.get("status") != "ok"]
+
+
+def failed(doc: dict, entry: dict) -> bool:
+    """Whether an optimizer could not run: an error, or an out-of-memory without a ``--device``
+    cap (the host itself ran out). An OOM under a cap is the verdict asked for ("does not fit")."""
+    capped = (doc.get("settings") or {}).get("cap_bytes") is not None
+    return entry.get("status") == "error" or (entry.get("status") == "oom" and not capped)
+
+
+def failures(doc: dict) -> list[str]:
+    """The :func:`problems` that make ``smmf-plan probe`` exit 1."""
+    return [_problem(oid, e) for oid, e in doc["optimizers"].items() if failed(doc, e)]
+
+
+def verdicts(doc: dict) -> list[str]:
+    """The :func:`problems` that are answers, not failures (OOM under a cap)."""
+    return [_problem(oid, e) for oid, e in doc["optimizers"].items()
+            if e.get("status") not in ("ok", None) and not failed(doc, e)]
 
 
 def markdown(doc: dict, *, command: str | None = None) -> str:

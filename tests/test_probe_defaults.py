@@ -1,0 +1,69 @@
+"""What a new user gets from `pip install -e .` and `smmf-plan probe MODEL`: every default optimizer
+runs, and an optimizer that cannot run makes the probe fail with the reason (real CLI in
+subprocesses, a real package made unimportable)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from smmf_plan.layouts import parse_layouts
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ["probe", "resnet18", "--steps", "2", "--batch-size", "2", "--input-size", "3,32,32"]
+
+
+def _main_dependencies() -> set[str]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower() for d in deps}
+
+
+def test_default_optimizers_need_only_the_main_dependencies():
+    """`pip install -e .` (the README's first command) installs what every default optimizer's
+    implementation needs: none of them hides behind an extra."""
+    needed = {lay.requires for lay in parse_layouts(None) if lay.requires}
+    assert needed == {"transformers", "came-pytorch", "pytorch-optimizer"}
+    assert needed <= _main_dependencies()
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "smmf_plan", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=900)
+
+
+def test_probe_on_its_defaults_runs_every_default_optimizer():
+    r = _cli(*PROBE, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert list(doc["optimizers"]) == ["adam", "adafactor", "came", "sm3", "smmf"]
+    assert {oid: e["status"] for oid, e in doc["optimizers"].items()} == dict.fromkeys(doc["optimizers"], "ok")
+
+
+def test_an_optimizer_that_cannot_run_fails_the_probe_with_its_reason(tmp_path):
+    """came_pytorch made unimportable for the CLI and its workers (a sitecustomize on PYTHONPATH),
+    as in an environment without the package."""
+    # None in sys.modules is Python's mark of a module that cannot be imported: import raises
+    # ModuleNotFoundError and importlib.util.find_spec returns None, as without the package
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['came_pytorch'] = None\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    hidden = subprocess.run([sys.executable, "-c", "import came_pytorch"], capture_output=True,
+                            env={**os.environ, **env})
+    assert hidden.returncode != 0  # the package really is gone for these processes
+    r = _cli(*PROBE, "-o", "adam,came", "--json", env=env)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    doc = json.loads(r.stdout)  # the document is still printed, whole
+    assert doc["optimizers"]["adam"]["status"] == "ok"  # the others still ran
+    assert doc["optimizers"]["came"]["status"] == "error"
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: came: error: came needs came-pytorch")
+    assert "which is not installed" in errors[0]
+    assert "pip install 'came-pytorch'" in errors[0]  # printed as written, quotes and all

@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 def setup_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text, re.S)
-    assert block and text.index("```bash") < text.index("\n## ") if "\n## " in text else True
+    first_block = README.index("```bash")
+    first_section = README.index("\n## ")
+    assert first_block < first_section, "the set-up commands come before the first section"
+    block = re.search(r"```bash\n(.*?)```", README, re.S)
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 

@@ -310,7 +310,8 @@ def test_configuration_errors_exit_2_naming_the_offending_key(tiny, capsys, body
 
 
 @pytest.mark.parametrize("args, baseline_text, needle", [
-    (["-b", "missing.json"], None, "does not exist: create it with --update-baseline"),
+    (["-b", "missing.json"], None, "does not exist: record the current numbers with "
+                                   "'smmf-plan check --update-baseline'"),
     (["-b", "base.json"], "{not json", "not valid JSON"),
     (["-b", "base.json"], '{"schema_version": 7, "checks": {}}', "schema_version 7"),
     (["-b", "base.json"], '{"schema_version": 1, "checks": {"tiny": {"optimizers": {"adam": '
@@ -319,7 +320,8 @@ def test_configuration_errors_exit_2_naming_the_offending_key(tiny, capsys, body
     (["--tolerance", "-3%"], None, "--tolerance '-3%' is not a tolerance"),
     (["--format", "html"], None, "--format 'html'"),
     (["--config", "nope.toml"], None, "nope.toml: no such file"),
-    (["-b", "nodir/base.json", "--update-baseline"], None, "directory nodir does not exist"),
+    (["-b", "tiny.safetensors/base.json", "--update-baseline"], None,
+     "tiny.safetensors is a file, not a directory"),
 ])
 def test_usage_errors_exit_2(tiny, capsys, args, baseline_text, needle):
     write_pyproject(tiny, TINY.format(budget="1 MiB"))
@@ -328,6 +330,18 @@ def test_usage_errors_exit_2(tiny, capsys, args, baseline_text, needle):
     code, out, err = run_cli(capsys, *args)
     assert code == 2, (out, err)
     assert needle in err, err
+
+
+def test_update_baseline_creates_its_folders(tiny, capsys):
+    """A fresh project has no reports/: --update-baseline creates it (and nothing else)."""
+    write_pyproject(tiny, TINY.format(budget="1 MiB"))
+    code, _, err = run_cli(capsys, "-b", "reports/gate/base.json", "--update-baseline")
+    assert code == 0, err
+    doc = json.loads((tiny / "reports" / "gate" / "base.json").read_text())
+    assert doc["checks"]["tiny"]["optimizers"]["adam"]["state_bytes"] == adam_bytes((64, 32), (64,))
+    assert sorted(p.name for p in (tiny / "reports" / "gate").iterdir()) == ["base.json"]
+    code, _, err = run_cli(capsys, "-b", "reports/gate/base.json")
+    assert code == 0, err
 
 
 def test_no_pyproject_section_is_a_usage_error(tmp_path, monkeypatch, capsys):

@@ -38,7 +38,8 @@ def load_baseline(path: str | Path) -> Baseline:
         with open(p, "rb") as f:
             doc = json.load(f)
     except FileNotFoundError:
-        raise PlanError(f"baseline {p} does not exist: create it with --update-baseline") from None
+        raise PlanError(f"baseline {p} does not exist: record the current numbers with "
+                        "'smmf-plan check --update-baseline' and commit the file") from None
     except OSError as e:
         raise PlanError(f"baseline {p}: cannot read ({e.strerror or e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -81,15 +82,37 @@ def baseline_document(evaluated: Sequence[Evaluated]) -> dict:
 
 
 
+def missing_parents(path: str | Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, outermost first; a file in the way is a
+    :class:`PlanError`."""
+    path = Path(path)
+    missing = []
+    for folder in [*path.parents][::-1]:
+        if folder.is_dir():
+            continue
+        if folder.exists():
+            raise PlanError(f"baseline {path}: {folder} is a file, not a directory; choose another "
+                            "baseline path")
+        missing.append(folder)
+    return missing
+
+
 def write_baseline(path: str | Path, evaluated: Sequence[Evaluated]) -> dict:
-    """Atomically (re)write the baseline for ``evaluated``; returns the document written."""
+    """Atomically (re)write the baseline for ``evaluated``; returns the document written. Missing
+    parent folders (``reports/`` in a fresh project) are created, and removed again if the write
+    fails, so a failure leaves nothing behind."""
     doc = baseline_document(evaluated)
-    parent = Path(path).parent
-    if str(parent) and not parent.is_dir():
-        raise PlanError(f"baseline {path}: directory {parent} does not exist; create it first")
+    created = missing_parents(path)
     try:
+        for folder in created:
+            folder.mkdir()
         write_json_atomic(path, doc)
     except OSError as e:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
         raise PlanError(f"baseline {path}: cannot write ({e.strerror or e})") from None
     return doc
 

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from ..errors import PlanError
 from ..units import format_bytes
-from .baseline import Baseline, load_baseline, write_baseline
+from .baseline import Baseline, load_baseline, missing_parents, write_baseline
 from .config import METRICS, Check, CheckConfig, Tolerance
 from .evaluate import Evaluated, evaluate
 
@@ -199,9 +199,8 @@ def run(config: CheckConfig, *, baseline_path: str | None = None, tolerance: Tol
                         "baseline = \"...\" under [tool.smmf-plan]")
     old: Baseline | None = None
     if path:
-        parent = Path(path).parent
-        if update_baseline and str(parent) and not parent.is_dir():
-            raise PlanError(f"baseline {path}: directory {parent} does not exist; create it first")
+        if update_baseline:
+            missing_parents(path)  # a file in the way fails before anything is evaluated
         if not (update_baseline and not os.path.exists(path)):
             old = load_baseline(path)
     evaluated = evaluate(config, use_cache=use_cache, progress=progress)

@@ -24,16 +24,9 @@ def _num(v: float) -> str:
 
 
 def _category(row: "Row") -> str:
-    r = row.reason or ""
-    if r.startswith("paper inconsistency"):
-        return "Paper inconsistencies"
-    if r.startswith("agrees at the printed precision") or r.startswith("one unit of the last printed digit"):
-        return "Below or at the paper's printed resolution"
-    if r.startswith("a constant the plan does not model"):
-        return "End-to-end: a per-run constant that is not parameters, gradients or optimizer state"
-    if r.startswith("unstated"):
-        return "A model detail the paper leaves open"
-    return "Other"
+    from .reasons import Reason
+
+    return Reason(row.reason).heading
 
 
 DEFINITIONS = """\
@@ -119,7 +112,7 @@ def render(summary: "Summary") -> str:
             w(f"* **{r.table}, {r.model}, {r.dataset}, {r.optimizer}, "
               f"{'optimizer' if r.kind == 'optimizer' else 'end-to-end'}**: paper {r.paper_value} "
               f"{r.paper_unit}, planned {_num(r.planned_cuda_mib)} MiB (ratio {r.ratio:.3f}). "
-              f"{r.reason[:1].upper()}{r.reason[1:]}")
+              f"{r.explanation[:1].upper()}{r.explanation[1:]}")
         w("")
 
     w("## Definitions\n")

@@ -40,6 +40,18 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @dataclass(frozen=True)
+class OpenDetail:
+    """A model dimension the paper does not state: planned at ``nominal``; ``build(value)`` gives
+    the recipe's specs at another value, and ``candidates`` are the values the report tries when a
+    figure does not agree. Recipes that share ``name`` share the unknown (one value for all)."""
+
+    name: str
+    nominal: int
+    build: Callable[[int], list[ParamSpec]] = field(repr=False, compare=False)
+    candidates: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How one paper model is rebuilt for planning."""
 
@@ -53,6 +65,8 @@ class Recipe:
     inferred: str | None = None
     #: "fp32" or "megatron-mixed": how weights and gradients are held (module docstring).
     training: str = "fp32"
+    #: a dimension the paper leaves open, if any (the report searches it for unmatched figures).
+    open_detail: OpenDetail | None = None
 
 
 # --------------------------------------------------------------------------- builders
@@ -243,6 +257,25 @@ def transformer_wmt(d_model: int, heads: int, d_ff: int, vocab: int = 32768,
     return tuple(_specs(model))
 
 
+#: the three vocab × d matrices of :func:`transformer_wmt` (everything else is vocabulary-free).
+WMT_VOCAB_PARAMS = ("src_embed.weight", "tgt_embed.weight", "generator.weight")
+#: the WMT32k vocabulary: nominally 2**15 subwords; searched upwards in steps of 32.
+WMT_VOCAB = 32768
+WMT_VOCAB_CANDIDATES = tuple(range(WMT_VOCAB, WMT_VOCAB + 4096 + 1, 32))
+
+
+def _wmt_vocab(d_model: int, heads: int, d_ff: int) -> OpenDetail:
+    """The WMT32k vocabulary of :func:`transformer_wmt` as an open detail: another vocabulary
+    changes exactly the three vocab × d matrices."""
+    def build(vocab: int) -> list[ParamSpec]:
+        from dataclasses import replace
+
+        return [replace(s, shape=(vocab, d_model)) if s.name in WMT_VOCAB_PARAMS else s
+                for s in transformer_wmt(d_model, heads, d_ff)]
+
+    return OpenDetail("WMT32k vocabulary", WMT_VOCAB, build, WMT_VOCAB_CANDIDATES)
+
+
 def llama7b_lora(num_labels: int) -> tuple[ParamSpec, ...]:
     """LLaMA-7b for sequence classification with LoRA rank 8 on every linear projection of every
     decoder layer (q/k/v/o/gate/up/down); the classification head ``score`` stays trainable, as
@@ -313,6 +346,7 @@ def _recipes() -> dict[str, Recipe]:
         "transformer-base", "nn.Transformer d=512, 8 heads, d_ff=2048, 6+6 layers; 3 untied 32768×512 embeddings",
         "Transformer-base (Vaswani et al. 2017) trained from scratch on tensor2tensor's WMT32k (En-De).",
         lambda: list(transformer_wmt(512, 8, 2048)),
+        open_detail=_wmt_vocab(512, 8, 2048),
         inferred="Embedding tying and vocabulary not stated. Vocabulary 32k (the dataset's name). The "
                  "Adam figures (0.7 / 2.1 GiB) fit only three untied vocab×d matrices (source, target, "
                  "softmax): base 94.4M params → 0.70 GiB; tying all three gives 61M → 0.45 GiB and tying "
@@ -323,8 +357,9 @@ def _recipes() -> dict[str, Recipe]:
         "Transformer-big (Vaswani et al. 2017) trained from scratch on WMT32k.",
         lambda: list(transformer_wmt(1024, 16, 4096)),
         inferred="As Transformer-base: 32k vocabulary, untied embeddings (fits Adam 2.1 GiB; fully tied "
-                 "would be 1.6 GiB). Table 2's Adafactor/SM3/CAME 1.1 GiB and SMMF .04 GiB would need a "
-                 "vocabulary of ≈ 34.2k-35k, which Transformer-base's figures just exclude (see the report).",
+                 "would be 1.6 GiB). Table 2's Adafactor/SM3/CAME and SMMF figures need a larger "
+                 "vocabulary, which Transformer-base's figures exclude (the report searches it).",
+        open_detail=_wmt_vocab(1024, 16, 4096),
     ))
     add(Recipe(
         "bert-large-pretrain", "transformers BertForPreTraining, bert-large-uncased config (24 layers, d=1024)",

@@ -23,12 +23,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 from ..allocators import CUDA
 from ..optimizers import by_paper_name, parse
 from ..plan import plan_state
+from ..shapes import ParamSpec
+from . import reasons
 from . import recipes as R
 
 MiB = 2**20
@@ -59,7 +62,11 @@ class Row:
     within_10pct: bool
     agrees_logical_at_precision: bool
     planned_bool_sign_cuda_mib: float | None = None
+    #: why the figure is outside 5 % (a :class:`.reasons.Reason` value; None when within 5 %),
+    #: the values that reason rests on, and the report's wording of both.
     reason: str | None = None
+    reason_values: dict | None = None
+    explanation: str | None = None
     source_line: int = 0
     definition: str = ""
 
@@ -96,8 +103,27 @@ def agrees_at(planned: float, printed: str) -> bool:
 
 
 # --------------------------------------------------------------------------- planning
-def _state(key: str, layout_id: str):
-    return plan_state(R.build(key), parse(layout_id))
+@lru_cache(maxsize=None)
+def _spec_state(spec: ParamSpec, layout_id: str) -> tuple[int, int]:
+    """(logical, CUDA) state bytes of one parameter: plans are sums over parameters, and a search
+    over a recipe's open detail rebuilds only the few parameters that change."""
+    plan = plan_state([spec], parse(layout_id))
+    return plan.state_bytes, plan.allocated_bytes["cuda"]
+
+
+@lru_cache(maxsize=None)
+def _spec_bytes(spec: ParamSpec) -> tuple[int, int]:
+    """(logical, CUDA-rounded) bytes of one parameter tensor."""
+    return spec.nbytes, CUDA.round(spec.nbytes)
+
+
+def _state(specs, layout_id: str) -> tuple[int, int]:
+    logical = cuda = 0
+    for spec in specs:
+        a, b = _spec_state(spec, layout_id)
+        logical += a
+        cuda += b
+    return logical, cuda
 
 
 #: tables whose end-to-end figure holds the gradients (weights + grads + state); the appendix
@@ -111,31 +137,41 @@ def e2e_definition(table: str, training: str) -> str:
     return "weights + grads + state" if table in GRADS_HELD_TABLES else "weights + state"
 
 
-def _end_to_end(key: str, layout_id: str, table: str) -> tuple[int, int]:
-    """(logical, CUDA) bytes of the recipe's end-to-end definition for ``table``."""
-    specs = R.build(key)
-    plan = _state(key, layout_id)
-    if R.RECIPES[key].training == "megatron-mixed":
+def _end_to_end(specs, layout_id: str, table: str, training: str) -> tuple[int, int]:
+    """(logical, CUDA) bytes of the end-to-end definition for ``table``."""
+    state_logical, state_cuda = _state(specs, layout_id)
+    if training == "megatron-mixed":
         n = sum(s.numel for s in specs if s.trainable)
         fixed = 12 * n  # fp16 weights + fp16 grads + fp32 main weights + fp32 main grads
-        return fixed + plan.state_bytes, fixed + plan.allocated_bytes["cuda"]
+        return fixed + state_logical, fixed + state_cuda
     held = [s for s in specs if s.trainable] if table in GRADS_HELD_TABLES else []
-    logical = sum(s.nbytes for s in specs) + sum(s.nbytes for s in held)
-    cuda = sum(CUDA.round(s.nbytes) for s in (*specs, *held))
-    return logical + plan.state_bytes, cuda + plan.allocated_bytes["cuda"]
+    logical = cuda = 0
+    for s in (*specs, *held):
+        a, b = _spec_bytes(s)
+        logical += a
+        cuda += b
+    return logical + state_logical, cuda + state_cuda
+
+
+def figure_bytes(specs, row: Row) -> int:
+    """CUDA bytes of ``row``'s figure (its kind, table and recipe's accounting) for ``specs``."""
+    if row.kind == "optimizer":
+        return _state(specs, row.layout)[1]
+    return _end_to_end(specs, row.layout, row.table, R.RECIPES[row.recipe].training)[1]
 
 
 def build_rows() -> list[Row]:
     rows: list[Row] = []
     for fig in paper_figures():
         key = R.recipe_key(fig["model"], fig["dataset"])
+        specs = R.build(key)
         # the registry's paper name → id (Adafactor's default is beta1=0.9, as the paper ran it)
         lid = by_paper_name(fig["optimizer"]).id
-        plan = _state(key, lid)
-        e2e_logical, e2e_cuda = _end_to_end(key, lid, fig["table"])
+        state_logical, state_cuda = _state(specs, lid)
+        e2e_logical, e2e_cuda = _end_to_end(specs, lid, fig["table"], R.RECIPES[key].training)
         for kind, printed, unit, logical, cuda in (
             ("optimizer", fig["optimizer_memory_value"], fig["optimizer_memory_unit"],
-             plan.state_bytes, plan.allocated_bytes["cuda"]),
+             state_logical, state_cuda),
             ("end_to_end", fig["end_to_end_value"], fig["end_to_end_unit"], e2e_logical, e2e_cuda),
         ):
             ub = UNIT_BYTES[unit]
@@ -143,7 +179,7 @@ def build_rows() -> list[Row]:
             ratio = cuda / MiB / paper_mib
             bool_sign = None
             if lid == "smmf" and kind == "optimizer":
-                bool_sign = round(_state(key, SMMF_BOOL_ID).allocated_bytes["cuda"] / MiB, 4)
+                bool_sign = round(_state(specs, SMMF_BOOL_ID)[1] / MiB, 4)
             rows.append(Row(
                 table=fig["table"], model=fig["model"], dataset=fig["dataset"],
                 optimizer=fig["optimizer"], paper_mib=round(paper_mib, 4),
@@ -156,113 +192,12 @@ def build_rows() -> list[Row]:
                 definition=("optimizer state" if kind == "optimizer" else
                             e2e_definition(fig["table"], R.RECIPES[key].training)),
             ))
+    ctx = reasons.Context(figure_bytes)
     for row in rows:
-        row.reason = explain(row, rows)
+        e = reasons.explain(row, rows, ctx)
+        if e is not None:
+            row.reason, row.reason_values, row.explanation = e.reason.value, e.values, reasons.text(row, e)
     return rows
-
-
-# --------------------------------------------------------------------------- explanations
-def _unit(printed: str) -> Decimal:
-    """One unit of the last printed digit."""
-    return Decimal(1).scaleb(Decimal(printed).as_tuple().exponent)
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.1f}" if abs(v) >= 1 else f"{v:.2f}"
-
-
-def _run(row: Row, rows: list[Row], kind: str) -> list[Row]:
-    """Rows of the same table, model and dataset (one training run per optimizer)."""
-    return [r for r in rows if r.table == row.table and r.model == row.model
-            and r.dataset == row.dataset and r.kind == kind]
-
-
-def _explain_optimizer(row: Row, rows: list[Row]) -> str:
-    same = [r for r in rows if r.table == row.table and r.model == row.model
-            and r.optimizer == row.optimizer and r.kind == "optimizer"]
-    printed = sorted({Decimal(r.paper_value) for r in same})
-    if row.model == "LLaMA-7b" and row.optimizer == "CAME" and row.table == "Table 4":
-        return ("paper inconsistency: Table 4 prints CAME 86 MiB for LLaMA-7b/LoRA, Table 7 prints 96 MiB "
-                "for the same model and optimizer. CAME keeps Adafactor's state plus a second factored "
-                "statistic, so it must exceed Adafactor's 86 MiB; the plan (96.0 MiB) matches Table 7.")
-    if row.dataset in R.GLUE_LABELS and len(printed) > 1:
-        others = [r for r in same if r.paper_value != row.paper_value]
-        return (f"paper inconsistency: the same model and optimizer is printed as "
-                f"{', '.join(str(v) for v in printed)} MiB across the five GLUE tasks, although the task "
-                f"heads differ by at most 1,536 parameters (< 0.01 MiB); the plan "
-                f"({_fmt(row.planned_cuda_mib)} MiB) is within "
-                f"{max(abs(r.ratio - 1) for r in others):.1%} of the other tasks' figures.")
-    if row.table == "Table 3" and row.optimizer == "CAME":
-        af = next(r for r in _run(row, rows, "optimizer") if r.optimizer == "Adafactor")
-        return (f"paper inconsistency (or a rounding knife-edge): CAME is printed 0.9 GiB but Adafactor and "
-                f"SM3 0.8 GiB for the same T5. CAME's state is Adafactor's plus one more pair of factored "
-                f"vectors: {_fmt(row.planned_cuda_mib - af.planned_cuda_mib)} MiB more here, so both "
-                f"figures can only be right if they straddle 0.85 GiB within that margin; planned "
-                f"Adafactor is {af.planned_cuda_mib / 1024:.3f} GiB.")
-    if row.model == "Transformer-big":
-        return ("unstated vocabulary: the WMT32k vocabulary file is nominally 32,768 subwords (used here), "
-                "but Table 2 fits a slightly larger one. Adafactor/SM3/CAME keep ≈ half of Adam's state, "
-                "so their 1.1 GiB (≥ 1.05) needs ≥ 282M parameters, i.e. a vocabulary ≥ 34.2k; SMMF's .04 "
-                "(≥ 0.035 GiB ≈ N/8 + vectors) needs ≈ 35k; but Transformer-base's Adam e2e 1.4 GiB "
-                "(16 B per parameter) caps the shared vocabulary at 34.6k. No single vocabulary prints all "
-                "20 Table 2 figures (34.5k prints 18 of 20), so the two models' figures are mutually "
-                "inconsistent by < 1 %; the build keeps the dataset's nominal 32k (11 of 20).")
-    unit = _unit(row.paper_value)
-    if row.agrees_at_precision:
-        return (f"agrees at the printed precision: {row.paper_value} {row.paper_unit} has a resolution of "
-                f"{unit} {row.paper_unit} ({float(unit) / float(row.paper_value):.0%} of the figure), so "
-                f"the {abs(row.ratio - 1):.1%} gap is below what the paper can express.")
-    if row.optimizer == "SMMF":
-        return (f"one unit of the last printed digit off: the paper prints {row.paper_value} "
-                f"{row.paper_unit} (resolution {unit}), the plan gives "
-                f"{row.planned_cuda_mib / (UNIT_BYTES[row.paper_unit] / MiB):.3f}. The same accounting "
-                f"(1-bit sign + 512-B blocks) is within 2.5 % on every other CNN figure; the bool sign "
-                f"would be {row.planned_bool_sign_cuda_mib} MiB and the unrounded 1-bit sign "
-                f"{row.planned_mib} MiB, both further away.")
-    return "not explained by the optimizer-state layout."
-
-
-def _explain_e2e(row: Row, rows: list[Row]) -> str:
-    """Compare the paper's (e2e - optimizer) with the plan's (weights [+ grads]) across the run."""
-    ub = UNIT_BYTES[row.paper_unit] / MiB
-    opt = {r.optimizer: r for r in _run(row, rows, "optimizer")}
-
-    def offset(r: Row) -> float:  # MiB the paper holds beyond our weights (+grads) + its own opt figure
-        o = opt[r.optimizer]
-        return (r.paper_mib - o.paper_mib) - (r.planned_cuda_mib - o.planned_cuda_mib)
-
-    run = _run(row, rows, "end_to_end")
-    mine = offset(row)
-    others = sorted(offset(r) for r in run if r is not row)
-    median = others[len(others) // 2] if others else 0.0
-    base = row.planned_cuda_mib - opt[row.optimizer].planned_cuda_mib
-    listing = ", ".join(f"{r.optimizer} {offset(r):+.0f}" for r in run)
-    tolerance = max(10.0, 0.03 * row.paper_mib,
-                    float(_unit(row.paper_value)) * ub / 2 + float(_unit(opt[row.optimizer].paper_value))
-                    * UNIT_BYTES[opt[row.optimizer].paper_unit] / MiB / 2)
-    what = row.definition.removesuffix(" + state")
-    if len(others) >= 2 and abs(mine - median) > tolerance:
-        return (f"paper inconsistency: e2e − optimizer is {row.paper_mib - opt[row.optimizer].paper_mib:.0f} "
-                f"MiB here, but the run's other optimizers imply {what} ({base:.0f} MiB planned) "
-                f"{median:+.0f} MiB. Paper-minus-plan offset of (e2e − optimizer) per optimizer, MiB: "
-                f"{listing}; this one departs from the others by {mine - median:+.0f} MiB, more than "
-                f"the printed resolution and the run-to-run spread allow.")
-    spread = (f" (the two runs differ by {abs(mine - median):.0f} MiB in it)"
-              if len(others) == 1 and abs(mine - median) > tolerance else "")
-    return (f"a constant the plan does not model: the paper's e2e exceeds its own optimizer figure + "
-            f"{what} ({base:.0f} MiB planned) by {mine:+.0f} MiB, as in the run's other optimizers "
-            f"(MiB: {listing}){spread}. The optimizer-dependent part is reproduced; the rest is memory "
-            f"that is neither a parameter, a gradient nor optimizer state (batch tensors, activations "
-            f"or buffers alive when the paper measured).")
-
-
-def explain(row: Row, rows: list[Row]) -> str | None:
-    """Why a figure is not within 5 % of the plan (None when it is)."""
-    if row.within_5pct:
-        return None
-    if row.kind == "optimizer":
-        return _explain_optimizer(row, rows)
-    return _explain_e2e(row, rows)
 
 
 # --------------------------------------------------------------------------- output

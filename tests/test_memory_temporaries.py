@@ -1,9 +1,11 @@
 """Optimizer-step temporaries: every registry entry's rule, on every code path it has on the CPU,
-against a real step's extra allocations (storage tracker on real CPU tensors; tolerance -2% /
-+10%, the rules ignore 0-d scalars)."""
+against a real step's extra allocations (torch's profiler on real CPU tensors, see
+tests/allocations.py, plus the scratch SMMF keeps between steps; tolerance -2% / +10%, the rules
+ignore 0-d scalars)."""
 
 import pytest
 import torch
+from allocations import tensor_peak
 
 from smmf_plan.optimizers import ALL_IDS, FAMILIES, parse
 from smmf_plan.optimizers.base import DEVICES
@@ -50,13 +52,9 @@ def _measured_step_extra(oid, shapes, **build):
         if i < 2:
             opt.step()
             continue
-        tracker = StorageTracker()
-        tracker.ignore(params)
-        tracker.ignore(p.grad for p in params)
-        tracker.ignore(v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor))
-        with tracker.mode():
-            opt.step()
-        return tracker.peak["raw"]
+        # what the step allocates beyond parameters, gradients and state, plus the scratch SMMF
+        # allocated in an earlier step and keeps (alive during this one, not in the window)
+        return tensor_peak(opt.step) + getattr(opt, "workspace_bytes", lambda: 0)()
 
 
 def _specs(which):
@@ -83,14 +81,16 @@ def test_rule_matches_a_real_step(oid, path, which):
     if parse(oid).family == "smmf" and path == "fused":
         assert real <= rule, (oid, which, rule, real)  # the eager rule bounds the fused kernel
         return
-    assert 0.98 * real <= rule <= 1.10 * real, (oid, path, which, rule, real)
+    # the rules leave out the step's few 0-d scalars (up to 16 B here), which the profiler sees
+    assert 0.98 * (real - 16) <= rule <= 1.10 * real, (oid, path, which, rule, real)
 
 
 @pytest.mark.parametrize("which", list(SETS))
 def test_foreach_adam_holds_exactly_one_copy_of_the_parameters(which):
     real = measured_step_extra("adam", SETS[which], "foreach")
-    assert real == sum(4 * n for n in (torch.Size(s).numel() for s in SETS[which]))
-    assert parse("adam").step_temp_bytes(_specs(which), path="foreach") == real
+    copy = sum(4 * n for n in (torch.Size(s).numel() for s in SETS[which]))
+    assert copy <= real <= copy + 16  # and the step's few 0-d scalars, which the rule ignores
+    assert parse("adam").step_temp_bytes(_specs(which), path="foreach") == copy
 
 
 def test_default_path_follows_the_allocator():

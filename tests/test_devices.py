@@ -94,8 +94,7 @@ def test_unknown_device_suggests_close_ids():
 def test_bad_sizes_are_named(text):
     with pytest.raises(PlanError) as e:
         get_device(text)
-    if text:
-        assert repr(text) in str(e.value)
+    assert (repr(text) if text else "--device is empty") in str(e.value)
 
 
 def write(path, text):

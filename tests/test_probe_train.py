@@ -59,16 +59,9 @@ def tmp(tmp_path_factory):
     return str(tmp_path_factory.mktemp("probe-models"))
 
 
-def _needs(optimizer: str):
-    missing = parse(optimizer).missing_requirement()
-    if missing:
-        pytest.skip(missing)
-
-
 @pytest.mark.parametrize("optimizer", ALL_IDS)
 @pytest.mark.parametrize("kind", ["cnn", "gpt2"])
 def test_measured_state_bytes_equal_the_plan(kind, optimizer, tmp):
-    _needs(optimizer)
     spec, res = _run(kind, optimizer, tmp)
     assert res["status"] == "ok", res.get("error")
     planned = plan_state(spec.params, parse(optimizer)).state_bytes
@@ -78,7 +71,6 @@ def test_measured_state_bytes_equal_the_plan(kind, optimizer, tmp):
 @pytest.mark.parametrize("optimizer", ALL_IDS)
 @pytest.mark.parametrize("kind", ["cnn", "gpt2"])
 def test_loss_is_finite_and_falls_on_a_fixed_batch(kind, optimizer, tmp):
-    _needs(optimizer)
     _, res = _run(kind, optimizer, tmp)
     losses = res["measured"]["losses"]
     assert len(losses) == STEPS

@@ -58,6 +58,11 @@ def check(
                   quiet):
         report = gate.run(cfg, baseline_path=baseline, tolerance=tol,
                           update_baseline=update_baseline, use_cache=not no_cache)
+    import sys
+
+    for ev in report.evaluated:
+        for note in ev.notes:  # what a model source had to guess: say so, also under --json
+            print(f"warning: {ev.check.where}: {note}", file=sys.stderr)
     from smmf_plan.report import check_report as render
 
     if junit:
@@ -68,8 +73,6 @@ def check(
     if json_out:
         o.emit_json(render.check_document(report))
     elif fmt in ("markdown", "md"):
-        import sys
-
         sys.stdout.write(render.markdown(report))
     else:
         render.print_table(report)

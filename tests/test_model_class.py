@@ -164,3 +164,17 @@ def test_json_dtype_is_the_planned_one(tmp_path, capsys):
     assert model["dtype"] == "mixed" and model["dtypes"] == {"bfloat16": 32, "float32": 8}
     code, out, _ = run([str(f), "-o", "adam"], capsys)
     assert "mixed: bfloat16 80%, float32 20%" in " ".join(out.split())  # rich may wrap the header
+
+
+def test_check_warns_about_the_guessed_head_too(tmp_path, monkeypatch, capsys):
+    cfg = {k: v for k, v in bundled_config("gpt2").items() if k != "architectures"}
+    write_config(tmp_path / "lm", cfg)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.smmf-plan]\n[[tool.smmf-plan.checks]]\nname = "lm"\nmodel = "lm"\n'
+        'optimizer = "smmf"\nmax-state = "1 GiB"\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["check", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["checks"][0]["model_summary"]["class"] == "GPT2LMHeadModel"
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "check 1 ('lm')" in warnings[0] and "GPT2LMHeadModel" in warnings[0]

@@ -37,6 +37,8 @@ class Evaluated:
     model_summary: dict = field(default_factory=dict)
     #: the step estimate behind the ``total`` metric (a MemoryEstimate), or None.
     estimate: Any = None
+    #: what the model source had to guess (e.g. the head of a config without architectures).
+    notes: list[str] = field(default_factory=list)
 
     def budget(self, metric: str) -> tuple[int | None, str | None]:
         """``(bytes, source)``: source is ``"max-state"``, ``"max-total"``, ``"device"`` or None."""
@@ -98,6 +100,7 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
         device_budget=device.usable_bytes if device is not None else None,
         model_summary=spec.summary(),
         estimate=est,
+        notes=list((spec.meta or {}).get("warnings") or ()),
     )
 
 

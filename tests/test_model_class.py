@@ -144,6 +144,17 @@ def test_task_on_a_timm_model(capsys):
     assert code == 0 and json.loads(out)["model"]["class"] == "ResNet"
 
 
+def test_vision_config_plans_its_image_head_and_traces_images(tmp_path, capsys):
+    cfg = {"model_type": "vit", "hidden_size": 192, "num_hidden_layers": 2, "num_attention_heads": 3,
+           "intermediate_size": 768, "image_size": 32, "patch_size": 8, "num_labels": 10}
+    path = write_config(tmp_path / "vit", cfg)
+    code, out, err = run([path, "-o", "adam", "-d", "4GB", "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["model"]["class"] == "ViTForImageClassification"
+    assert "3×32×32" in doc["training"]["input"] and doc["optimizers"]["adam"]["activation_bytes"] > 0
+
+
 def test_json_dtype_is_the_planned_one(tmp_path, capsys):
     """Without --dtype the source's dtype, with it the one asked for; mixed checkpoints say so."""
     code, out, _ = run(["resnet18", "-o", "adam", "--json"], capsys)

@@ -42,6 +42,8 @@ def task_of(arch: str | None, cfg: dict) -> str | None:
         return None
     if arch.endswith("ForSequenceClassification"):
         return SEQUENCE_CLASSIFICATION
+    if arch.endswith("ForImageClassification"):
+        return IMAGE_CLASSIFICATION
     if arch.endswith(("ForCausalLM", "LMHeadModel")) and not cfg.get("is_encoder_decoder"):
         return CAUSAL_LM
     if arch.endswith(("ForMaskedLM", "ForPreTraining")):

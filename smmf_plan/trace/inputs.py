@@ -220,6 +220,12 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
             from ..sources.hf_config import task_of
 
             task = task_of(arch, _config_of(model))
+    if library == "transformers" and task == IMAGE_CLASSIFICATION:  # a transformers vision classifier
+        cfg = _config_of(model)
+        side = cfg.get("image_size") if isinstance(cfg.get("image_size"), int) else 224
+        default_size = (int(cfg.get("num_channels") or 3), side, side)
+        num_classes = _num_labels(cfg) or num_classes
+        library = "timm"  # the same (B, C, H, W) + class-id batch
     if library == "timm" or (library is None and input_size is not None):
         size = parse_input_size(input_size) if input_size is not None else \
             tuple(default_size) if default_size else DEFAULT_IMAGE_SIZE

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smmf_plan.layouts import parse_layouts
+from smmf_plan.optimizers import parse_many
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ["probe", "resnet18", "--steps", "2", "--batch-size", "2", "--input-size", "3,32,32"]
@@ -29,9 +29,10 @@ def _main_dependencies() -> set[str]:
 def test_default_optimizers_need_only_the_main_dependencies():
     """`pip install -e .` (the README's first command) installs what every default optimizer's
     implementation needs: none of them hides behind an extra."""
-    needed = {lay.requires for lay in parse_layouts(None) if lay.requires}
-    assert needed == {"transformers", "came-pytorch", "pytorch-optimizer"}
-    assert needed <= _main_dependencies()
+    needed = {v.info.requires.distribution for v in parse_many(None)}
+    assert needed == {"torch", "transformers", "came-pytorch", "pytorch-optimizer", "smmf-plan"}
+    assert needed - {"smmf-plan"} <= _main_dependencies()  # smmf-plan: SMMF is this package
+    assert all(v.info.requires.extra is None for v in parse_many(None))
 
 
 def _cli(*args, env=None):

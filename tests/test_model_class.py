@@ -152,7 +152,8 @@ def test_vision_config_plans_its_image_head_and_traces_images(tmp_path, capsys):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["model"]["class"] == "ViTForImageClassification"
-    assert "3×32×32" in doc["training"]["input"] and doc["optimizers"]["adam"]["activation_bytes"] > 0
+    assert "3×32×32" in doc["training"]["input"]
+    assert doc["optimizers"]["adam"]["breakdown"]["activations"] > 0
 
 
 def test_json_dtype_is_the_planned_one(tmp_path, capsys):

@@ -54,6 +54,9 @@ class Part:
 PARTS: tuple[Part, ...] = (
     Part("weights", "weights", "weights", "█", "blue", "#0072B2", "",
          "every parameter and buffer in the planned dtype (fp32 master weights under AMP)"),
+    Part("master", "master", "master weights", "▌", "red", "#D55E00", "horizontal",
+         "a separate fp32 master copy of the weights this rank updates (DeepSpeed ZeRO's "
+         "partition)", optional=True),
     Part("grads", "grads", "grads", "▓", "cyan", "#56B4E9", "diagonal",
          "one gradient per trainable parameter"),
     Part("state_allocated", "state", "state", "▒", "yellow", "#E69F00", "",
@@ -64,6 +67,10 @@ PARTS: tuple[Part, ...] = (
     Part("temporaries", "temp.", "temporaries", "▚", "magenta", "#CC79A7", "cross",
          "the optimizer step's temporaries beyond the activation term (all of them for an "
          "optimizer that keeps its scratch between steps)"),
+    Part("comm", "comm.", "comm. buffers", "▥", "bright_yellow", "#F0E442", "diagonal",
+         "distributed training's buffers and gathered copies at the step's peak: DDP gradient "
+         "buckets; FSDP2 gathered units, unsharded gradients and reduce-scatter buffers; ZeRO "
+         "buckets and gathered parameters", optional=True),
     Part("runtime", "runtime", "runtime", "·", "bright_black", "#999999", "horizontal",
          "the process itself: PyTorch and the model library on CPU, cuBLAS workspaces on CUDA"),
 )
@@ -149,6 +156,9 @@ class StepMemory:
     complete: bool = True
     #: logical optimizer-state bytes (``StatePlan.state_bytes``); None where not planned.
     state_bytes: int | None = None
+    #: a distributed plan's ranks with identical figures (:class:`smmf_plan.dist.RankStep`, each
+    #: with ``to_dict()``); the breakdown above is then the largest rank's. Empty: one process.
+    ranks: tuple = ()
 
     @property
     def total_bytes(self) -> int:
@@ -157,10 +167,14 @@ class StepMemory:
     def to_dict(self) -> dict:
         """``{"state_bytes", "breakdown", "total_bytes"}``: ``total_bytes`` is the sum of the
         breakdown; ``state_bytes`` the logical state (``breakdown["state_allocated"]`` is it
-        rounded by the allocator)."""
+        rounded by the allocator). A distributed plan adds ``ranks``: one entry per group of
+        ranks with identical figures, the same three fields each, the top level being the
+        largest rank's."""
         d: dict = {}
         if self.state_bytes is not None:
             d["state_bytes"] = self.state_bytes
         d["breakdown"] = self.breakdown.to_dict()
         d["total_bytes"] = self.total_bytes
+        if self.ranks:
+            d["ranks"] = [r.to_dict() for r in self.ranks]
         return d

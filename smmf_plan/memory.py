@@ -84,7 +84,7 @@ class MemoryEstimate:
     def breakdown_at(self, optimizer: str, batch: int) -> Breakdown:
         """The breakdown at another batch size, from the affine activation model (no re-trace)."""
         w, g, s = self._fixed[optimizer]
-        act, temp = _act_temp(self.activation_model, batch, self.allocator,
+        act, temp = act_temp(self.activation_model, batch, self.allocator,
                               self.step_temp[optimizer], self.persistent.get(optimizer, False))
         return _breakdown(w, g, s, act, temp, sum(self.runtime_parts.values()))
 
@@ -127,7 +127,7 @@ def _breakdown(weights: int, grads: int, state: int, act: int, temp: int, runtim
                      temporaries=temp, runtime=runtime)
 
 
-def _act_temp(am, batch: int, allocator: str, step_temp: int, persistent: bool = False) -> tuple[int, int]:
+def act_temp(am, batch: int, allocator: str, step_temp: int, persistent: bool = False) -> tuple[int, int]:
     """Activations at ``batch`` and the temporaries counted beyond them: the step's peak over
     what backward leaves alive, or all of it when the optimizer keeps its scratch between steps."""
     if am is None:
@@ -175,6 +175,28 @@ def _apply_trainable(module, specs: Sequence[ParamSpec]) -> None:
             p.requires_grad_(False)
 
 
+@dataclass
+class StepBasis:
+    """What every optimizer's step estimate shares: the planned specs, the traced activation
+    model, buffers, runtime and the assumptions stated so far (:func:`step_basis`)."""
+
+    specs: list[ParamSpec]
+    allocator: str
+    batch_size: int
+    activation_model: Any  # ActivationModel | None
+    buffer_bytes: int
+    input: str | None
+    library: str | None
+    runtime_parts: dict[str, int]
+    assumptions: list[str]
+    amp: str | None
+    t0: float
+
+    @property
+    def runtime_bytes(self) -> int:
+        return sum(self.runtime_parts.values())
+
+
 def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batch_size: int = 1,
              input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
              dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
@@ -188,6 +210,58 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
     traces forward under autocast. Without a buildable module (weights without a config) or with
     ``trace=False`` the activation term is 0 and the estimate says so. ``runtime_bytes`` replaces
     the stated runtime baseline with one the user measured on the device (``--runtime``)."""
+    basis = step_basis(model_spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len,
+                       dtype=dtype, amp=amp, grad_checkpointing=grad_checkpointing,
+                       allocator=allocator, module_factory=module_factory, trace=trace,
+                       runtime_bytes=runtime_bytes)
+    specs, am, q = basis.specs, basis.activation_model, _QUANTUM[allocator]
+    weights = _sum_rounded(specs, q) + basis.buffer_bytes
+    grads = _sum_rounded(specs, q, trainable_only=True)
+    runtime = basis.runtime_bytes
+    assumptions = basis.assumptions
+    breakdowns, temps, fixed, logical = {}, {}, {}, {}
+    trainable = [s for s in specs if s.trainable]
+    for layout in layouts:
+        planned = plan_state(specs, layout)
+        state = planned.allocated_bytes[allocator]
+        logical[layout.id] = planned.state_bytes
+        st = layout.step_temp_bytes(trainable, allocator)
+        temps[layout.id] = st
+        fixed[layout.id] = (weights, grads, state)
+        keeps = layout.keeps_scratch
+        act, temp = act_temp(am, basis.batch_size, allocator, st, keeps)
+        breakdowns[layout.id] = _breakdown(weights, grads, state, act, temp, runtime)
+    assumptions.append(TEMPORARIES_ASSUMPTION)
+    est = MemoryEstimate(model_spec.name, basis.batch_size, allocator, breakdowns, am, assumptions,
+                         temps, basis.runtime_parts, basis.input, 0.0, fixed,
+                         {layout.id: layout.keeps_scratch for layout in layouts}, logical)
+    est.seconds = time.perf_counter() - basis.t0
+    return est
+
+
+#: how every estimate counts the optimizer step's temporaries.
+TEMPORARIES_ASSUMPTION = (
+    "temporaries: the optimizer step's peak temporaries (for-loop Adam on CPU, foreach on "
+    "CUDA) plus outputs still held, counted only beyond the activation term (the step runs "
+    "after backward has freed the activations); SMMF keeps its row-block scratch between "
+    "steps, so its temporaries are always counted (those of its eager kernels: an upper "
+    "bound when its fused C++ kernel runs)")
+
+
+def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
+               input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
+               dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
+               allocator: str = "cpu", module_factory: Callable[[], Any] | None = None,
+               trace: bool = True, runtime_bytes: int | None = None,
+               amp_trace: str = "autocast") -> StepBasis:
+    """Everything :func:`estimate` shares between optimizers: the inputs validated, the specs in
+    the planned dtype, the traced activation model, buffers, runtime and assumptions.
+
+    ``amp_trace`` says how mixed precision runs: ``"autocast"`` (torch AMP: fp32 parameters,
+    forward under autocast, the low-precision weight copies counted in the activations) or
+    ``"cast"`` (the engine hands the model low-precision parameters — FSDP2's
+    ``MixedPrecisionPolicy``, DeepSpeed's bf16/fp16 modes — so the step is traced in the AMP dtype
+    without autocast, while the specs stay fp32 for the caller to place)."""
     from .fit import check_batch_size
 
     t0 = time.perf_counter()
@@ -205,12 +279,14 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
         except Exception:  # noqa: BLE001
             raise PlanError(f"--dtype {dtype!r} is not a dtype: use e.g. float32, bfloat16") from None
     specs = with_dtype(model_spec.params, dtype)
-    q = _QUANTUM[allocator]
     assumptions: list[str] = []
+    cast = amp_name is not None and amp_trace == "cast"
+    trace_dtype, trace_amp = (amp_name, None) if cast else (dtype, amp_name)
 
     am, buffer_bytes, in_desc, library = None, 0, None, (model_spec.meta or {}).get("library")
     if trace:
-        facts = _cached_facts(model_spec, specs, dtype=dtype, amp_name=amp_name,
+        facts = _cached_facts(model_spec, with_dtype(model_spec.params, trace_dtype),
+                              dtype=trace_dtype, amp_name=trace_amp,
                               input_size=input_size, seq_len=seq_len, batch_size=batch_size,
                               grad_checkpointing=grad_checkpointing, module_factory=module_factory)
         library = facts["library"]
@@ -221,7 +297,9 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
             buffer_bytes = facts["buffer_bytes"][allocator]
             in_desc = facts["input"]
             b1, b2 = am.batches
-            how = f"fake CPU tensors under {amp_name} autocast" if amp_name else "meta tensors"
+            how = (f"meta tensors in {amp_name} (the engine casts the parameters; no autocast)"
+                   if cast else f"fake CPU tensors under {amp_name} autocast" if amp_name
+                   else "meta tensors")
             assumptions.append(
                 f"activations: one forward+backward traced on {how} at batch {b1} and {b2} "
                 f"({in_desc.split(' · ', 1)[-1]}), every storage's lifetime tracked; other batch "
@@ -234,14 +312,12 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
     else:
         assumptions.append("activations not estimated (tracing off)")
 
-    weights = _sum_rounded(specs, q) + buffer_bytes
-    grads = _sum_rounded(specs, q, trainable_only=True)
     rparts = runtime_parts(allocator, library) if runtime_bytes is None else {"given": int(runtime_bytes)}
-    runtime = sum(rparts.values())
     assumptions.append(
         f"weights: {len(specs)} parameter tensors" + (f" + buffers ({buffer_bytes:,} B)" if buffer_bytes else "")
         + (f", fp32 master weights; {amp_name} copies made by autocast counted in activations"
-           if amp_name else f", dtype {dtypes.canonical(dtype)}" if dtype else "")
+           if amp_name and not cast else f", fp32 master weights, {amp_name} compute" if cast
+           else f", dtype {dtypes.canonical(dtype)}" if dtype else "")
         + "; gradients for trainable parameters only")
     if allocator == "cpu":
         assumptions.append(
@@ -267,30 +343,8 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
     if allocator == "cuda":
         assumptions.append("allocator cuda: every tensor rounded up to 512 B (memory_allocated); "
                            "caching-allocator slack not modelled")
-
-    breakdowns, temps, fixed, logical = {}, {}, {}, {}
-    trainable = [s for s in specs if s.trainable]
-    for layout in layouts:
-        planned = plan_state(specs, layout)
-        state = planned.allocated_bytes[allocator]
-        logical[layout.id] = planned.state_bytes
-        st = layout.step_temp_bytes(trainable, allocator)
-        temps[layout.id] = st
-        fixed[layout.id] = (weights, grads, state)
-        keeps = layout.keeps_scratch
-        act, temp = _act_temp(am, batch_size, allocator, st, keeps)
-        breakdowns[layout.id] = _breakdown(weights, grads, state, act, temp, runtime)
-    assumptions.append(
-        "temporaries: the optimizer step's peak temporaries (for-loop Adam on CPU, foreach on "
-        "CUDA) plus outputs still held, counted only beyond the activation term (the step runs "
-        "after backward has freed the activations); SMMF keeps its row-block scratch between "
-        "steps, so its temporaries are always counted (those of its eager kernels: an upper "
-        "bound when its fused C++ kernel runs)")
-    est = MemoryEstimate(model_spec.name, batch_size, allocator, breakdowns, am, assumptions,
-                         temps, rparts, in_desc, 0.0, fixed,
-                         {layout.id: layout.keeps_scratch for layout in layouts}, logical)
-    est.seconds = time.perf_counter() - t0
-    return est
+    return StepBasis(specs, allocator, batch_size, am, buffer_bytes, in_desc, library, rparts,
+                     assumptions, amp_name, t0)
 
 
 # --------------------------------------------------------------------------- traced facts + cache

@@ -24,8 +24,10 @@ def plain(renderable, width=120) -> str:
 
 
 def test_the_parts_in_order_each_distinct():
-    assert [p.key for p in PARTS] == ["weights", "grads", "state_allocated", "activations",
-                                      "temporaries", "runtime"]
+    assert [p.key for p in PARTS] == ["weights", "master", "grads", "state_allocated",
+                                      "activations", "temporaries", "comm", "runtime"]
+    # the parts only distributed plans have are shown only where some row has bytes in them
+    assert [p.key for p in PARTS if p.optional] == ["master", "comm"]
     for attr in ("key", "heading", "label", "glyph", "colour"):
         values = [getattr(p, attr) for p in PARTS]
         assert len(set(values)) == len(values), attr

@@ -191,6 +191,9 @@ def one_group(opts: Options, specs: Sequence[ParamSpec]) -> list[ParamGroup]:
 
 #: ``state(options, spec, group) -> [StateTensor]``: what one parameter of ``group`` keeps.
 StateRule = Callable[[Options, ParamSpec, str], list[StateTensor]]
+#: ``shard_state(options, spec, local_shape, group) -> [StateTensor]``: what one rank keeps for
+#: the dim-0 shard of local shape ``local_shape`` of the parameter ``spec`` (FSDP2).
+ShardStateRule = Callable[[Options, ParamSpec, Shape, str], list[StateTensor]]
 #: ``rule(options, trainable_specs, quantum) -> bytes``: peak temporaries of one step on a path.
 TempRule = Callable[[Options, Sequence[ParamSpec], int], int]
 GroupRule = Callable[[Options, Sequence[ParamSpec]], list[ParamGroup]]
@@ -235,6 +238,12 @@ class OptimizerInfo:
     constructor: Callable[[Options], dict[str, Any]]
     #: which parameters form which torch param group (default: one group).
     groups: GroupRule = one_group
+    #: the state one rank keeps when the parameter is sharded on dim 0 (FSDP2) and the rank holds
+    #: a shard of local shape ``local_shape``. ``None`` (the default): the optimizer sees the
+    #: shard as a tensor of its own, so its state is ``state`` of a parameter of the local shape
+    #: (Adam: local moments + ``step``). An optimizer whose state describes the whole tensor
+    #: (SMMF's factors of the full square-matricized matrix) says so here.
+    shard_state: ShardStateRule | None = None
 
     def load(self):
         """Import and return the implementation (``ImportError`` when it is not installed)."""
@@ -334,6 +343,20 @@ class OptimizerVariant:
     def state_bytes(self, spec: ParamSpec) -> int:
         return sum(t.nbytes for t in self.state(spec))
 
+    def shard_state(self, spec: ParamSpec, local_shape: Shape, group: str | None = None
+                    ) -> list[StateTensor]:
+        """The tensors one rank keeps for its dim-0 shard of ``spec`` (local shape
+        ``local_shape``, possibly with 0 rows): :attr:`OptimizerInfo.shard_state`, by default the
+        state of a parameter of the local shape."""
+        if group is None:
+            group = self.group_names([spec])[0]
+        local = tuple(local_shape)
+        if self.info.shard_state is not None:
+            return self.info.shard_state(self.options, spec, local, group)
+        if local == tuple(spec.shape):
+            return self.info.state(self.options, spec, group)
+        return self.info.state(self.options, local_spec(spec, local), group)
+
     def allocated_bytes(self, spec: ParamSpec, allocator: str) -> int:
         return sum(t.allocated(allocator) for t in self.state(spec))
 
@@ -385,6 +408,11 @@ class OptimizerVariant:
 
     def __repr__(self) -> str:
         return f"<optimizer {self.id}>"
+
+
+def local_spec(spec: ParamSpec, local_shape: Shape) -> ParamSpec:
+    """``spec`` with the shape of one rank's shard (same name, dtype and trainability)."""
+    return ParamSpec(spec.name, tuple(local_shape), spec.dtype, spec.trainable, spec.aliases)
 
 
 def param_dtype(spec: ParamSpec) -> str:

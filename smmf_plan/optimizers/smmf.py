@@ -26,6 +26,14 @@ Dense-path parameters add two full-size foreach results (``g·g`` and ``sqrt(V) 
 C++ kernel (fp32 CPU parameters, the default there where a compiler exists) stays under this rule
 (``tests/test_memory_temporaries.py``), so its path uses the same rule as an upper bound.
 
+Sharded on dim 0 (FSDP2, :func:`shard_state`). Every SMMF operation is elementwise or a row/column
+sum of the square-matricized matrix, and sums split across ranks, so the exact sharded design
+(``../shared/reference/distributed-training.md``) keeps the rank-1 factors of the **full**
+``(n̂, m̂)`` matrix on every rank (``row_m``, ``col_m``, ``row_v``, ``col_v``: replicated, rebuilt by
+one all-reduce of partial sums per step) and only the rank's slice of the sign: the ``k`` local
+elements, ``⌈k/8⌉`` bytes packed or the local shape as ``bool``. A rank whose shard is empty still
+keeps the factors. Dense-path parameters keep Adam-like moments of the local shape.
+
 Probe learning rate 1e-3, the paper's.
 """
 
@@ -89,6 +97,27 @@ def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
                       vector_reshape=o["vector_reshape"])
 
 
+def shard_state(o: Options, spec: ParamSpec, local_shape: Shape, group: str) -> list[StateTensor]:
+    """What one rank keeps for its dim-0 shard of ``spec`` (see the module docstring): the full
+    matrix's factors, replicated, and the sign of the local elements only."""
+    if not is_factorized(spec.shape, o["vector_reshape"]):
+        return smmf_state(local_shape, spec.dtype, first_moment=o["beta"] is not None,
+                          sign=o["sign"], vector_reshape=o["vector_reshape"])
+    full = state(o, spec, group)
+    local_numel = 1
+    for d in local_shape:
+        local_numel *= d
+    out = []
+    for t in full:
+        if t.name != "sign":
+            out.append(t)
+        elif o["sign"] == "packed":
+            out.append(StateTensor("sign", (packed_sign_bytes(local_numel),), "uint8"))
+        else:
+            out.append(StateTensor("sign", tuple(local_shape), "bool"))
+    return out
+
+
 def step_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
     """The eager kernels' scratch (see the module docstring): the largest block's buffers plus
     the dense-path parameters' foreach results."""
@@ -130,6 +159,7 @@ INFO = OptimizerInfo(
                                  "false keeps Adam-like moments for squeezed-rank-1 parameters"),
     },
     state=state,
+    shard_state=shard_state,
     temporaries={"for-loop": step_temp_bytes, "fused": step_temp_bytes},
     paths={"cpu": ("fused", "for-loop"), "cuda": ("for-loop",)},
     keeps_scratch=True,

@@ -1,0 +1,225 @@
+"""Workers that run the real engines (torch FSDP2 / DDP, DeepSpeed ZeRO) and report what each rank
+holds, as JSON on stdout. Run by ``tests/test_dist_engines.py`` in subprocesses (each engine wants a
+process group of its own); never imported by smmf_plan.
+
+``python tests/dist_engines.py fake OPT W[,W...]``: FSDP2 under FSDPMemTracker with the ``fake``
+process group and FakeTensorMode, one process playing every rank of every world size in turn.
+``python tests/dist_engines.py gloo OPT``: FSDP2 and DDP on 2 real gloo ranks (spawned), a few steps.
+``python tests/dist_engines.py deepspeed``: one rank of a 2-rank DeepSpeed job (RANK, WORLD_SIZE,
+MASTER_ADDR/PORT from the environment), ZeRO stages 1-3 in bf16 with AdamW.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+#: the MLP the engines train: a 251-row layer shards unevenly at every world size > 1, and a
+#: 10-row layer leaves trailing ranks empty at 8.
+DIMS = (32, 96, 251, 128, 10)
+
+
+def mlp():
+    return torch.nn.Sequential(*[torch.nn.Linear(a, b) for a, b in zip(DIMS, DIMS[1:])])
+
+
+def specs_of(model) -> list[dict]:
+    return [{"name": n, "shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch.")}
+            for n, p in model.named_parameters()]
+
+
+def _local(t):
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def state_bytes(optimizer) -> int:
+    """Bytes of every tensor in ``optimizer.state`` (DTensors as their local shard)."""
+    return sum(_local(v).numel() * _local(v).element_size()
+               for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+def sharded_weight_bytes(model) -> int:
+    """Bytes of each FSDP2 parameter's (padded) shard storage."""
+    total = 0
+    for m in model.modules():
+        state = getattr(m, "_get_fsdp_state", None)
+        group = state()._fsdp_param_group if state else None
+        if group is not None:
+            total += sum(fp._sharded_param_data.numel() * fp._sharded_param_data.element_size()
+                         for fp in group.fsdp_params)
+    return total
+
+
+def sharded_grad_bytes(model) -> int:
+    """Bytes of the distinct storages behind the sharded gradients."""
+    seen = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            s = _local(p.grad).untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
+def shard(model, mesh):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def build(opt_id: str, params):
+    from smmf_plan.optimizers import parse
+
+    return parse(opt_id).build(params, lr=1e-3)
+
+
+def fake(opt_id: str, worlds: list[int]) -> list[dict]:
+    """Every rank of every world size under FSDPMemTracker: its optimizer-state bytes."""
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    out = []
+    for world in worlds:
+        for rank in range(world):
+            dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+            mesh = init_device_mesh("cpu", (world,))
+            with FakeTensorMode():
+                torch.manual_seed(0)
+                model = shard(mlp(), mesh)
+                opt = build(opt_id, model.parameters())
+                x = torch.randn(4, DIMS[0])
+                tracker = FSDPMemTracker(model, opt)
+                tracker.track_inputs((x,))
+                with tracker:
+                    for _ in range(2):
+                        model(x).sum().backward()
+                        opt.step()
+                        opt.zero_grad()
+                snap = tracker.get_tracker_snapshot("current")[torch.device("cpu")]
+                opt_state = next(v for k, v in snap.items() if getattr(k, "value", None) == "OptState")
+                out.append({"world": world, "rank": rank, "tracker_state_bytes": opt_state,
+                            "state_bytes": state_bytes(opt), "weight_bytes": sharded_weight_bytes(model),
+                            "local_shapes": [list(_local(p).shape) for p in model.parameters()]})
+            dist.destroy_process_group()
+    return out
+
+
+def _gloo_rank(rank: int, world: int, port: int, opt_id: str, path: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    mesh = init_device_mesh("cpu", (world,))
+    model = shard(mlp(), mesh)
+    opt = build(opt_id, model.parameters())
+    x = torch.randn(4, DIMS[0])
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        grads = sharded_grad_bytes(model)
+        opt.step()
+    result = {"rank": rank, "fsdp2": {"state_bytes": state_bytes(opt), "weight_bytes":
+                                      sharded_weight_bytes(model), "grad_bytes": grads}}
+    torch.manual_seed(0)
+    ddp = torch.nn.parallel.DistributedDataParallel(mlp())
+    opt = build(opt_id, ddp.parameters())
+    for _ in range(3):
+        opt.zero_grad()
+        ddp(x).square().mean().backward()
+        opt.step()
+    logged = ddp._get_ddp_logging_data()
+    result["ddp"] = {"state_bytes": state_bytes(opt), "bucket_sizes": logged.get("bucket_sizes")}
+    with open(f"{path}.{rank}", "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+
+
+def gloo(opt_id: str, world: int = 2) -> list[dict]:
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rank")
+        mp.spawn(_gloo_rank, args=(world, port, opt_id, path), nprocs=world, join=True)
+        out = []
+        for r in range(world):
+            with open(f"{path}.{r}") as f:
+                out.append(json.load(f))
+    return out
+
+
+def deepspeed_rank() -> dict:
+    """This rank's ZeRO-1/2/3 figures (bf16, AdamW as the client optimizer)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    import deepspeed
+
+    rank = dist.get_rank()
+    out = {"rank": rank, "world": dist.get_world_size()}
+    for stage in (1, 2, 3):
+        torch.manual_seed(0)
+        model = mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+               "zero_optimization": {"stage": stage}, "bf16": {"enabled": True},
+               "zero_allow_untested_optimizer": True}
+        engine, zopt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+        for _ in range(2):
+            x = torch.randn(2, DIMS[0], dtype=torch.bfloat16)
+            engine.backward(engine(x).float().sum())
+            if stage < 3:
+                grads = sum(t.numel() * t.element_size()
+                            for ts in zopt.averaged_gradients.values() for t in ts)
+            else:
+                buf = zopt.grad_partitions_flat_buffer
+                grads = buf.numel() * buf.element_size()
+            engine.step()
+        fig = {"state_bytes": state_bytes(zopt.optimizer), "grad_bytes": grads}
+        if stage < 3:
+            fig["bit16_bytes"] = sum(t.numel() * t.element_size() for t in zopt.bit16_groups_flat)
+            fig["master_bytes"] = sum(t.numel() * t.element_size()
+                                      for t in zopt.single_partition_of_fp32_groups)
+        else:
+            fig["bit16_bytes"] = sum(t.numel() * t.element_size()
+                                     for t in zopt.fp16_partitioned_groups_flat)
+            fig["persistent_bytes"] = sum(p.numel() * p.element_size()
+                                          for p in model.parameters() if p.ds_persist)
+            fig["master_bytes"] = sum(t.numel() * t.element_size()
+                                      for t in zopt.fp32_partitioned_groups_flat)
+            fig["reduce_bucket_bytes"] = sum(b.buffer.numel() * b.buffer.element_size()
+                                             for b in zopt.ipg_buckets.values()
+                                             if b.buffer is not None)
+        out[f"zero{stage}"] = fig
+        engine.destroy()
+    dist.destroy_process_group()
+    return out
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "fake":
+        print(json.dumps({"specs": specs_of(mlp()),
+                          "ranks": fake(sys.argv[2], [int(w) for w in sys.argv[3].split(",")])}))
+    elif mode == "gloo":
+        print(json.dumps({"specs": specs_of(mlp()), "ranks": gloo(sys.argv[2])}))
+    elif mode == "deepspeed":
+        print(json.dumps({"specs": specs_of(mlp()), **deepspeed_rank()}))
+    else:
+        raise SystemExit(f"unknown mode {mode}")

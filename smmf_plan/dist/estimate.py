@@ -1,0 +1,185 @@
+"""Per-rank training-step estimates: the single-process estimate's basis (activations, runtime,
+buffers) and each scheme's per-rank figures, put together.
+
+:func:`plan_ranks` is the pure arithmetic (no trace, no torch): a scheme's rank classes for one
+optimizer. :func:`estimate` adds the traced activations at the per-rank micro-batch and returns a
+:class:`DistEstimate`, which the fit layer and every renderer read like a single-process
+:class:`~smmf_plan.memory.MemoryEstimate`: per optimizer the **largest rank's** breakdown (the
+rank that decides whether the job fits), and beside it every group of ranks with identical figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..breakdown import Breakdown, StepMemory
+from ..memory import MemoryEstimate, StepBasis, act_temp, step_basis
+from ..model import ModelSpec
+from ..optimizers import OptimizerVariant
+from . import ddp, fsdp2, zero
+from .context import Context
+from .ranks import RankClass, RankFigures, group, ranks_label
+from .sharding import Sharding
+
+PLANNERS: dict[str, Callable[[Context, Sharding, OptimizerVariant], list[RankClass]]] = {
+    "ddp": ddp.plan, "zero1": zero.plan, "zero2": zero.plan, "zero3": zero.plan,
+    "fsdp2": fsdp2.plan,
+}
+
+
+def plan_ranks(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[RankClass]:
+    """The ranks of ``sharding`` grouped by identical figures, for ``optimizer``."""
+    return group(PLANNERS[sharding.scheme](ctx, sharding, optimizer))
+
+
+def breakdown_of(f: RankFigures, activations: int, temporaries: int, runtime: int) -> Breakdown:
+    return Breakdown(weights=f.weights, master=f.master, grads=f.grads,
+                     state_allocated=f.state_allocated, activations=activations,
+                     temporaries=temporaries, comm=f.comm, runtime=runtime)
+
+
+@dataclass(frozen=True)
+class RankStep:
+    """One group of ranks with identical figures, at the planned batch."""
+
+    ranges: tuple[tuple[int, int], ...]
+    state_bytes: int
+    breakdown: Breakdown
+
+    @property
+    def count(self) -> int:
+        return sum(b - a + 1 for a, b in self.ranges)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.breakdown.total_bytes
+
+    def label(self) -> str:
+        return ranks_label(self.ranges)
+
+    def to_dict(self) -> dict:
+        """``{"ranks": [[first, last], …], "count", "state_bytes", "breakdown", "total_bytes"}``."""
+        return {"ranks": [list(r) for r in self.ranges], "count": self.count,
+                "state_bytes": self.state_bytes, "breakdown": self.breakdown.to_dict(),
+                "total_bytes": self.total_bytes}
+
+
+@dataclass
+class DistEstimate(MemoryEstimate):
+    """A :class:`MemoryEstimate` whose figures are per rank; ``breakdowns`` are the largest
+    rank's."""
+
+    sharding: Sharding | None = None
+    #: per optimizer id: its rank classes.
+    classes: dict[str, list[RankClass]] = field(default_factory=dict)
+
+    def _class_breakdown(self, oid: str, c: RankClass, batch: int) -> Breakdown:
+        f = c.figures
+        act, temp = act_temp(self.activation_model, batch, self.allocator, f.step_temp,
+                             self.persistent.get(oid, False))
+        return breakdown_of(f, act, temp, sum(self.runtime_parts.values()))
+
+    def rank_steps(self, oid: str, batch: int | None = None) -> list[RankStep]:
+        """Every group of ranks of ``oid`` at ``batch`` (default: the planned one)."""
+        b = self.batch_size if batch is None else batch
+        return [RankStep(c.ranges, c.figures.state_bytes, self._class_breakdown(oid, c, b))
+                for c in self.classes[oid]]
+
+    def largest(self, oid: str, batch: int | None = None) -> RankStep:
+        """The group whose rank needs the most memory (the lowest ranks on a tie)."""
+        steps = self.rank_steps(oid, batch)
+        return max(steps, key=lambda s: (s.total_bytes, -s.ranges[0][0]))
+
+    def breakdown_at(self, optimizer: str, batch: int) -> Breakdown:
+        return self.largest(optimizer, batch).breakdown
+
+    def steps(self) -> dict[str, StepMemory]:
+        out = {}
+        for oid in self.breakdowns:
+            ranks = tuple(self.rank_steps(oid))
+            top = max(ranks, key=lambda s: (s.total_bytes, -s.ranges[0][0]))
+            out[oid] = StepMemory(oid, top.breakdown, self.total_at(oid), complete=self.complete,
+                                  state_bytes=top.state_bytes, ranks=ranks)
+        return out
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["sharding"] = self.sharding.to_dict() if self.sharding else None
+        return d
+
+
+def assumptions_for(sharding: Sharding, ctx: Context) -> list[str]:
+    """The per-rank model's assumptions, in words."""
+    out = [f"distributed: {sharding.describe()}; --batch-size is the per-rank micro-batch "
+           f"(global batch = batch × {sharding.replicas if sharding.scheme == 'fsdp2' else sharding.world} "
+           "data-parallel replicas); activations are one rank's"]
+    s = sharding.scheme
+    if s == "ddp":
+        out.append(f"ddp: every rank holds the whole model, gradients and optimizer state; "
+                   f"gradient buckets (bucket_cap_mb={sharding.bucket_cap_mb:g}, first bucket 1 MiB, "
+                   "gradient_as_bucket_view=False) hold a second copy of the gradients"
+                   + ("; --amp as torch autocast (fp32 parameters and gradients)" if ctx.amp else ""))
+    elif s == "fsdp2":
+        out.append(
+            "fsdp2: parameters sharded on dim 0 (torch.chunk: ⌈d0/S⌉ rows per rank, rank 0 the "
+            "largest, trailing ranks possibly empty), each rank's storage padded to chunk 0; "
+            "gradients one padded reduce-scatter output per unit; the optimizer state on each "
+            "rank's local shard (its registry rule)")
+        out.append(
+            "fsdp2 units: each block of a module list (the shallowest name part that is an integer "
+            "index: model.layers.N, blocks.N, …) is one fully_shard unit, the rest the root; "
+            + ("reshard_after_forward=True: the root and at most two units gathered at once, plus "
+               "one unit's unsharded gradients and reduce-scatter input"
+               if sharding.reshard_after_forward else
+               "reshard_after_forward=False: every unit stays gathered from forward to backward"))
+        if ctx.amp:
+            out.append(f"fsdp2 --amp as MixedPrecisionPolicy(param_dtype={ctx.amp}, "
+                       "reduce_dtype=float32): fp32 sharded parameters and gradients, gathered "
+                       f"units and unsharded gradients in {ctx.amp}")
+    else:
+        stage = sharding.zero_stage
+        what = {1: "optimizer states", 2: "optimizer states and gradients",
+                3: "optimizer states, gradients and parameters"}[stage]
+        out.append(
+            f"zero{stage} (DeepSpeed ZeRO-{stage}, {what} partitioned): "
+            + zero.deepspeed_dtype_note(ctx) + "; the client optimizer steps one flat fp32 "
+            + ("partition per parameter group (aligned to 2·N elements)" if stage < 3 else
+               f"tensor per sub-group (sub_group_size={sharding.sub_group_size:.0e})")
+            + f"; reduce bucket {sharding.reduce_bucket_size:.0e} elements"
+            + (" ×2 (overlap_comm)" if sharding.overlap else "")
+            + ("; parameters under "
+               f"{sharding.param_persistence_threshold:,} elements stay whole on every rank, plus "
+               "the largest module gathered with its gradients and the prefetch bucket"
+               if stage == 3 else ""))
+    out.append("not modelled: NCCL's own buffers (allocated outside PyTorch's allocator), "
+               "the CUDA context of each rank, and allocator fragmentation under sharding")
+    return out
+
+
+def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], sharding: Sharding, *,
+             batch_size: int = 1, allocator: str = "cpu", **options: Any) -> DistEstimate:
+    """Per-rank training-step estimates of ``model_spec`` under ``sharding`` for each optimizer.
+    ``options`` are :func:`smmf_plan.memory.step_basis`'s (input size, dtype, amp, …)."""
+    amp_trace = "autocast" if sharding.scheme == "ddp" else "cast"
+    basis: StepBasis = step_basis(model_spec, batch_size=batch_size, allocator=allocator,
+                                  amp_trace=amp_trace, **options)
+    ctx = Context(tuple(basis.specs), allocator, basis.buffer_bytes, basis.amp)
+    assumptions = basis.assumptions + assumptions_for(sharding, ctx)
+    classes = {v.id: plan_ranks(ctx, sharding, v) for v in layouts}
+    est = DistEstimate(
+        model=model_spec.name, batch_size=basis.batch_size, allocator=allocator,
+        breakdowns={}, activation_model=basis.activation_model, assumptions=assumptions,
+        step_temp={}, runtime_parts=basis.runtime_parts, input=basis.input,
+        persistent={v.id: v.keeps_scratch for v in layouts}, sharding=sharding, classes=classes)
+    for v in layouts:
+        top = est.largest(v.id)
+        est.breakdowns[v.id] = top.breakdown
+        est.state_bytes[v.id] = top.state_bytes
+        est.step_temp[v.id] = max(c.figures.step_temp for c in classes[v.id])
+    from ..memory import TEMPORARIES_ASSUMPTION
+
+    est.assumptions.append(TEMPORARIES_ASSUMPTION)
+    est.seconds = time.perf_counter() - basis.t0
+    return est

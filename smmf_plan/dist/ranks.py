@@ -1,0 +1,103 @@
+"""What one rank holds, and ranks with identical figures grouped (torch-free).
+
+A scheme's planner (:mod:`.ddp`, :mod:`.zero`, :mod:`.fsdp2`) returns :class:`RankClass` es: the
+global ranks that hold the same bytes, and those bytes as :class:`RankFigures` (every figure that
+does not depend on the batch). :func:`group` merges classes whose figures are equal, so a 1,024-rank
+plan has as many entries as it has distinct rank shapes (FSDP2's uneven dim-0 chunks give at most a
+few), never one per rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from ..optimizers import StateTensor
+
+
+@dataclass(frozen=True)
+class RankFigures:
+    """One rank's batch-independent bytes, each as the allocator allocates it."""
+
+    #: the model's parameters as this rank stores them (sharded, flat, padded …) and its buffers.
+    weights: int
+    #: a separate fp32 master copy of this rank's partition (ZeRO), else 0.
+    master: int
+    #: gradients kept through the step (sharded / partitioned where the scheme does so).
+    grads: int
+    #: the optimizer state, each tensor rounded.
+    state_allocated: int
+    #: the optimizer state's logical bytes (numel × itemsize).
+    state_bytes: int
+    #: communication buffers and gathered transients at the step's peak (DDP buckets; FSDP2
+    #: gathered units, unsharded gradients and reduce-scatter buffers; ZeRO's buckets).
+    comm: int
+    #: the optimizer step's peak temporaries on this rank (netted against the activations as a
+    #: single-process step's are), plus scheme-specific step buffers (ZeRO's fp32 gradient
+    #: partition).
+    step_temp: int
+    #: number of state tensors (the state table's column).
+    state_tensors: int = 0
+
+
+@dataclass(frozen=True)
+class RankClass:
+    """Global ranks with identical figures: inclusive ``ranges`` and their total ``count``."""
+
+    ranges: tuple[tuple[int, int], ...]
+    figures: RankFigures
+
+    @property
+    def count(self) -> int:
+        return sum(b - a + 1 for a, b in self.ranges)
+
+    @property
+    def first(self) -> int:
+        return self.ranges[0][0]
+
+    def label(self) -> str:
+        return ranks_label(self.ranges)
+
+
+def ranks_label(ranges: Sequence[tuple[int, int]]) -> str:
+    """``rank 0``, ``ranks 0-511``, ``ranks 0-6, 8-14, …`` (at most three ranges shown)."""
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:3]]
+    more = ", …" if len(ranges) > 3 else ""
+    count = sum(b - a + 1 for a, b in ranges)
+    return f"{'rank' if count == 1 else 'ranks'} {', '.join(parts)}{more}"
+
+
+def group(classes: Iterable[RankClass]) -> list[RankClass]:
+    """Merge classes with equal figures (their ranges joined, adjacent ranges fused), ordered by
+    their first rank."""
+    merged: dict[RankFigures, list[tuple[int, int]]] = {}
+    for c in classes:
+        merged.setdefault(c.figures, []).extend(c.ranges)
+    out = []
+    for figures, ranges in merged.items():
+        ranges.sort()
+        fused: list[tuple[int, int]] = []
+        for a, b in ranges:
+            if fused and a <= fused[-1][1] + 1:
+                fused[-1] = (fused[-1][0], max(b, fused[-1][1]))
+            else:
+                fused.append((a, b))
+        out.append(RankClass(tuple(fused), figures))
+    return sorted(out, key=lambda c: c.first)
+
+
+def state_sum(per_param: Iterable[Sequence[StateTensor]], allocator: str) -> tuple[int, int, int]:
+    """(logical bytes, allocated bytes, tensor count) of the state tensors listed per parameter;
+    a tensor shared by several parameters (``shared=True``) counts once."""
+    logical = allocated = count = 0
+    shared: set = set()
+    for tensors in per_param:
+        for t in tensors:
+            if t.shared:
+                if t in shared:
+                    continue
+                shared.add(t)
+            logical += t.nbytes
+            allocated += t.allocated(allocator)
+            count += 1
+    return logical, allocated, count

@@ -1,9 +1,10 @@
 """Options shared by several commands, declared once, and :func:`shared_options`, which gives
 ``plan``, ``shapes``, ``size`` and ``probe`` one set of model options (and, where they apply, the
-training-step options) as one validated record each.
+training-step options and the distributed-training options) as one validated record each.
 
 A command declares a parameter annotated :class:`~smmf_plan.options.ModelOptions` (and optionally
-one annotated :class:`~smmf_plan.options.StepOptions`); the decorator replaces it in the
+ones annotated :class:`~smmf_plan.options.StepOptions` and
+:class:`~smmf_plan.options.DistOptions`); the decorator replaces it in the
 signature Typer reads by the individual options below, and hands the command the record::
 
     @shared_options()
@@ -24,7 +25,7 @@ import typer
 from smmf_plan import dtypes
 from smmf_plan.errors import PlanError
 from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
-from smmf_plan.options import ModelOptions, StepOptions
+from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 from smmf_plan.trace.inputs import TASKS  # torch-free
 from smmf_plan.units import parse_size
 
@@ -197,14 +198,47 @@ def step_options(batch_size: int | None = None, input_size: str | None = None,
                        runtime_bytes=None if runtime is None else parse_size(runtime, "--runtime"))
 
 
+# distributed training (smmf_plan.dist)
+Dist = Annotated[Optional[str], typer.Option(
+    "--dist", help="Plan per rank for distributed training: ddp, zero1, zero2, zero3 (DeepSpeed "
+                   "ZeRO) or fsdp2 (torch fully_shard). Needs --world (size: without it, finds the "
+                   "smallest number of each device that fits).", show_default=False)]
+World = Annotated[Optional[int], typer.Option(
+    "--world", help="Number of ranks (processes, one per GPU or CPU host) with --dist.",
+    show_default=False)]
+Nodes = Annotated[Optional[int], typer.Option(
+    "--nodes", help="Hosts the ranks run on (must divide --world; default 1).", show_default=False)]
+ShardGroup = Annotated[Optional[str], typer.Option(
+    "--shard-group", help="fsdp2 only, HSDP: ranks each parameter is sharded across (must divide "
+                          "--world; the rest replicate), or 'node' for the ranks of one node. "
+                          "Default: the whole world.", show_default=False)]
+
+DIST_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("dist", Dist, None),
+    ("world", World, None),
+    ("nodes", Nodes, None),
+    ("shard_group", ShardGroup, None),
+)
+
+
+def dist_options(dist: str | None = None, world: int | None = None, nodes: int | None = None,
+                 shard_group: str | None = None) -> DistOptions:
+    """The distributed-training options as given on the command line, validated."""
+    group: int | str | None = shard_group
+    if isinstance(shard_group, str) and shard_group.strip().isdigit():
+        group = int(shard_group.strip())
+    return DistOptions(scheme=dist, world=world, nodes=nodes, shard_group=group)
+
+
 _GROUPS: dict[type, tuple[tuple[tuple[str, Any, Any], ...], Callable[..., Any]]] = {
     ModelOptions: (MODEL_OPTIONS, model_options),
     StepOptions: (STEP_OPTIONS, step_options),
+    DistOptions: (DIST_OPTIONS, dist_options),
 }
 
 
 def _resolve(annotation: Any, command: Callable) -> Any:
-    """An annotation as Typer would read it; the two records are recognised by name too, so a
+    """An annotation as Typer would read it; the records are recognised by name too, so a
     command may import them anywhere (postponed annotations are strings)."""
     if not isinstance(annotation, str):
         return annotation
@@ -215,9 +249,9 @@ def _resolve(annotation: Any, command: Callable) -> Any:
 
 
 def shared_options(*, omit: Iterable[str] = ()) -> Callable[[Callable], Callable]:
-    """Splice the shared options into a command: each parameter annotated ``ModelOptions`` or
-    ``StepOptions`` becomes the individual options of :data:`MODEL_OPTIONS` / :data:`STEP_OPTIONS`
-    in the signature Typer reads (leaving out those named in ``omit``, for a command that cannot
+    """Splice the shared options into a command: each parameter annotated ``ModelOptions``,
+    ``StepOptions`` or ``DistOptions`` becomes the individual options of :data:`MODEL_OPTIONS` /
+    :data:`STEP_OPTIONS` / :data:`DIST_OPTIONS` in the signature Typer reads (leaving out those named in ``omit``, for a command that cannot
     honour them), and the command receives the validated record in that parameter."""
     omit = frozenset(omit)
 
@@ -238,7 +272,7 @@ def shared_options(*, omit: Iterable[str] = ()) -> Callable[[Callable], Callable
                                          annotation=option)
                        for name, option, default in options if name not in omit]
         if not spliced:
-            raise TypeError(f"{command.__name__} has no ModelOptions/StepOptions parameter")
+            raise TypeError(f"{command.__name__} has no ModelOptions/StepOptions/DistOptions parameter")
 
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:

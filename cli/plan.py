@@ -4,7 +4,7 @@ with ``--device`` or any training-step option, the end-to-end training memory an
 from __future__ import annotations
 
 from smmf_plan.errors import PlanError
-from smmf_plan.options import ModelOptions, StepOptions
+from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 
 from . import options as o
 
@@ -13,6 +13,7 @@ from . import options as o
 def plan(
     m: ModelOptions,
     step: StepOptions,
+    dist: DistOptions,
     device: o.Device = None,
     devices_file: o.DevicesFile = None,
     svg: o.Svg = None,
@@ -20,12 +21,14 @@ def plan(
 ) -> None:
     """Optimizer-state bytes of MODEL for each optimizer (logical and allocator-rounded); with
     --device (or --batch-size, --input-size, --seq-len, --amp, --grad-checkpointing) the whole
-    training step: weights, gradients, state, activations, temporaries, runtime, and the fit."""
+    training step: weights, gradients, state, activations, temporaries, runtime, and the fit.
+    With --dist and --world, the step of every rank (the largest decides the fit)."""
     from smmf_plan.plan import adam_reference_bytes, plan_model
 
     layouts = m.layouts()
     dt = m.dtype
-    end_to_end = device is not None or svg is not None or step.given
+    sharding = dist.sharding() if dist.given else None
+    end_to_end = device is not None or svg is not None or step.given or sharding is not None
     dev = None
     if end_to_end:
         batch = step.batch
@@ -40,12 +43,12 @@ def plan(
     adam = adam_reference_bytes(spec)
     est = steps = fits = None
     if end_to_end:
-        from smmf_plan import memory
+        from smmf_plan.dist.estimate import step_estimate
         from smmf_plan.report.fit_table import judge
 
         with o.status("Estimating the training step (tracing on meta tensors)…", json_out):
-            est = memory.estimate(spec, layouts, batch_size=batch,
-                                  allocator=dev.allocator if dev else "cpu", **step.estimate_kwargs(dt))
+            est = step_estimate(spec, layouts, sharding, batch_size=batch,
+                                allocator=dev.allocator if dev else "cpu", **step.estimate_kwargs(dt))
         steps = est.steps()
         fits = judge(steps, dev, batch) if dev else None
     if svg is not None:
@@ -71,11 +74,19 @@ def plan(
     from smmf_plan.report.state_table import assumptions_text
 
     order = sorted(steps, key=lambda oid: (steps[oid].total_bytes, oid))
+    if sharding is not None:
+        from smmf_plan.report.rank_table import rank_table, sharding_header
+
+        console.print(sharding_header(sharding))
     if dev is not None:
-        console.print(device_report({oid: steps[oid] for oid in order}, dev, batch, fits))
+        console.print(device_report({oid: steps[oid] for oid in order}, dev, batch, fits,
+                                    note=" · the largest rank" if sharding is not None else ""))
     else:
         console.print(verdict_table({oid: steps[oid] for oid in order},
-                                    title=f"Training step at batch {batch} ({est.allocator} allocator)"))
+                                    title=f"Training step at batch {batch} ({est.allocator} allocator)"
+                                    + (" · the largest rank" if sharding is not None else "")))
+    if sharding is not None:
+        console.print(rank_table({oid: steps[oid] for oid in order}, sharding, batch))
     console.print(assumptions_text(est.assumptions))
     if svg is not None:
         console.print(f"wrote {path}", style="dim")

@@ -1,7 +1,9 @@
 """``smmf-plan size MODEL``: devices × optimizers — fits, headroom, largest batch — and the smallest
 device that fits with each optimizer.
 
-The memory per optimizer is the end-to-end estimate of :mod:`smmf_plan.memory`.
+The memory per optimizer is the end-to-end estimate of :mod:`smmf_plan.memory`; with ``--dist`` and
+``--world`` the largest rank's (:mod:`smmf_plan.dist`). ``--dist`` without ``--world`` answers the
+other question: the smallest number of each device that fits (:mod:`smmf_plan.dist.search`).
 """
 
 from __future__ import annotations
@@ -10,30 +12,32 @@ import sys
 from typing import Any, Sequence
 
 from smmf_plan.errors import PlanError
-from smmf_plan.options import ModelOptions, StepOptions
+from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 from smmf_plan.units import format_bytes
 
 from . import options as o
 
 
-def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_options: dict[str, Any]):
-    """optimizer id → :class:`~smmf_plan.breakdown.StepMemory` under ``allocator``."""
-    from smmf_plan import memory
+def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_options: dict[str, Any],
+                sharding=None):
+    """optimizer id → :class:`~smmf_plan.breakdown.StepMemory` under ``allocator`` (the largest
+    rank's under ``sharding``)."""
+    from smmf_plan.dist.estimate import step_estimate
 
-    est = memory.estimate(spec, layouts, batch_size=batch_size, allocator=allocator,
-                          **estimate_options)
+    est = step_estimate(spec, layouts, sharding, batch_size=batch_size, allocator=allocator,
+                        **estimate_options)
     return est.steps()
 
 
 def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
-               estimate_options: dict[str, Any] | None = None) -> dict:
+               estimate_options: dict[str, Any] | None = None, sharding=None) -> dict:
     """Everything ``size`` shows, computed once: steps per allocator, the device × optimizer grid,
     the optimizer order (least memory first), the devices by usable memory and, per optimizer,
     the smallest device that fits (PyTorch running there, and on memory alone)."""
     from smmf_plan import fit
 
     steps = {a: step_memory(spec, layouts, a, batch_size=batch_size,
-                            estimate_options=estimate_options or {})
+                            estimate_options=estimate_options or {}, sharding=sharding)
              for a in sorted({d.allocator for d in devices})}
     grid = fit.grid(steps, devices, batch_size)
     ref = steps.get("cpu") or next(iter(steps.values()))
@@ -52,29 +56,41 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
 def size(
     m: ModelOptions,
     step: StepOptions,
+    dist: DistOptions,
     device: o.Devices = None,
     devices_file: o.DevicesFile = None,
     svg: o.Svg = None,
     json_out: o.Json = False,
 ) -> None:
-    """Which devices can train MODEL, with which optimizer, at what batch size."""
+    """Which devices can train MODEL, with which optimizer, at what batch size. With --dist and
+    --world, per rank; with --dist alone, the smallest number of each device (default: the
+    catalog's GPUs) that fits."""
     from smmf_plan.devices import get_device, list_devices
 
     batch = step.batch
     layouts = m.layouts()
     dt = m.dtype
     files = tuple(devices_file or ())
+    search = dist.given and dist.world is None
+    sharding = dist.sharding() if dist.given and not search else None
     if device:
         chosen = list({d.id: d for d in (get_device(t, files) for t in device)}.values())
     else:
         chosen = list_devices(files)
+        if search:
+            chosen = [d for d in chosen if d.allocator == "cuda" and d.runs_pytorch]
+    if search:
+        if svg is not None:
+            raise PlanError(f"--svg {svg!r} draws one world size: add --world N")
+        return _search(m, step, dist, chosen, json_out)
     if svg is not None and len(chosen) != 1:
         raise PlanError(f"--svg {svg!r} draws the bars against one device: add --device ID "
                         f"(got {len(chosen)} devices)")
     spec = o.load(m, quiet=json_out)
     options = step.estimate_kwargs(dt)
     with o.status("Estimating training memory (tracing one step on meta tensors)…", json_out):
-        result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options)
+        result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options,
+                            sharding=sharding)
     if json_out:
         from smmf_plan.report.step_json import size_document
 
@@ -139,3 +155,39 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
                          style="dim")
         lines.append("\n")
     console.print(lines, end="")
+
+
+def _search(m: ModelOptions, step: StepOptions, dist: DistOptions, devices: Sequence,
+            json_out: bool) -> None:
+    """``size MODEL --dist S`` without ``--world``: the smallest number of each device."""
+    from smmf_plan.dist.search import smallest_worlds
+
+    if dist.nodes is not None:
+        raise PlanError("--nodes needs --world: size --dist without --world searches the number "
+                        "of ranks; drop --nodes")
+    spec = o.load(m, quiet=json_out)
+    layouts = m.layouts()
+    batch = step.batch
+    with o.status("Searching the smallest world size per device…", json_out):
+        result = smallest_worlds(spec, layouts, dist.scheme, devices, batch_size=batch,
+                                 shard_group=dist.shard_group_size, **step.estimate_kwargs(m.dtype))
+    order = [v.id for v in layouts]
+    if json_out:
+        from smmf_plan.report.step_json import size_search_document
+
+        o.emit_json(size_search_document(spec, m.dtype, batch, result, devices, order))
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    from smmf_plan.report.rank_table import answers_table, world_table
+    from smmf_plan.report.state_table import assumptions_text, model_header
+
+    console = Console()
+    console.print(model_header(spec, m.dtype))
+    if not result.complete:
+        console.print(Text("Activations not estimated (no architecture for these weights): "
+                           "the totals are lower bounds.", style="yellow"))
+    console.print(world_table(result, devices, order, batch))
+    console.print(answers_table(result, devices, order))
+    console.print(assumptions_text(result.assumptions))

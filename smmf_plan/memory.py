@@ -444,6 +444,11 @@ def _cached_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, module_f
 
     if module_factory is not None:
         return _trace_facts(model_spec, specs, module_factory=module_factory, **options)
+    from .sources.resolve import NO_ARCHITECTURE, has_architecture
+
+    if not has_architecture(model_spec):  # known without building it (or importing torch)
+        return {"error": f"{model_spec.name}: {NO_ARCHITECTURE}",
+                "library": (model_spec.meta or {}).get("library")}
     path = os.path.join(cache_dir(), "activations", _facts_key(model_spec, options) + ".json")
     try:
         with open(path, "rb") as f:

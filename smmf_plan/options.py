@@ -99,3 +99,81 @@ class StepOptions:
         return {"input_size": self.input_size, "seq_len": self.seq_len, "dtype": dtype,
                 "amp": self.amp, "grad_checkpointing": self.grad_checkpointing,
                 "runtime_bytes": self.runtime_bytes}
+
+
+@dataclass(frozen=True)
+class DistOptions:
+    """How training is spread over ranks, as asked (``--dist --world --nodes --shard-group``):
+    :meth:`sharding` turns it into a :class:`smmf_plan.dist.Sharding`. Without ``scheme`` the
+    plan is for one process."""
+
+    #: ``ddp``, ``zero1``, ``zero2``, ``zero3`` or ``fsdp2`` (as typed); None: one process.
+    scheme: str | None = None
+    #: number of ranks; None: not given (``size`` then searches the smallest that fits).
+    world: int | None = None
+    #: number of hosts the world runs on; None: 1.
+    nodes: int | None = None
+    #: FSDP2's shard group (HSDP): ranks per shard group, or ``"node"`` for the ranks of one node.
+    shard_group: int | str | None = None
+
+    def __post_init__(self) -> None:
+        from .errors import PlanError
+
+        if self.scheme is None:
+            given = [f for f, v in (("--world", self.world), ("--nodes", self.nodes),
+                                    ("--shard-group", self.shard_group)) if v is not None]
+            if given:
+                raise PlanError(f"{given[0]} needs --dist: add e.g. --dist fsdp2 (one of ddp, "
+                                "zero1, zero2, zero3, fsdp2)")
+            return
+        from .dist import Sharding, parse_scheme
+
+        object.__setattr__(self, "scheme", parse_scheme(self.scheme))
+        if self.world is not None:
+            self.sharding()  # validates world, nodes and shard group now, before any model loads
+        elif self.nodes is not None:
+            raise PlanError("--nodes needs --world: give the number of ranks too")
+        elif self.shard_group is not None:
+            if self.shard_group_size is None:
+                raise PlanError("--shard-group node needs --world and --nodes: give a number "
+                                "of ranks instead, e.g. --shard-group 8")
+            Sharding(self.scheme, self.shard_group, shard_group=self.shard_group)
+
+    @property
+    def given(self) -> bool:
+        return self.scheme is not None
+
+    def sharding(self, world: int | None = None):
+        """The :class:`~smmf_plan.dist.Sharding` at ``world`` (default: the given one)."""
+        from .dist import Sharding
+        from .errors import PlanError
+
+        world = self.world if world is None else world
+        if world is None:
+            raise PlanError(f"--dist {self.scheme} needs --world N: the number of ranks")
+        nodes = 1 if self.nodes is None else self.nodes
+        group = None
+        if self.shard_group is not None:
+            group = _group_size(self.shard_group, world, nodes)
+        return Sharding(self.scheme, world, nodes, group)
+
+    @property
+    def shard_group_size(self) -> int | None:
+        """The shard group as a number when it was given as one (``size``'s search steps by it)."""
+        return self.shard_group if isinstance(self.shard_group, int) else None
+
+
+def _group_size(value: int | str, world: int, nodes: int) -> int:
+    """``--shard-group`` → ranks: a whole number, or ``node`` (the ranks of one node)."""
+    from .errors import PlanError
+
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "node":
+            return world // nodes
+        try:
+            return int(text)
+        except ValueError:
+            raise PlanError(f"--shard-group {value!r} is not a number of ranks: give e.g. 8, or "
+                            "'node' for the ranks of one node") from None
+    return value

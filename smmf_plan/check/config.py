@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from .. import dtypes
 from ..errors import PlanError
 from ..optimizers import UnknownOptimizer, parse_many
-from ..options import ModelOptions, StepOptions
+from ..options import DistOptions, ModelOptions, StepOptions
 from ..tomlfile import find_pyproject, read_toml, tool_table
 from ..trace import parse_input_size
 from ..units import config_size, parse_size
@@ -21,7 +21,7 @@ from ..units import config_size, parse_size
 CHECK_KEYS = (
     "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
     "num-classes", "task", "trainable", "freeze", "lora-rank", "lora-targets",
-    "grad-checkpointing", "amp", "max-state", "max-total",
+    "grad-checkpointing", "amp", "dist", "world", "nodes", "shard-group", "max-state", "max-total",
 )
 #: keys of ``[tool.smmf-plan]`` itself. ``devices`` belongs to :mod:`smmf_plan.devices` (user
 #: device tables) and is accepted here without being read.
@@ -41,6 +41,9 @@ class Check:
     options: ModelOptions
     #: the step the ``total`` metric estimates (batch 1 unless configured).
     step: StepOptions = StepOptions()
+    #: distributed training (``dist``/``world``/``nodes``/``shard-group``): both metrics are then
+    #: the largest rank's.
+    dist: DistOptions = DistOptions()
     device: str | None = None
     max_state: int | None = None
     max_total: int | None = None
@@ -66,6 +69,7 @@ class Check:
             "input_size": list(s.input_size) if s.input_size else None,
             "seq_len": s.seq_len, "dtype": m.dtype, "num_classes": m.num_classes, "task": m.task,
             "grad_checkpointing": s.grad_checkpointing, "amp": s.amp,
+            "dist": self.dist.sharding().to_dict() if self.dist.given else None,
             "max_state_bytes": self.max_state, "max_total_bytes": self.max_total,
         }
 
@@ -204,6 +208,25 @@ def _optimizer_ids(value: Any, where: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
+def _dist(table: dict, label: str) -> DistOptions:
+    """``dist``/``world``/``nodes``/``shard-group`` → a :class:`DistOptions` (a check plans one
+    world: ``dist`` needs ``world``)."""
+    scheme = _string(table["dist"], label, "dist") if "dist" in table else None
+    world = _positive_int(table["world"], label, "world") if "world" in table else None
+    nodes = _positive_int(table["nodes"], label, "nodes") if "nodes" in table else None
+    group = table.get("shard-group")
+    if group is not None and not (isinstance(group, str) or
+                                  (isinstance(group, int) and not isinstance(group, bool))):
+        raise PlanError(f"{label}: shard-group = {group!r} must be a number of ranks or \"node\"")
+    try:
+        dist = DistOptions(scheme=scheme, world=world, nodes=nodes, shard_group=group)
+        if dist.given:
+            dist.sharding()
+    except PlanError as e:
+        raise PlanError(f"{label}: {str(e).replace('--', '')}") from None
+    return dist
+
+
 def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Check:
     """Validate one check table; ``where`` prefixes every message (``pyproject.toml: check 2``)."""
     if not isinstance(table, dict):
@@ -255,10 +278,12 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         amp=_amp(table["amp"], label) if "amp" in table else None,
         grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),
     )
+    dist = _dist(table, label)
     return Check(
         id=check_id,
         options=options,
         step=step,
+        dist=dist,
         device=_string(table["device"], label, "device") if "device" in table else None,
         max_state=config_size(table["max-state"], f"{label}: max-state") if "max-state" in table else None,
         max_total=config_size(table["max-total"], f"{label}: max-total") if "max-total" in table else None,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 
 from ..devices import get_device
 from ..errors import PlanError
-from ..memory import estimate
+from ..dist.estimate import step_estimate
 from ..options import ModelOptions
 from ..plan import plan_state
 from .config import BUDGET_KEYS, Check, CheckConfig
@@ -70,6 +70,15 @@ def _load_spec(check: Check, options: ModelOptions, memo: dict | None):
     return spec
 
 
+def state_bytes(spec, layout, sharding) -> int:
+    """The ``state`` metric: the optimizer state of one process, or of the largest rank."""
+    if sharding is None:
+        return plan_state(spec.params, layout).state_bytes
+    from ..dist import Context, plan_ranks
+
+    return max(c.figures.state_bytes for c in plan_ranks(Context(tuple(spec.params)), sharding, layout))
+
+
 def evaluate_check(check: Check, *, default_device: str | None = None, use_cache: bool = True,
                    search_from: str | Path | None = None, memo: dict | None = None) -> Evaluated:
     """Load the check's model (no weights) and measure every metric for each of its optimizers.
@@ -81,14 +90,18 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
     options = replace(check.options, use_cache=use_cache)
     spec = _load_spec(check, options, memo)
     layouts = options.layouts()
-    values: dict[str, dict[str, int]] = {
-        layout.id: {"state": plan_state(spec.params, layout).state_bytes} for layout in layouts}
+    sharding = check.dist.sharding() if check.dist.given else None
+    try:
+        values: dict[str, dict[str, int]] = {
+            layout.id: {"state": state_bytes(spec, layout, sharding)} for layout in layouts}
+    except PlanError as e:
+        raise PlanError(f"{check.where}: {e}") from None
     est = None
     if check.max_total is not None or device is not None:
         try:
-            est = estimate(spec, layouts, batch_size=check.step.batch,
-                           allocator=device.allocator if device is not None else "cpu",
-                           **check.step.estimate_kwargs(options.dtype))
+            est = step_estimate(spec, layouts, sharding, batch_size=check.step.batch,
+                                allocator=device.allocator if device is not None else "cpu",
+                                **check.step.estimate_kwargs(options.dtype))
         except PlanError as e:
             raise PlanError(f"{check.where}: {e}") from None
         for oid, step in est.steps().items():

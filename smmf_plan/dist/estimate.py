@@ -113,8 +113,8 @@ class DistEstimate(MemoryEstimate):
 def assumptions_for(sharding: Sharding, ctx: Context) -> list[str]:
     """The per-rank model's assumptions, in words."""
     out = [f"distributed: {sharding.describe()}; --batch-size is the per-rank micro-batch "
-           f"(global batch = batch × {sharding.replicas if sharding.scheme == 'fsdp2' else sharding.world} "
-           "data-parallel replicas); activations are one rank's"]
+           f"(global batch = batch × {sharding.world:,} ranks, all data-parallel); activations "
+           "are one rank's"]
     s = sharding.scheme
     if s == "ddp":
         out.append(f"ddp: every rank holds the whole model, gradients and optimizer state; "
@@ -162,14 +162,29 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], shardin
              batch_size: int = 1, allocator: str = "cpu", **options: Any) -> DistEstimate:
     """Per-rank training-step estimates of ``model_spec`` under ``sharding`` for each optimizer.
     ``options`` are :func:`smmf_plan.memory.step_basis`'s (input size, dtype, amp, …)."""
-    amp_trace = "autocast" if sharding.scheme == "ddp" else "cast"
-    basis: StepBasis = step_basis(model_spec, batch_size=batch_size, allocator=allocator,
-                                  amp_trace=amp_trace, **options)
-    ctx = Context(tuple(basis.specs), allocator, basis.buffer_bytes, basis.amp)
-    assumptions = basis.assumptions + assumptions_for(sharding, ctx)
+    return from_basis(basis_for(model_spec, sharding.scheme, batch_size=batch_size,
+                                allocator=allocator, **options),
+                      model_spec.name, layouts, sharding)
+
+
+def basis_for(model_spec: ModelSpec, scheme: str, **options: Any) -> StepBasis:
+    """The step basis a scheme's ranks share: DDP runs mixed precision as torch autocast, the
+    sharding engines hand the model low-precision parameters (``amp_trace="cast"``)."""
+    return step_basis(model_spec, amp_trace="autocast" if scheme == "ddp" else "cast", **options)
+
+
+def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
+               sharding: Sharding) -> DistEstimate:
+    """The per-rank estimate of every optimizer from a computed basis (no trace)."""
+    t0 = time.perf_counter()
+    ctx = Context(tuple(basis.specs), basis.allocator, basis.buffer_bytes, basis.amp)
+    from ..memory import TEMPORARIES_ASSUMPTION
+
+    assumptions = (basis.assumptions + assumptions_for(sharding, ctx) + caveats(sharding, layouts)
+                   + [TEMPORARIES_ASSUMPTION])
     classes = {v.id: plan_ranks(ctx, sharding, v) for v in layouts}
     est = DistEstimate(
-        model=model_spec.name, batch_size=basis.batch_size, allocator=allocator,
+        model=name, batch_size=basis.batch_size, allocator=basis.allocator,
         breakdowns={}, activation_model=basis.activation_model, assumptions=assumptions,
         step_temp={}, runtime_parts=basis.runtime_parts, input=basis.input,
         persistent={v.id: v.keeps_scratch for v in layouts}, sharding=sharding, classes=classes)
@@ -178,8 +193,29 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], shardin
         est.breakdowns[v.id] = top.breakdown
         est.state_bytes[v.id] = top.state_bytes
         est.step_temp[v.id] = max(c.figures.step_temp for c in classes[v.id])
-    from ..memory import TEMPORARIES_ASSUMPTION
-
-    est.assumptions.append(TEMPORARIES_ASSUMPTION)
-    est.seconds = time.perf_counter() - basis.t0
+    est.seconds = time.perf_counter() - t0 + (t0 - basis.t0)
     return est
+
+
+def caveats(sharding: Sharding, layouts: Sequence[OptimizerVariant]) -> list[str]:
+    """What the registry says about running each optimizer under this scheme."""
+    out = []
+    for v in layouts:
+        note = v.info.dist_caveats.get(sharding.scheme) or (
+            v.info.dist_caveats.get("zero") if sharding.zero_stage else None)
+        if note:
+            out.append(f"{v.id} under {sharding.scheme}: {note}")
+    return out
+
+
+def step_estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant],
+                  sharding: Sharding | None, *, batch_size: int = 1, allocator: str = "cpu",
+                  **options: Any) -> MemoryEstimate:
+    """One process's estimate (:func:`smmf_plan.memory.estimate`) without ``sharding``, the
+    per-rank one with it: what ``plan``, ``size`` and ``check`` call."""
+    if sharding is None:
+        from ..memory import estimate as single
+
+        return single(model_spec, layouts, batch_size=batch_size, allocator=allocator, **options)
+    return estimate(model_spec, layouts, sharding, batch_size=batch_size, allocator=allocator,
+                    **options)

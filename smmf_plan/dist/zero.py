@@ -97,33 +97,78 @@ def _temp(ctx: Context, optimizer: OptimizerVariant, flats: Sequence[tuple[str, 
     return optimizer.step_temp_bytes(specs, ctx.allocator)
 
 
+@dataclass(frozen=True)
+class Components:
+    """One ZeRO rank's bytes, named as DeepSpeed allocates them (each as the allocator rounds)."""
+
+    #: the bit16 model: stages 1/2 the aligned flat buffer, stage 3 this rank's partitions.
+    params: int
+    #: stage 3: parameters under the persistence threshold, whole on every rank.
+    persistent: int
+    #: frozen parameters (not flattened; stage 3 partitions them too).
+    frozen: int
+    #: the fp32 master partition.
+    master: int
+    #: the reduced bit16 gradient partition.
+    grad_partition: int
+    #: stage 1: every parameter's full bit16 gradient at the end of backward.
+    full_grads: int
+    #: the client optimizer's state over the flat fp32 tensors (logical, allocated, tensors).
+    state_bytes: int
+    state_allocated: int
+    state_tensors: int
+    #: the fp32 gradient of the partition the step builds.
+    fp32_grad: int
+    #: the client optimizer's own step temporaries on the flat tensors.
+    optimizer_temp: int
+    #: the contiguous reduce bucket(s).
+    reduce_bucket: int
+    #: stage 3: the prefetch bucket, and the largest module's gathered parameters and gradients.
+    prefetch: int = 0
+    gathered: int = 0
+
+    def figures(self, buffer_bytes: int) -> RankFigures:
+        return RankFigures(
+            weights=self.params + self.persistent + self.frozen + buffer_bytes,
+            master=self.master, grads=self.grad_partition + self.full_grads,
+            state_allocated=self.state_allocated, state_bytes=self.state_bytes,
+            comm=self.reduce_bucket + self.prefetch + self.gathered,
+            step_temp=self.fp32_grad + self.optimizer_temp, state_tensors=self.state_tensors)
+
+
 def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[RankClass]:
+    """ZeRO's ranks hold the same bytes (partitions are equal; the padding is the last ranks')."""
+    figures = components(ctx, sharding, optimizer).figures(ctx.buffer_bytes)
+    return [RankClass(((0, sharding.world - 1),), figures)]
+
+
+def components(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Components:
     if sharding.zero_stage == 3:
-        return _plan3(ctx, sharding, optimizer)
-    return _plan12(ctx, sharding, optimizer)
+        return _stage3(ctx, sharding, optimizer)
+    return _stage12(ctx, sharding, optimizer)
 
 
-def _plan12(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[RankClass]:
+def _stage12(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Components:
     N, stage = sharding.world, sharding.zero_stage
     groups = flat_groups(ctx, optimizer, N)
     frozen = [s for s in ctx.specs if not s.trainable]
-    weights = sum(ctx.round(nbytes(g.aligned, g.dtype)) for g in groups)
-    weights += sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in frozen)
-    weights += ctx.buffer_bytes
-    master = sum(ctx.round(nbytes(g.partition, "float32")) for g in groups)
     flats = [(g.name, g.partition) for g in groups]
     logical, allocated, count = _flat_state(ctx, optimizer, flats)
-    full_grads = 0
-    if stage == 1:
-        full_grads = sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in ctx.trainable)
     bucket_dtype = groups[0].dtype if groups else "float32"
-    comm = ctx.round(nbytes(sharding.reduce_bucket_size, bucket_dtype)) * (2 if sharding.overlap else 1)
-    fp32_grad = sum(ctx.round(nbytes(g.partition, "float32")) for g in groups)
-    temp = fp32_grad + _temp(ctx, optimizer, flats, one_at_a_time=False)
-    grads = full_grads + sum(ctx.round(nbytes(g.partition, g.dtype)) for g in groups)
-    figures = RankFigures(weights=weights, master=master, grads=grads, state_allocated=allocated,
-                          state_bytes=logical, comm=comm, step_temp=temp, state_tensors=count)
-    return [RankClass(((0, N - 1),), figures)]
+    return Components(
+        params=sum(ctx.round(nbytes(g.aligned, g.dtype)) for g in groups),
+        persistent=0,
+        frozen=sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in frozen),
+        master=sum(ctx.round(nbytes(g.partition, "float32")) for g in groups),
+        grad_partition=sum(ctx.round(nbytes(g.partition, g.dtype)) for g in groups),
+        full_grads=(sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in ctx.trainable)
+                    if stage == 1 else 0),
+        state_bytes=logical, state_allocated=allocated, state_tensors=count,
+        fp32_grad=sum(ctx.round(nbytes(g.partition, "float32")) for g in groups),
+        optimizer_temp=_temp(ctx, optimizer, flats, one_at_a_time=False),
+        reduce_bucket=ctx.round(nbytes(sharding.reduce_bucket_size, bucket_dtype))
+        * (2 if sharding.overlap else 1),
+    )
 
 
 def partition_numel(numel: int, world: int) -> int:
@@ -155,37 +200,36 @@ def largest_module(specs: Sequence[ParamSpec]) -> list[ParamSpec]:
     return max(modules.values(), key=lambda ps: sum(p.numel for p in ps), default=[])
 
 
-def _plan3(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[RankClass]:
+def _stage3(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Components:
     N = sharding.world
     trainable = ctx.trainable
     frozen = [s for s in ctx.specs if not s.trainable]
     b = model_dtype(ctx, trainable[0]) if trainable else "float32"
-    names = optimizer.group_names(trainable)
     subs: list[tuple[str, int]] = []
     for g in optimizer.param_groups(trainable):
         parts = [partition_numel(trainable[i].numel, N) for i in g.indices]
         subs += [(g.name, n) for n in sub_groups(parts, sharding.sub_group_size)]
     persistent = [s for s in ctx.specs if s.numel < sharding.param_persistence_threshold]
-    weights = sum(ctx.round(nbytes(n, b)) for _, n in subs)
-    weights += sum(ctx.round(nbytes(partition_numel(s.numel, N), model_dtype(ctx, s))) for s in frozen)
-    weights += sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in persistent)
-    weights += ctx.buffer_bytes
-    master = sum(ctx.round(nbytes(n, "float32")) for _, n in subs)
     logical, allocated, count = _flat_state(ctx, optimizer, subs)
-    grads = ctx.round(nbytes(sum(n for _, n in subs), b))
     module = largest_module(ctx.specs)
-    gathered = sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in module)
-    gathered_grads = sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in module if s.trainable)
     total = sum(s.numel for s in ctx.specs)
-    prefetch = ctx.round(nbytes(min(sharding.prefetch_bucket_size, total), b))
-    bucket = ctx.round(nbytes(sharding.reduce_bucket_size, b))  # one per dtype, allocated at init
-    comm = bucket + prefetch + gathered + gathered_grads
-    fp32_grad = max((ctx.round(nbytes(n, "float32")) for _, n in subs), default=0)
-    temp = fp32_grad + _temp(ctx, optimizer, subs, one_at_a_time=True)
-    del names
-    figures = RankFigures(weights=weights, master=master, grads=grads, state_allocated=allocated,
-                          state_bytes=logical, comm=comm, step_temp=temp, state_tensors=count)
-    return [RankClass(((0, N - 1),), figures)]
+    return Components(
+        params=sum(ctx.round(nbytes(n, b)) for _, n in subs),
+        persistent=sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in persistent),
+        frozen=sum(ctx.round(nbytes(partition_numel(s.numel, N), model_dtype(ctx, s)))
+                   for s in frozen),
+        master=sum(ctx.round(nbytes(n, "float32")) for _, n in subs),
+        grad_partition=ctx.round(nbytes(sum(n for _, n in subs), b)),
+        full_grads=0,
+        state_bytes=logical, state_allocated=allocated, state_tensors=count,
+        # the sub-groups are stepped one at a time
+        fp32_grad=max((ctx.round(nbytes(n, "float32")) for _, n in subs), default=0),
+        optimizer_temp=_temp(ctx, optimizer, subs, one_at_a_time=True),
+        reduce_bucket=ctx.round(nbytes(sharding.reduce_bucket_size, b)),  # one, at init
+        prefetch=ctx.round(nbytes(min(sharding.prefetch_bucket_size, total), b)),
+        gathered=sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in module)
+        + sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in module if s.trainable),
+    )
 
 
 def deepspeed_dtype_note(ctx: Context) -> str:

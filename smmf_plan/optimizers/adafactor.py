@@ -18,7 +18,7 @@ from typing import Sequence
 
 from .. import dtypes
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import DOES_NOT_RUN, ZERO_FLAT, VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 from .temporaries import loop_peak
 
 
@@ -66,4 +66,10 @@ INFO = OptimizerInfo(
     temporaries={"for-loop": _loop},
     paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
     probe_lr=1e-3, constructor=constructor,
+    dist_caveats={
+        "fsdp2": DOES_NOT_RUN + "transformers' Adafactor fails at its first step on FSDP2's DTensor "
+                 "parameters ('got mixed torch.Tensor and DTensor'; torch 2.14.1)",
+        "zero": ZERO_FLAT + "Adafactor factorizes only tensors of rank ≥ 2, so it keeps a full "
+                "second moment there",
+    },
 )

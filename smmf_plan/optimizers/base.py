@@ -91,6 +91,13 @@ class Interval(NamedTuple):
                 + ("]" if self.high_closed and self.high is not None else ")"))
 
 
+#: the prefix of a :attr:`OptimizerInfo.dist_caveats` entry saying the implementation does not run
+#: under that scheme (a test holds each such entry to a real failing run).
+DOES_NOT_RUN = "does not run: "
+#: what ZeRO hands every client optimizer (a caveat for optimizers whose state depends on shape).
+ZERO_FLAT = ("DeepSpeed hands the client optimizer one flat 1-D fp32 tensor per parameter group "
+             "(plan only, not run): ")
+
 #: how the built-in entries were checked (``OptimizerInfo.verified``).
 VERIFIED_BY_TESTS = ("one real step per parameter (names, shapes, dtypes, bytes) and a measured "
                      "step's temporaries on every CPU code path, in tests")
@@ -244,6 +251,11 @@ class OptimizerInfo:
     #: (Adam: local moments + ``step``). An optimizer whose state describes the whole tensor
     #: (SMMF's factors of the full square-matricized matrix) says so here.
     shard_state: ShardStateRule | None = None
+    #: what a distributed plan must say beside this optimizer's bytes, per scheme (``fsdp2``,
+    #: ``ddp``, or ``zero`` for every ZeRO stage): that its implementation does not run there
+    #: (starting with :data:`DOES_NOT_RUN`; measured), or how the engine changes what it
+    #: factorizes.
+    dist_caveats: Mapping[str, str] = field(default_factory=dict)
 
     def load(self):
         """Import and return the implementation (``ImportError`` when it is not installed)."""

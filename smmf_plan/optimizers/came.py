@@ -20,7 +20,7 @@ from typing import Sequence
 from .. import dtypes
 from ..shapes import ParamSpec
 from .adafactor import factored_second_moment
-from .base import VERIFIED_BY_TESTS, OptimizerInfo, Options, Requirement, StateTensor, param_dtype
+from .base import DOES_NOT_RUN, ZERO_FLAT, VERIFIED_BY_TESTS, OptimizerInfo, Options, Requirement, StateTensor, param_dtype
 from .temporaries import loop_peak
 
 
@@ -50,4 +50,10 @@ INFO = OptimizerInfo(
     temporaries={"for-loop": _loop},
     paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
     probe_lr=2e-4, constructor=lambda o: dict(lr=2e-4),
+    dist_caveats={
+        "fsdp2": DOES_NOT_RUN + "came_pytorch's CAME fails at its first step on FSDP2's DTensor "
+                 "parameters ('got mixed torch.Tensor and DTensor'; torch 2.14.1)",
+        "zero": ZERO_FLAT + "CAME factorizes only tensors of rank ≥ 2, so it keeps full second "
+                "moments there",
+    },
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import DOES_NOT_RUN, ZERO_FLAT, VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 from .temporaries import foreach_peak, loop_peak
 
 
@@ -58,4 +58,10 @@ INFO = OptimizerInfo(
     paths={"cpu": ("for-loop", "foreach"), "cuda": ("foreach", "for-loop")},
     path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True}},
     probe_lr=1e-2, constructor=lambda o: dict(lr=1e-1, momentum=o["momentum"]),
+    dist_caveats={
+        "fsdp2": DOES_NOT_RUN + "pytorch_optimizer's SM3 fails at its first step on FSDP2's "
+                 "DTensor parameters ('got mixed torch.Tensor and DTensor'; torch 2.14.1)",
+        "zero": ZERO_FLAT + "SM3's one accumulator per dimension becomes one of the flat tensor's "
+                "size",
+    },
 )

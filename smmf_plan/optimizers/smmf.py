@@ -44,7 +44,7 @@ from typing import Sequence
 from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec, Shape, square_matricize
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
+from .base import DOES_NOT_RUN, ZERO_FLAT, VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
 
 SIGN_STORAGES = ("packed", "bool")
 
@@ -164,4 +164,10 @@ INFO = OptimizerInfo(
     paths={"cpu": ("fused", "for-loop"), "cuda": ("for-loop",)},
     keeps_scratch=True,
     probe_lr=1e-3, constructor=constructor,
+    dist_caveats={
+        "fsdp2": DOES_NOT_RUN + "the bundled SMMF fails at its first step under fully_shard ('data "
+                 "is not allocated yet'); the plan is the exact sharded design (factors of the "
+                 "full matrix replicated, the local sign)",
+        "zero": ZERO_FLAT + "SMMF square-matricizes a block that crosses parameter boundaries",
+    },
 )

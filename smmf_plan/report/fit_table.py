@@ -150,9 +150,10 @@ def judge(steps: Mapping[str, StepMemory], device: Device, batch_size: int) -> d
 
 
 def device_report(steps: Mapping[str, StepMemory], device: Device, batch_size: int,
-                  fits: Mapping[str, Fit] | None = None):
+                  fits: Mapping[str, Fit] | None = None, note: str = ""):
     """Device line, step table with verdicts, stacked bars and the one-line recommendation, as one
-    rich renderable (what ``smmf-plan MODEL --device X`` shows below the model line)."""
+    rich renderable (what ``smmf-plan MODEL --device X`` shows below the model line); ``note`` is
+    appended to the step table's title."""
     from rich.console import Group
 
     from ..fit import recommendation
@@ -164,7 +165,7 @@ def device_report(steps: Mapping[str, StepMemory], device: Device, batch_size: i
     return Group(
         device_header(device),
         verdict_table({o: steps[o] for o in order}, fits,
-                      title=f"Training step at batch {batch_size} on {device.id}"),
+                      title=f"Training step at batch {batch_size} on {device.id}{note}"),
         render_bars([BarRow(o, steps[o].breakdown) for o in order], device.usable_bytes),
         Text("→ " + recommendation(device, fits, batch_known=complete), style="bold"),
     )

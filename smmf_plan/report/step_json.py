@@ -36,10 +36,13 @@ def optimizer_json(step: StepMemory, f: Fit | None) -> dict:
 
 
 def training_json(estimate) -> dict:
-    """How a :class:`~smmf_plan.memory.MemoryEstimate` was made: batch, input, allocator and
-    every assumption."""
+    """How a :class:`~smmf_plan.memory.MemoryEstimate` was made: batch, input, allocator, the
+    distributed layout (``sharding``, null for one process) and every assumption."""
+    sharding = getattr(estimate, "sharding", None)
     return {"batch_size": estimate.batch_size, "input": estimate.input,
-            "allocator": estimate.allocator, "assumptions": list(estimate.assumptions)}
+            "allocator": estimate.allocator,
+            "sharding": sharding.to_dict() if sharding is not None else None,
+            "assumptions": list(estimate.assumptions)}
 
 
 def add_training(doc: dict, estimate, device: Device | None,
@@ -50,7 +53,12 @@ def add_training(doc: dict, estimate, device: Device | None,
     doc["device"] = device_json(device)
     doc["training"] = training_json(estimate)
     for oid, step in steps.items():
-        doc["optimizers"][oid].update(optimizer_json(step, None if fits is None else fits[oid]))
+        entry = doc["optimizers"][oid]
+        if step.ranks:
+            # the state plan's figures describe the whole model (one process); the step's
+            # state_bytes below is the largest rank's
+            entry["model_state_bytes"] = entry.get("state_bytes")
+        entry.update(optimizer_json(step, None if fits is None else fits[oid]))
     if device is not None:
         doc["recommendation"] = recommendation(device, fits, batch_known=estimate.complete)
     return doc
@@ -82,4 +90,24 @@ def size_document(spec: ModelSpec, batch_size: int, result: dict) -> dict:
         "estimate": "end-to-end" if result["complete"] else "weights+grads+state",
         "optimizers": optimizers,
         "devices": rows,
+    }
+
+
+def size_search_document(spec: ModelSpec, dtype: str | None, batch_size: int, search,
+                         devices, order) -> dict:
+    """The ``size --dist`` document without ``--world``: per device and optimizer the smallest
+    world size that fits and the largest rank's step there (:class:`smmf_plan.dist.search.Answer`),
+    and per optimizer the answer on every device."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {**spec.summary(), "dtype": dtype},
+        "batch_size": batch_size,
+        "sharding": {"scheme": search.scheme, "shard_group": search.shard_group},
+        "estimate": "end-to-end" if search.complete else "weights+grads+state",
+        "optimizers": {oid: {"smallest_world": {d.id: search.answers[d.id][oid].world
+                                                for d in devices}} for oid in order},
+        "devices": [{"device": device_json(d),
+                     "optimizers": {oid: search.answers[d.id][oid].to_dict() for oid in order}}
+                    for d in devices],
+        "assumptions": list(search.assumptions),
     }

@@ -239,6 +239,17 @@ def load_model(source: str, *, num_classes: int | None = None, trainable: Sequen
     return spec
 
 
+NO_ARCHITECTURE = ("a checkpoint without config.json has no architecture to build; put the "
+                   "model's config.json beside the weights")
+
+
+def has_architecture(model: ModelSpec) -> bool:
+    """Whether :func:`build_module` can build ``model`` (decided without importing torch)."""
+    meta = model.meta or {}
+    return bool(meta.get("library") == "timm" and meta.get("timm_name")) or \
+        isinstance(meta.get("config"), dict)
+
+
 def build_module(model: ModelSpec, device: str = "meta"):
     """The ``nn.Module`` behind a spec (random init on ``"cpu"``, no storage on ``"meta"``).
     LoRA adapters and trainable selections are not applied to the module."""
@@ -254,5 +265,4 @@ def build_module(model: ModelSpec, device: str = "meta"):
         module, _ = _build(meta["config"], num_classes=None, device=device,
                            where=f"config of {model.name}", architecture=arch)
         return module
-    raise SourceError(f"{model.name}: a checkpoint without config.json has no architecture to "
-                      "build; put the model's config.json beside the weights")
+    raise SourceError(f"{model.name}: {NO_ARCHITECTURE}")

@@ -2,11 +2,14 @@
 holds, as JSON on stdout. Run by ``tests/test_dist_engines.py`` in subprocesses (each engine wants a
 process group of its own); never imported by smmf_plan.
 
-``python tests/dist_engines.py fake OPT W[,W...]``: FSDP2 under FSDPMemTracker with the ``fake``
-process group and FakeTensorMode, one process playing every rank of every world size in turn.
+``python tests/dist_engines.py fake OPT[,OPT...] W[,W...]``: FSDP2 under FSDPMemTracker with the
+``fake`` process group and FakeTensorMode, one process playing every rank of every world size in
+turn, for each optimizer (or its error).
 ``python tests/dist_engines.py gloo OPT``: FSDP2 and DDP on 2 real gloo ranks (spawned), a few steps.
 ``python tests/dist_engines.py deepspeed``: one rank of a 2-rank DeepSpeed job (RANK, WORLD_SIZE,
 MASTER_ADDR/PORT from the environment), ZeRO stages 1-3 in bf16 with AdamW.
+
+Each prints its result as one line ``RESULT {json}`` on stdout.
 """
 
 from __future__ import annotations
@@ -76,6 +79,25 @@ def build(opt_id: str, params):
     from smmf_plan.optimizers import parse
 
     return parse(opt_id).build(params, lr=1e-3)
+
+
+def fake_all(opt_ids: list[str], worlds: list[int]) -> dict:
+    """:func:`fake` per optimizer; one that fails reports its error (the step's traceback line)
+    instead of its ranks."""
+    import traceback
+
+    import torch.distributed as dist
+
+    out = {}
+    for opt_id in opt_ids:
+        try:
+            out[opt_id] = {"ranks": fake(opt_id, worlds)}
+        except Exception as e:  # noqa: BLE001 - reported, the test decides
+            out[opt_id] = {"error": f"{type(e).__name__}: {e}",
+                           "where": "".join(traceback.format_tb(e.__traceback__)[-6:])}
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return out
 
 
 def fake(opt_id: str, worlds: list[int]) -> list[dict]:
@@ -214,12 +236,13 @@ def deepspeed_rank() -> dict:
 
 if __name__ == "__main__":
     mode = sys.argv[1]
+    # DeepSpeed prints to stdout too: the result is the one line starting with RESULT
     if mode == "fake":
-        print(json.dumps({"specs": specs_of(mlp()),
-                          "ranks": fake(sys.argv[2], [int(w) for w in sys.argv[3].split(",")])}))
+        print("RESULT " + json.dumps({"specs": specs_of(mlp()), "optimizers": fake_all(
+            sys.argv[2].split(","), [int(w) for w in sys.argv[3].split(",")])}))
     elif mode == "gloo":
-        print(json.dumps({"specs": specs_of(mlp()), "ranks": gloo(sys.argv[2])}))
+        print("RESULT " + json.dumps({"specs": specs_of(mlp()), "ranks": gloo(sys.argv[2])}))
     elif mode == "deepspeed":
-        print(json.dumps({"specs": specs_of(mlp()), **deepspeed_rank()}))
+        print("RESULT " + json.dumps({"specs": specs_of(mlp()), **deepspeed_rank()}))
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -1,0 +1,131 @@
+"""Per-rank plans checked against the engines themselves (workers in tests/dist_engines.py, each in
+a subprocess of its own):
+
+* FSDP2 under ``FSDPMemTracker`` with the ``fake`` process group and FakeTensorMode, every rank of
+  worlds 1, 2, 4 and 8 (a 251-row layer shards unevenly; a 10-row layer leaves ranks empty): the
+  tracker's optimizer state equals the plan exactly for every registry family that runs under
+  FSDP2, and the families the registry says do not run there fail — so neither can go stale.
+  Adding SMMF once it runs sharded is removing its caveat.
+* Two real gloo ranks (``torch.multiprocessing.spawn``): FSDP2 and DDP, a few Adam steps, each
+  rank's optimizer state, weights, gradients and DDP buckets.
+* Two real DeepSpeed ranks on CPU: ZeRO-1, -2 and -3 in bf16 with AdamW, each rank's optimizer
+  state, master partition, bit16 model, gradient partition and buckets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smmf_plan.dist import Context, Sharding, plan_ranks
+from smmf_plan.dist import zero
+from smmf_plan.optimizers import FAMILIES, parse
+from smmf_plan.optimizers.base import DOES_NOT_RUN
+from smmf_plan.shapes import ParamSpec
+
+WORKER = Path(__file__).with_name("dist_engines.py")
+ROOT = WORKER.parents[1]
+
+
+def worker(*args: str, env: dict | None = None, timeout: int = 600) -> dict:
+    r = subprocess.run([sys.executable, str(WORKER), *args], capture_output=True, text=True,
+                       cwd=ROOT, env={**os.environ, **(env or {})}, timeout=timeout)
+    line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("RESULT ")), None)
+    assert r.returncode == 0 and line, r.stderr[-3000:]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def specs_of(doc: dict) -> tuple[ParamSpec, ...]:
+    return tuple(ParamSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in doc["specs"])
+
+
+def planned(doc: dict, sharding: Sharding, oid: str, rank: int, **ctx):
+    classes = plan_ranks(Context(specs_of(doc), **ctx), sharding, parse(oid))
+    return next(c.figures for c in classes if any(a <= rank <= b for a, b in c.ranges))
+
+
+def fsdp2_status(info) -> str:
+    return "fails" if info.dist_caveats.get("fsdp2", "").startswith(DOES_NOT_RUN) else "runs"
+
+
+# ------------------------------------------------------------------ FSDP2, fake process group
+def test_fsdp2_state_per_rank_matches_fsdpmemtracker():
+    """Every registry family (AdamW shares Adam's layout) at every rank of worlds 1, 2, 4, 8: the
+    tracker's optimizer state equals the plan exactly; a family the registry says does not run
+    under FSDP2 must indeed fail at its first step (then remove its caveat and it is checked)."""
+    families = [f for f in FAMILIES if f != "adamw"]
+    doc = worker("fake", ",".join(families), "1,2,4,8")
+    checked = []
+    for family in families:
+        result = doc["optimizers"][family]
+        if fsdp2_status(FAMILIES[family]) == "fails":
+            assert "error" in result and "opt.step()" in result["where"], (
+                f"{family} now runs under FSDP2: drop its 'does not run' caveat in the registry "
+                "so that this test checks its state per rank instead")
+            continue
+        assert "error" not in result, result
+        assert len(result["ranks"]) == 15
+        for got in result["ranks"]:
+            world, rank = got["world"], got["rank"]
+            want = planned(doc, Sharding("fsdp2", world), family, rank)
+            assert got["tracker_state_bytes"] == got["state_bytes"] == want.state_bytes, got
+            assert got["weight_bytes"] == want.weights, got
+        empty = [g["rank"] for g in result["ranks"]
+                 if g["world"] == 8 and g["local_shapes"][6] == [0, 128]]
+        assert empty == [5, 6, 7]
+        checked.append(family)
+    assert "adam" in checked
+
+
+# ------------------------------------------------------------------ FSDP2 and DDP, real gloo ranks
+def test_gloo_fsdp2_and_ddp_ranks_match_the_plan():
+    doc = worker("gloo", "adam")
+    for got in doc["ranks"]:
+        rank = got["rank"]
+        want = planned(doc, Sharding("fsdp2", 2), "adam", rank)
+        assert got["fsdp2"] == {"state_bytes": want.state_bytes, "weight_bytes": want.weights,
+                                "grad_bytes": want.grads}
+        ddp = planned(doc, Sharding("ddp", 2), "adam", rank)
+        assert got["ddp"]["state_bytes"] == ddp.state_bytes
+        buckets = [int(b) for b in got["ddp"]["bucket_sizes"].split(",")]
+        assert sum(buckets) == ddp.comm  # raw bytes: the buckets hold a copy of every gradient
+    # the 251-row layer shards 126 / 125: rank 0 keeps more
+    assert doc["ranks"][0]["fsdp2"]["state_bytes"] > doc["ranks"][1]["fsdp2"]["state_bytes"]
+
+
+# ------------------------------------------------------------------ DeepSpeed ZeRO, real ranks
+def test_deepspeed_zero_ranks_match_the_plan(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), "deepspeed"], cwd=ROOT,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    docs = []
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        line = next((x for x in reversed(out.splitlines()) if x.startswith("RESULT ")), None)
+        assert p.returncode == 0 and line, err[-3000:]
+        docs.append(json.loads(line.removeprefix("RESULT ")))
+    for doc in docs:
+        ctx = Context(specs_of(doc), amp="bfloat16")
+        for stage in (1, 2, 3):
+            got = doc[f"zero{stage}"]
+            c = zero.components(ctx, Sharding(f"zero{stage}", 2), parse("adamw"))
+            assert got["state_bytes"] == c.state_bytes, (stage, got)
+            assert got["master_bytes"] == c.master, (stage, got)
+            assert got["bit16_bytes"] == c.params, (stage, got)
+            assert got["grad_bytes"] == c.grad_partition, (stage, got)
+            if stage == 3:
+                assert got["persistent_bytes"] == c.persistent
+                assert got["reduce_bucket_bytes"] == c.reduce_bucket == 2 * 500_000_000

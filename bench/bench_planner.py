@@ -10,6 +10,10 @@
    time to import timm and build resnet50 on the meta device; and the repeated CLI run
    ``smmf-plan resnet50 --json`` cold vs cached (whole process wall time), with whether torch got
    imported.
+3. The distributed plan of the same 70B shapes: ``smmf-plan INDEX --dist fsdp2 --world 64`` (two
+   optimizers, fp32 master weights, one H100), whole process cold and from the shape cache, the
+   per-rank arithmetic alone in-process at 64 and 1,024 ranks, and a bare ``python -c pass`` as the
+   floor a process cannot go under.
 
 Run: ``python bench/bench_planner.py`` (about a minute). Timings are machine-dependent.
 """
@@ -214,7 +218,61 @@ def bench_cli(cache_dir: Path) -> dict | None:
             "warm_torch": any(t for _, t in warm), "script": script}
 
 
-def render(r70: dict, rn: dict, cli: dict | None) -> str:
+def bench_dist(folder: Path, cache_dir: Path, runs: int = 7) -> dict:
+    """``--dist fsdp2`` plans of the headers-only 70B checkpoint (no config: no trace)."""
+    write_checkpoint(folder)
+    index = str(folder / "model.safetensors.index.json")
+    env = {"SMMF_PLAN_CACHE_DIR": str(cache_dir)}
+    args = [index, "--dist", "fsdp2", "--world", "64", "--dtype", "fp32", "-o", "adamw,smmf",
+            "-d", "h100-80gb", "--json"]
+    code = f"""
+        import atexit, sys
+        atexit.register(lambda: sys.stderr.write("TORCH=%s\\n" % ("torch" in sys.modules)))
+        from smmf_plan.cli import main
+        main({args!r})
+    """
+
+    def once():
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                           text=True, env={**os.environ, **env}, timeout=600)
+        wall = time.perf_counter() - t
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-1000:])
+        doc = json.loads(r.stdout)
+        return wall, "TORCH=True" in r.stderr, doc
+
+    cold = once()
+    warm = [once() for _ in range(5)]
+    floor = statistics.median(_py("pass")[1] for _ in range(5))
+    out, _ = _py(f"""
+        import json, statistics, time
+        from smmf_plan.dist import Sharding, estimate
+        from smmf_plan.optimizers import parse_many
+        from smmf_plan.sources import load_model
+        spec = load_model({index!r})
+        layouts = parse_many("adamw,smmf")
+        res = {{}}
+        for world in (64, 1024):
+            times = []
+            for _ in range({runs}):
+                t = time.perf_counter()
+                est = estimate(spec, layouts, Sharding("fsdp2", world), dtype="fp32",
+                               allocator="cuda")
+                times.append(time.perf_counter() - t)
+            res[world] = {{"median": statistics.median(times),
+                           "groups": {{o: len(est.classes[o]) for o in est.classes}}}}
+        print(json.dumps(res))
+    """, env)
+    inproc = json.loads(out)
+    doc = warm[0][2]
+    return {"cold": cold[0], "cold_torch": cold[1], "warm": statistics.median(w for w, _, _ in warm),
+            "warm_torch": any(t for _, t, _ in warm), "floor": floor, "inproc": inproc,
+            "tensors": doc["model"]["num_tensors"],
+            "verdict": doc["recommendation"]}
+
+
+def render(r70: dict, rn: dict, cli: dict | None, rd: dict | None = None) -> str:
     h = r70["headers"]
     c = r70["with_config"]
     gib = 1024 ** 3
@@ -223,7 +281,8 @@ def render(r70: dict, rn: dict, cli: dict | None) -> str:
         "## Planner: model sources (`bench/bench_planner.py`)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d')}.",
+        f"{time.strftime('%Y-%m-%d')}; load average when the run ended: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
         "",
         "### LLaMA-70B-shaped sharded safetensors checkpoint, headers only",
         "",
@@ -264,6 +323,30 @@ def render(r70: dict, rn: dict, cli: dict | None) -> str:
         ]
         if cli.get("script"):
             lines.append(f"| repeated via the `smmf-plan` console script, median of 5 | {cli['script'] * 1000:.0f} ms |")
+    if rd is not None:
+        i64, i1k = rd["inproc"]["64"], rd["inproc"]["1024"]
+        lines += [
+            "", "### Distributed plan: `smmf-plan INDEX --dist fsdp2 --world 64` (the 70B shapes above)",
+            "",
+            f"AdamW and SMMF, fp32 master weights, per-rank plan on an H100 (headers only: no "
+            f"architecture, so no activation trace). {rd['tensors']} tensors; every one is "
+            "chunked on dim 0 and planned per distinct rank shape.",
+            "",
+            "| measure | value | target |",
+            "|---|---|---|",
+            f"| whole process, empty shape cache | {rd['cold'] * 1000:.0f} ms | |",
+            f"| whole process from the shape cache, median of 5 | {rd['warm'] * 1000:.0f} ms | < 1 s |",
+            f"| a bare `python -c pass`, median of 5 (the floor) | {rd['floor'] * 1000:.0f} ms | |",
+            f"| torch imported: cold / from the cache | {'yes' if rd['cold_torch'] else 'no'} / "
+            f"{'yes' if rd['warm_torch'] else 'no'} | no |",
+            f"| per-rank arithmetic in-process (`smmf_plan.dist.estimate`), 64 ranks, median of 7 | "
+            f"{i64['median'] * 1000:.1f} ms | |",
+            f"| the same at 1,024 ranks | {i1k['median'] * 1000:.1f} ms | |",
+            f"| distinct rank shapes at 64 / 1,024 ranks (adamw) | {i64['groups']['adamw']} / "
+            f"{i1k['groups']['adamw']} | |",
+            "",
+            f"Verdict printed: {rd['verdict']}",
+        ]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -283,7 +366,9 @@ def main() -> None:
         r70 = bench_70b(tmp / "llama70b")
         rn = bench_resnet50(tmp / "cache-load")
         cli = bench_cli(tmp / "cache-cli")
-    section = render(r70, rn, cli)
+        (tmp / "llama70b-dist").mkdir()
+        rd = bench_dist(tmp / "llama70b-dist", tmp / "cache-dist")
+    section = render(r70, rn, cli, rd)
     write_section(section)
     print(section)
 

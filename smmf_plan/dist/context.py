@@ -34,9 +34,10 @@ class Context:
 
     def compute_dtype(self, spec: ParamSpec) -> str:
         """The dtype forward and backward run in: the AMP dtype for floating parameters."""
-        dt = dtypes.canonical(spec.dtype)
+        dt = spec.dtype if spec.dtype in dtypes.ITEMSIZE else dtypes.canonical(spec.dtype)
         return self.amp if self.amp and dt in dtypes.FLOATING else dt
 
 
 def nbytes(numel: int, dtype: str) -> int:
-    return numel * dtypes.itemsize(dtype)
+    size = dtypes.ITEMSIZE.get(dtype)
+    return numel * (size if size is not None else dtypes.itemsize(dtype))

@@ -162,12 +162,15 @@ def unit_bytes(ctx: Context, unit: Unit, shards: int) -> UnitBytes:
     return UnitBytes(params, all_gather, grads, reduce_scatter, sharded)
 
 
-def transient_bytes(ctx: Context, sharding: Sharding, unit_list: Sequence[Unit]) -> int:
+def transient_bytes(ctx: Context, sharding: Sharding, unit_list: Sequence[Unit],
+                    sizes: Sequence[UnitBytes] | None = None) -> int:
     """The gathered units, unsharded gradients and collective buffers at the step's peak (see
-    the module docstring)."""
+    the module docstring); ``sizes``: :func:`unit_bytes` of each unit, if already computed."""
     S = sharding.shards
-    blocks = [unit_bytes(ctx, u, S) for u in unit_list if not u.is_root]
-    root = unit_bytes(ctx, next(u for u in unit_list if u.is_root), S)
+    if sizes is None:
+        sizes = [unit_bytes(ctx, u, S) for u in unit_list]
+    blocks = [b for u, b in zip(unit_list, sizes) if not u.is_root]
+    root = next(b for u, b in zip(unit_list, sizes) if u.is_root)
     if not sharding.reshard_after_forward:
         gathered = root.params + sum(b.params for b in blocks)
         per_unit = [b.all_gather for b in (*blocks, root)]
@@ -203,15 +206,25 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
     unit_list = units(specs)
     weights = sum(ctx.round(nbytes(padded_numel(s.shape, S), s.dtype)) for s in specs)
     weights += ctx.buffer_bytes
-    grads = sum(unit_bytes(ctx, u, S).sharded_grads for u in unit_list)
-    comm = transient_bytes(ctx, sharding, unit_list)
+    sizes = [unit_bytes(ctx, u, S) for u in unit_list]
+    grads = sum(b.sharded_grads for b in sizes)
+    comm = transient_bytes(ctx, sharding, unit_list, sizes)
     trainable = ctx.trainable
     groups = optimizer.group_names(trainable)
     classes = []
+    memo: dict = {}
+
+    def shard_state(spec: ParamSpec, shape: Shape, group: str):
+        # models repeat a few shapes many times (80 identical blocks): one rule call per kind
+        key = (spec.shape, spec.dtype, shape, group)
+        if key not in memo:
+            memo[key] = optimizer.shard_state(spec, shape, group)
+        return memo[key]
+
     for first, last in boundaries([s.shape for s in trainable], S):
         shapes = [local_shape(s.shape, S, first) for s in trainable]
         logical, allocated, count = state_sum(
-            (optimizer.shard_state(s, shape, g) for s, shape, g in zip(trainable, shapes, groups)),
+            (shard_state(s, shape, g) for s, shape, g in zip(trainable, shapes, groups)),
             ctx.allocator)
         local = [ParamSpec(s.name, shape, s.dtype, True) for s, shape in zip(trainable, shapes)]
         temp = optimizer.step_temp_bytes(local, ctx.allocator)

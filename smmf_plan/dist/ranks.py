@@ -91,13 +91,24 @@ def state_sum(per_param: Iterable[Sequence[StateTensor]], allocator: str) -> tup
     a tensor shared by several parameters (``shared=True``) counts once."""
     logical = allocated = count = 0
     shared: set = set()
+    # per list object (kept referenced, so its id stays its own): planners hand the same list
+    # for every parameter of one kind
+    sums: dict[int, tuple[Sequence[StateTensor], int, int, int]] = {}
     for tensors in per_param:
-        for t in tensors:
-            if t.shared:
-                if t in shared:
-                    continue
-                shared.add(t)
-            logical += t.nbytes
-            allocated += t.allocated(allocator)
-            count += 1
+        if any(t.shared for t in tensors):
+            for t in tensors:
+                if t.shared:
+                    if t in shared:
+                        continue
+                    shared.add(t)
+                logical += t.nbytes
+                allocated += t.allocated(allocator)
+                count += 1
+            continue
+        key = id(tensors)
+        if key not in sums:
+            sums[key] = (tensors, sum(t.nbytes for t in tensors),
+                         sum(t.allocated(allocator) for t in tensors), len(tensors))
+        _, a, b, c = sums[key]
+        logical, allocated, count = logical + a, allocated + b, count + c
     return logical, allocated, count

@@ -285,6 +285,7 @@ class OptimizerInfo:
                             "default_path": {d: p[0] for d, p in self.paths.items()}},
             "keeps_scratch": self.keeps_scratch, "probe_lr": self.probe_lr,
             "path_args": {p: dict(a) for p, a in self.path_args.items()},
+            "dist_caveats": dict(self.dist_caveats),
         }
 
 

@@ -49,7 +49,7 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
         smallest[oid] = (fit.smallest_device(pairs), fit.smallest_device(pairs, require_pytorch=False))
     complete = all(s.complete for per in steps.values() for s in per.values())
     return {"steps": steps, "grid": grid, "order": order, "devices": by_memory,
-            "smallest": smallest, "complete": complete}
+            "smallest": smallest, "complete": complete, "sharding": sharding}
 
 
 @o.shared_options()
@@ -133,11 +133,21 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
                            "the totals are lower bounds.", style="yellow"))
     devices = result["devices"]
     grid = result["grid"]
+    sharding = result.get("sharding")
+    if sharding is not None:
+        from smmf_plan.report.rank_table import sharding_header
+
+        console.print(sharding_header(sharding))
     if len(devices) == 1:
         from smmf_plan.report.fit_table import device_report
 
         d = devices[0]
-        console.print(device_report(result["steps"][d.allocator], d, batch, grid[d.id]))
+        console.print(device_report(result["steps"][d.allocator], d, batch, grid[d.id],
+                                    note=" · the largest rank" if sharding is not None else ""))
+        if sharding is not None:
+            from smmf_plan.report.rank_table import rank_table
+
+            console.print(rank_table(result["steps"][d.allocator], sharding, batch))
         return
     console.print(size_table(devices, result["order"], grid, batch))
     lines = Text(f"Smallest device that fits at batch {batch} (and runs PyTorch):\n", style="bold")

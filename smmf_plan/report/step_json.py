@@ -88,6 +88,7 @@ def size_document(spec: ModelSpec, batch_size: int, result: dict) -> dict:
         "model": spec.summary(),  # its dtype is the one planned (--dtype applied to the params)
         "batch_size": batch_size,
         "estimate": "end-to-end" if result["complete"] else "weights+grads+state",
+        "sharding": result["sharding"].to_dict() if result.get("sharding") else None,
         "optimizers": optimizers,
         "devices": rows,
     }

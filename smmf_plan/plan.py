@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from . import dtypes
-from .optimizers import OptimizerVariant, parse
+from .optimizers import OptimizerVariant, StateTensor, parse
 from .model import ModelSpec
 from .shapes import ParamSpec
 
@@ -54,21 +54,29 @@ def plan_state(specs: Sequence[ParamSpec], optimizer: OptimizerVariant) -> State
     every tensor a parameter's state holds; a tensor shared by several parameters counts once in
     the totals."""
     trainable = [s for s in specs if s.trainable]
-    per_param, alloc, total, count = [], {a: 0 for a in ALLOCATORS}, 0, 0
+    lists = [optimizer.state(spec, group)
+             for spec, group in zip(trainable, optimizer.group_names(trainable))]
+    total, alloc, count = state_totals(lists, ALLOCATORS)
+    return StatePlan(optimizer.id, total, alloc, count, [sum(t.nbytes for t in ts) for ts in lists])
+
+
+def state_totals(per_param: Iterable[Sequence[StateTensor]], allocators: Sequence[str]
+                 ) -> tuple[int, dict[str, int], int]:
+    """(logical bytes, allocated bytes per allocator, tensor count) of the state tensors listed
+    per parameter; a tensor shared by several parameters (``shared=True``) counts once."""
+    total, alloc, count = 0, {a: 0 for a in allocators}, 0
     shared: set = set()
-    for spec, group in zip(trainable, optimizer.group_names(trainable)):
-        tensors = optimizer.state(spec, group)
-        per_param.append(sum(t.nbytes for t in tensors))
+    for tensors in per_param:
         for t in tensors:
             if t.shared:
                 if t in shared:
                     continue
                 shared.add(t)
             total += t.nbytes
-            for a in ALLOCATORS:
+            for a in allocators:
                 alloc[a] += t.allocated(a)
             count += 1
-    return StatePlan(optimizer.id, total, alloc, count, per_param)
+    return total, alloc, count
 
 
 def plan_model(model: ModelSpec, optimizers: Sequence[OptimizerVariant]) -> dict[str, StatePlan]:

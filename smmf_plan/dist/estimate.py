@@ -20,7 +20,7 @@ from ..model import ModelSpec
 from ..optimizers import OptimizerVariant
 from . import ddp, fsdp2, zero
 from .context import Context
-from .ranks import RankClass, RankFigures, group, ranks_label
+from .ranks import RankClass, RankFigures, RankRanges, group
 from .sharding import Sharding
 
 PLANNERS: dict[str, Callable[[Context, Sharding, OptimizerVariant], list[RankClass]]] = {
@@ -41,7 +41,7 @@ def breakdown_of(f: RankFigures, activations: int, temporaries: int, runtime: in
 
 
 @dataclass(frozen=True)
-class RankStep:
+class RankStep(RankRanges):
     """One group of ranks with identical figures, at the planned batch."""
 
     ranges: tuple[tuple[int, int], ...]
@@ -49,21 +49,19 @@ class RankStep:
     breakdown: Breakdown
 
     @property
-    def count(self) -> int:
-        return sum(b - a + 1 for a, b in self.ranges)
-
-    @property
     def total_bytes(self) -> int:
         return self.breakdown.total_bytes
-
-    def label(self) -> str:
-        return ranks_label(self.ranges)
 
     def to_dict(self) -> dict:
         """``{"ranks": [[first, last], …], "count", "state_bytes", "breakdown", "total_bytes"}``."""
         return {"ranks": [list(r) for r in self.ranges], "count": self.count,
                 "state_bytes": self.state_bytes, "breakdown": self.breakdown.to_dict(),
                 "total_bytes": self.total_bytes}
+
+
+def largest_of(steps: Sequence[RankStep]) -> RankStep:
+    """The group whose rank needs the most memory (the lowest ranks on a tie)."""
+    return max(steps, key=lambda s: (s.total_bytes, -s.first))
 
 
 @dataclass
@@ -89,8 +87,7 @@ class DistEstimate(MemoryEstimate):
 
     def largest(self, oid: str, batch: int | None = None) -> RankStep:
         """The group whose rank needs the most memory (the lowest ranks on a tie)."""
-        steps = self.rank_steps(oid, batch)
-        return max(steps, key=lambda s: (s.total_bytes, -s.ranges[0][0]))
+        return largest_of(self.rank_steps(oid, batch))
 
     def breakdown_at(self, optimizer: str, batch: int) -> Breakdown:
         return self.largest(optimizer, batch).breakdown
@@ -99,7 +96,7 @@ class DistEstimate(MemoryEstimate):
         out = {}
         for oid in self.breakdowns:
             ranks = tuple(self.rank_steps(oid))
-            top = max(ranks, key=lambda s: (s.total_bytes, -s.ranges[0][0]))
+            top = largest_of(ranks)
             out[oid] = StepMemory(oid, top.breakdown, self.total_at(oid), complete=self.complete,
                                   state_bytes=top.state_bytes, ranks=ranks)
         return out

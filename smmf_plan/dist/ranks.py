@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..optimizers import StateTensor
+from ..plan import state_totals
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,10 @@ class RankFigures:
     state_tensors: int = 0
 
 
-@dataclass(frozen=True)
-class RankClass:
-    """Global ranks with identical figures: inclusive ``ranges`` and their total ``count``."""
+class RankRanges:
+    """A set of global ranks as inclusive ``ranges`` (sorted, disjoint)."""
 
     ranges: tuple[tuple[int, int], ...]
-    figures: RankFigures
 
     @property
     def count(self) -> int:
@@ -57,6 +56,14 @@ class RankClass:
 
     def label(self) -> str:
         return ranks_label(self.ranges)
+
+
+@dataclass(frozen=True)
+class RankClass(RankRanges):
+    """Global ranks with identical figures."""
+
+    ranges: tuple[tuple[int, int], ...]
+    figures: RankFigures
 
 
 def ranks_label(ranges: Sequence[tuple[int, int]]) -> str:
@@ -87,28 +94,22 @@ def group(classes: Iterable[RankClass]) -> list[RankClass]:
 
 
 def state_sum(per_param: Iterable[Sequence[StateTensor]], allocator: str) -> tuple[int, int, int]:
-    """(logical bytes, allocated bytes, tensor count) of the state tensors listed per parameter;
-    a tensor shared by several parameters (``shared=True``) counts once."""
+    """(logical bytes, allocated bytes, tensor count) of the state tensors listed per parameter
+    (:func:`smmf_plan.plan.state_totals` under one allocator). Planners hand the same list object
+    for every parameter of one kind (80 identical blocks), so each distinct list is summed once."""
     logical = allocated = count = 0
-    shared: set = set()
-    # per list object (kept referenced, so its id stays its own): planners hand the same list
-    # for every parameter of one kind
+    # per list object, kept referenced (so its id stays its own)
     sums: dict[int, tuple[Sequence[StateTensor], int, int, int]] = {}
+    rest: list[Sequence[StateTensor]] = []  # lists with shared tensors: counted across lists
     for tensors in per_param:
         if any(t.shared for t in tensors):
-            for t in tensors:
-                if t.shared:
-                    if t in shared:
-                        continue
-                    shared.add(t)
-                logical += t.nbytes
-                allocated += t.allocated(allocator)
-                count += 1
+            rest.append(tensors)
             continue
         key = id(tensors)
         if key not in sums:
-            sums[key] = (tensors, sum(t.nbytes for t in tensors),
-                         sum(t.allocated(allocator) for t in tensors), len(tensors))
+            a, alloc, c = state_totals([tensors], (allocator,))
+            sums[key] = (tensors, a, alloc[allocator], c)
         _, a, b, c = sums[key]
         logical, allocated, count = logical + a, allocated + b, count + c
-    return logical, allocated, count
+    a, alloc, c = state_totals(rest, (allocator,))
+    return logical + a, allocated + alloc[allocator], count + c

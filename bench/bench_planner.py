@@ -15,7 +15,8 @@
    per-rank arithmetic alone in-process at 64 and 1,024 ranks, and a bare ``python -c pass`` as the
    floor a process cannot go under.
 
-Run: ``python bench/bench_planner.py`` (about a minute). Timings are machine-dependent.
+Run: ``python bench/bench_planner.py`` (about a minute; ``--dist-only`` re-measures part 3 alone and
+replaces only its subsection). Timings are machine-dependent.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "reports" / "benchmarks.md"
 START, END = "<!-- bench:planner:start -->", "<!-- bench:planner:end -->"
+DIST_START, DIST_END = "<!-- bench:planner:dist:start -->", "<!-- bench:planner:dist:end -->"
 
 #: meta-llama/Llama-2-70b-hf shapes (GQA: 8 key/value heads of 128).
 L70 = dict(hidden=8192, inter=28672, layers=80, kv=1024, vocab=32000)
@@ -232,19 +234,27 @@ def bench_dist(folder: Path, cache_dir: Path, runs: int = 7) -> dict:
         main({args!r})
     """
 
-    def once():
-        t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+    import resource
+
+    def child_cpu() -> float:
+        u = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return u.ru_utime + u.ru_stime
+
+    def once(snippet: str = code):
+        t, c = time.perf_counter(), child_cpu()
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(snippet)], capture_output=True,
                            text=True, env={**os.environ, **env}, timeout=600)
-        wall = time.perf_counter() - t
+        wall, cpu = time.perf_counter() - t, child_cpu() - c
         if r.returncode != 0:
             raise RuntimeError(r.stderr[-1000:])
-        doc = json.loads(r.stdout)
-        return wall, "TORCH=True" in r.stderr, doc
+        doc = json.loads(r.stdout) if snippet is code else None
+        return wall, "TORCH=True" in r.stderr, doc, cpu
 
     cold = once()
     warm = [once() for _ in range(5)]
-    floor = statistics.median(_py("pass")[1] for _ in range(5))
+    bare = [once("pass") for _ in range(5)]
+    floor = statistics.median(w for w, _, _, _ in bare)
+    floor_cpu = statistics.median(c for _, _, _, c in bare)
     out, _ = _py(f"""
         import json, statistics, time
         from smmf_plan.dist import Sharding, estimate
@@ -266,8 +276,9 @@ def bench_dist(folder: Path, cache_dir: Path, runs: int = 7) -> dict:
     """, env)
     inproc = json.loads(out)
     doc = warm[0][2]
-    return {"cold": cold[0], "cold_torch": cold[1], "warm": statistics.median(w for w, _, _ in warm),
-            "warm_torch": any(t for _, t, _ in warm), "floor": floor, "inproc": inproc,
+    return {"cold": cold[0], "cold_torch": cold[1], "warm": statistics.median(w for w, _, _, _ in warm),
+            "warm_cpu": statistics.median(c for _, _, _, c in warm), "floor_cpu": floor_cpu,
+            "warm_torch": any(t for _, t, _, _ in warm), "floor": floor, "inproc": inproc,
             "tensors": doc["model"]["num_tensors"],
             "verdict": doc["recommendation"]}
 
@@ -324,31 +335,53 @@ def render(r70: dict, rn: dict, cli: dict | None, rd: dict | None = None) -> str
         if cli.get("script"):
             lines.append(f"| repeated via the `smmf-plan` console script, median of 5 | {cli['script'] * 1000:.0f} ms |")
     if rd is not None:
-        i64, i1k = rd["inproc"]["64"], rd["inproc"]["1024"]
-        lines += [
-            "", "### Distributed plan: `smmf-plan INDEX --dist fsdp2 --world 64` (the 70B shapes above)",
-            "",
-            f"AdamW and SMMF, fp32 master weights, per-rank plan on an H100 (headers only: no "
-            f"architecture, so no activation trace). {rd['tensors']} tensors; every one is "
-            "chunked on dim 0 and planned per distinct rank shape.",
-            "",
-            "| measure | value | target |",
-            "|---|---|---|",
-            f"| whole process, empty shape cache | {rd['cold'] * 1000:.0f} ms | |",
-            f"| whole process from the shape cache, median of 5 | {rd['warm'] * 1000:.0f} ms | < 1 s |",
-            f"| a bare `python -c pass`, median of 5 (the floor) | {rd['floor'] * 1000:.0f} ms | |",
-            f"| torch imported: cold / from the cache | {'yes' if rd['cold_torch'] else 'no'} / "
-            f"{'yes' if rd['warm_torch'] else 'no'} | no |",
-            f"| per-rank arithmetic in-process (`smmf_plan.dist.estimate`), 64 ranks, median of 7 | "
-            f"{i64['median'] * 1000:.1f} ms | |",
-            f"| the same at 1,024 ranks | {i1k['median'] * 1000:.1f} ms | |",
-            f"| distinct rank shapes at 64 / 1,024 ranks (adamw) | {i64['groups']['adamw']} / "
-            f"{i1k['groups']['adamw']} | |",
-            "",
-            f"Verdict printed: {rd['verdict']}",
-        ]
+        lines += ["", render_dist(rd)]
     lines += ["", END]
     return "\n".join(lines)
+
+
+def render_dist(rd: dict) -> str:
+    i64, i1k = rd["inproc"]["64"], rd["inproc"]["1024"]
+    return "\n".join([
+        DIST_START,
+        "### Distributed plan: `smmf-plan INDEX --dist fsdp2 --world 64` (the 70B shapes above)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}; {time.strftime('%Y-%m-%d')}; load average when the run "
+        f"ended: {' '.join(f'{x:.2f}' for x in os.getloadavg())}. AdamW and SMMF, fp32 master "
+        "weights, per-rank plan on an H100 (headers only: no architecture, so no activation "
+        f"trace). {rd['tensors']} tensors, each chunked on dim 0; the state rules run once per "
+        "kind of tensor and rank shape.",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| whole process, empty shape cache | {rd['cold'] * 1000:.0f} ms | |",
+        f"| whole process from the shape cache, median of 5: wall / CPU time | "
+        f"{rd['warm'] * 1000:.0f} ms / {rd['warm_cpu'] * 1000:.0f} ms | < 1 s |",
+        f"| a bare `python -c pass`, median of 5 (the floor a process cannot go under): wall / "
+        f"CPU time | {rd['floor'] * 1000:.0f} ms / {rd['floor_cpu'] * 1000:.0f} ms | |",
+        f"| torch imported: cold / from the cache | {'yes' if rd['cold_torch'] else 'no'} / "
+        f"{'yes' if rd['warm_torch'] else 'no'} | no |",
+        f"| per-rank arithmetic in-process (`smmf_plan.dist.estimate`), 64 ranks, median of 7 | "
+        f"{i64['median'] * 1000:.1f} ms | |",
+        f"| the same at 1,024 ranks | {i1k['median'] * 1000:.1f} ms | |",
+        f"| distinct rank shapes at 64 / 1,024 ranks (adamw) | {i64['groups']['adamw']} / "
+        f"{i1k['groups']['adamw']} | |",
+        "",
+        f"Verdict printed: {rd['verdict']}.",
+        DIST_END,
+    ])
+
+
+def write_dist(section: str) -> None:
+    """Replace only the distributed subsection (``--dist-only``), inside the planner section."""
+    text = REPORT.read_text()
+    pat = re.compile(re.escape(DIST_START) + r".*?" + re.escape(DIST_END), re.S)
+    if pat.search(text):
+        text = pat.sub(lambda _: section, text)
+    else:
+        text = text.replace(END, section + "\n\n" + END, 1)
+    REPORT.write_text(text)
 
 
 def write_section(section: str) -> None:
@@ -360,6 +393,13 @@ def write_section(section: str) -> None:
 
 
 def main() -> None:
+    if "--dist-only" in sys.argv[1:]:
+        with tempfile.TemporaryDirectory(prefix="smmf-bench-") as tmp:
+            (Path(tmp) / "llama70b").mkdir()
+            section = render_dist(bench_dist(Path(tmp) / "llama70b", Path(tmp) / "cache"))
+        write_dist(section)
+        print(section)
+        return
     with tempfile.TemporaryDirectory(prefix="smmf-bench-") as tmp:
         tmp = Path(tmp)
         (tmp / "llama70b").mkdir()

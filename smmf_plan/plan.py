@@ -54,8 +54,13 @@ def plan_state(specs: Sequence[ParamSpec], optimizer: OptimizerVariant) -> State
     every tensor a parameter's state holds; a tensor shared by several parameters counts once in
     the totals."""
     trainable = [s for s in specs if s.trainable]
-    lists = [optimizer.state(spec, group)
-             for spec, group in zip(trainable, optimizer.group_names(trainable))]
+    memo: dict = {}  # a state rule depends on the shape, dtype and group only (the registry's contract)
+    lists = []
+    for spec, group in zip(trainable, optimizer.group_names(trainable)):
+        key = (spec.shape, spec.dtype, group)
+        if key not in memo:
+            memo[key] = optimizer.state(spec, group)
+        lists.append(memo[key])
     total, alloc, count = state_totals(lists, ALLOCATORS)
     return StatePlan(optimizer.id, total, alloc, count, [sum(t.nbytes for t in ts) for ts in lists])
 

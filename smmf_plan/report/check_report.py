@@ -66,9 +66,17 @@ def check_table(report: CheckReport):
 
 
 def steps(report: CheckReport) -> dict[str, StepMemory]:
-    """``"check [optimizer]"`` → its step estimate, for every check that made one."""
-    return {f"{ev.check.id} [{oid}]": step for ev in report.evaluated if ev.estimate is not None
-            for oid, step in ev.estimate.steps().items()}
+    """``"check [optimizer]"`` → its step estimate, for every check that made one (a
+    distributed check's is its largest rank's, and says so)."""
+    out = {}
+    for ev in report.evaluated:
+        if ev.estimate is None:
+            continue
+        for oid, step in ev.estimate.steps().items():
+            ranks = sum(r.count for r in step.ranks)
+            label = f"{ev.check.id} [{oid}]" + (f" (largest of {ranks:,} ranks)" if ranks else "")
+            out[label] = step
+    return out
 
 
 def step_table(report: CheckReport):

@@ -368,6 +368,10 @@ def render_dist(rd: dict) -> str:
         f"| distinct rank shapes at 64 / 1,024 ranks (adamw) | {i64['groups']['adamw']} / "
         f"{i1k['groups']['adamw']} | |",
         "",
+        *([f"The machine was shared (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+           "cores): wall times include waiting for a core, so the process's CPU time is the "
+           "figure to hold against the target (and the bare interpreter's is its floor).", ""]
+          if os.getloadavg()[0] > (os.cpu_count() or 1) else []),
         f"Verdict printed: {rd['verdict']}.",
         DIST_END,
     ])

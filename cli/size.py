@@ -185,16 +185,16 @@ def _search(m: ModelOptions, step: StepOptions, dist: DistOptions, devices: Sequ
     if json_out:
         from smmf_plan.report.step_json import size_search_document
 
-        o.emit_json(size_search_document(spec, m.dtype, batch, result, devices, order))
+        o.emit_json(size_search_document(spec, batch, result, devices, order))
         return
-    from rich.console import Console
     from rich.text import Text
 
+    from smmf_plan.report.console import console as make_console
     from smmf_plan.report.rank_table import answers_table, world_table
     from smmf_plan.report.state_table import assumptions_text, model_header
 
-    console = Console()
-    console.print(model_header(spec, m.dtype))
+    console = make_console()
+    console.print(model_header(spec))
     if not result.complete:
         console.print(Text("Activations not estimated (no architecture for these weights): "
                            "the totals are lower bounds.", style="yellow"))

@@ -94,14 +94,13 @@ def size_document(spec: ModelSpec, batch_size: int, result: dict) -> dict:
     }
 
 
-def size_search_document(spec: ModelSpec, dtype: str | None, batch_size: int, search,
-                         devices, order) -> dict:
+def size_search_document(spec: ModelSpec, batch_size: int, search, devices, order) -> dict:
     """The ``size --dist`` document without ``--world``: per device and optimizer the smallest
     world size that fits and the largest rank's step there (:class:`smmf_plan.dist.search.Answer`),
     and per optimizer the answer on every device."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "model": {**spec.summary(), "dtype": dtype},
+        "model": spec.summary(),
         "batch_size": batch_size,
         "sharding": {"scheme": search.scheme, "shard_group": search.shard_group},
         "estimate": "end-to-end" if search.complete else "weights+grads+state",

@@ -17,7 +17,6 @@ Run: ``python bench/zero_vs_deepspeed.py`` (needs the ``dist`` extra: ``pip inst
 from __future__ import annotations
 
 import datetime
-import math
 import platform
 import sys
 from dataclasses import dataclass
@@ -51,7 +50,9 @@ class Row:
 def deepspeed_estimate(stage: int, total: int, largest: int, world: int) -> int:
     """DeepSpeed's per-GPU figure without offload (its own functions)."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import (
+        estimate_zero2_model_states_mem_needs,
+    )
 
     per_node = min(world, GPUS_PER_NODE)
     nodes = world // per_node

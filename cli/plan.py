@@ -67,7 +67,9 @@ def plan(
 
     console = make_console()
     console.print(model_header(spec))
-    console.print(state_table(plans, adam))
+    # under --dist this table is the whole model's state, before sharding; the per-rank figures follow
+    console.print(state_table(plans, adam, "Optimizer state" + (" (whole model, one process)"
+                                                                 if sharding is not None else "")))
     if not end_to_end:
         return
     from smmf_plan.report.fit_table import device_report, verdict_table

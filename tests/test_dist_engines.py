@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from smmf_plan.dist import Context, Sharding, plan_ranks
-from smmf_plan.dist import zero
+from smmf_plan.dist import Context, Sharding, plan_ranks, zero
 from smmf_plan.optimizers import FAMILIES, parse
 from smmf_plan.optimizers.base import DOES_NOT_RUN
 from smmf_plan.shapes import ParamSpec
@@ -166,7 +165,9 @@ def test_zero_vs_deepspeed_report_explains_every_byte():
     """reports/zero-vs-deepspeed.md: DeepSpeed's column is its own estimator's output, every
     difference is attributed to a cause (nothing unexplained), and the committed report shows the
     figures the code computes now."""
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import (
+        estimate_zero2_model_states_mem_needs,
+    )
 
     from smmf_plan.sources import load_model
 

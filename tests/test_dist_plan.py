@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from smmf_plan.cli import main
-from smmf_plan.dist import Context, Sharding, plan_ranks
-from smmf_plan.dist import ddp, fsdp2, zero
+from smmf_plan.dist import Context, Sharding, ddp, fsdp2, plan_ranks, zero
 from smmf_plan.errors import PlanError
 from smmf_plan.optimizers import FAMILIES, parse
 from smmf_plan.shapes import ParamSpec, square_matricize
@@ -270,6 +269,8 @@ def test_plan_table_shows_largest_and_smallest_rank(capsys):
     code, out, _ = run(["gpt2", "--dist", "fsdp2", "--world", "1024", "-o", "adam"], capsys)
     assert code == 0
     assert "Distributed: fsdp2 over 1,024 ranks" in out
+    # the state table before the per-rank ones is the unsharded model's, and says so
+    assert "Optimizer state (whole model, one process)" in out
     assert "▲ largest" in out and "▼ smallest" in out and "0-767" in out
     assert len([line for line in out.splitlines() if "1006-1023" in line]) == 1
 

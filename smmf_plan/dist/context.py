@@ -4,6 +4,7 @@ allocator (torch-free)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from .. import allocators, dtypes
 from ..shapes import ParamSpec
 

@@ -38,8 +38,8 @@ def _share(x: float) -> str:
     return f"{x:.0%}" if 0.01 <= x <= 0.99 or x in (0.0, 1.0) else ("<1%" if x < 0.01 else ">99%")
 
 
-def state_table(plans: dict[str, StatePlan], adam_bytes: int) -> Table:
-    table = Table(title="Optimizer state", title_justify="left", header_style="bold")
+def state_table(plans: dict[str, StatePlan], adam_bytes: int, title: str = "Optimizer state") -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("optimizer")
     table.add_column("state", justify="right")
     table.add_column("CUDA alloc.", justify="right")

@@ -212,22 +212,35 @@ ShardGroup = Annotated[Optional[str], typer.Option(
     "--shard-group", help="fsdp2 only, HSDP: ranks each parameter is sharded across (must divide "
                           "--world; the rest replicate), or 'node' for the ranks of one node. "
                           "Default: the whole world.", show_default=False)]
+BucketCapMb = Annotated[Optional[float], typer.Option(
+    "--bucket-cap-mb", help="ddp only: DistributedDataParallel's bucket_cap_mb, the size of its "
+                            "gradient buckets in MiB (default 25, the first bucket 1 MiB).",
+    show_default=False)]
+ReshardAfterForward = Annotated[Optional[bool], typer.Option(
+    "--reshard-after-forward/--no-reshard-after-forward",
+    help="fsdp2 only: fully_shard's reshard_after_forward (default: on, each unit's gathered "
+         "parameters freed after its forward; off keeps every unit gathered until its backward).",
+    show_default=False)]
 
 DIST_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("dist", Dist, None),
     ("world", World, None),
     ("nodes", Nodes, None),
     ("shard_group", ShardGroup, None),
+    ("bucket_cap_mb", BucketCapMb, None),
+    ("reshard_after_forward", ReshardAfterForward, None),
 )
 
 
 def dist_options(dist: str | None = None, world: int | None = None, nodes: int | None = None,
-                 shard_group: str | None = None) -> DistOptions:
+                 shard_group: str | None = None, bucket_cap_mb: float | None = None,
+                 reshard_after_forward: bool | None = None) -> DistOptions:
     """The distributed-training options as given on the command line, validated."""
     group: int | str | None = shard_group
     if isinstance(shard_group, str) and shard_group.strip().isdigit():
         group = int(shard_group.strip())
-    return DistOptions(scheme=dist, world=world, nodes=nodes, shard_group=group)
+    return DistOptions(scheme=dist, world=world, nodes=nodes, shard_group=group,
+                       bucket_cap_mb=bucket_cap_mb, reshard_after_forward=reshard_after_forward)
 
 
 _GROUPS: dict[type, tuple[tuple[tuple[str, Any, Any], ...], Callable[..., Any]]] = {

@@ -115,20 +115,39 @@ class DistOptions:
     nodes: int | None = None
     #: FSDP2's shard group (HSDP): ranks per shard group, or ``"node"`` for the ranks of one node.
     shard_group: int | str | None = None
+    #: DDP's ``bucket_cap_mb``; None: torch's default (25).
+    bucket_cap_mb: float | None = None
+    #: FSDP2's ``reshard_after_forward``; None: torch's default (True).
+    reshard_after_forward: bool | None = None
 
     def __post_init__(self) -> None:
         from .errors import PlanError
 
         if self.scheme is None:
-            given = [f for f, v in (("--world", self.world), ("--nodes", self.nodes),
-                                    ("--shard-group", self.shard_group)) if v is not None]
+            given = [(f, example) for f, v, example in (
+                ("--world", self.world, "fsdp2"), ("--nodes", self.nodes, "fsdp2"),
+                ("--shard-group", self.shard_group, "fsdp2"),
+                ("--bucket-cap-mb", self.bucket_cap_mb, "ddp"),
+                (_RESHARD_FLAG.get(self.reshard_after_forward), self.reshard_after_forward, "fsdp2"),
+            ) if v is not None]
             if given:
-                raise PlanError(f"{given[0]} needs --dist: add e.g. --dist fsdp2 (one of ddp, "
+                flag, example = given[0]
+                raise PlanError(f"{flag} needs --dist: add e.g. --dist {example} (one of ddp, "
                                 "zero1, zero2, zero3, fsdp2)")
             return
         from .dist import Sharding, parse_scheme
 
         object.__setattr__(self, "scheme", parse_scheme(self.scheme))
+        if self.bucket_cap_mb is not None:
+            if self.scheme != "ddp":
+                raise PlanError(f"--bucket-cap-mb sets DDP's gradient buckets, not {self.scheme}'s: "
+                                "drop it, or use --dist ddp")
+            if not 0 < self.bucket_cap_mb < float("inf"):
+                raise PlanError(f"--bucket-cap-mb {self.bucket_cap_mb:g} is not a bucket size: give "
+                                "a number of MiB > 0, e.g. 25")
+        if self.reshard_after_forward is not None and self.scheme != "fsdp2":
+            raise PlanError(f"{_RESHARD_FLAG[self.reshard_after_forward]} is an fsdp2 setting, not "
+                            f"{self.scheme}'s: drop it, or use --dist fsdp2")
         if self.world is not None:
             self.sharding()  # validates world, nodes and shard group now, before any model loads
         elif self.nodes is not None:
@@ -155,12 +174,21 @@ class DistOptions:
         group = None
         if self.shard_group is not None:
             group = _group_size(self.shard_group, world, nodes)
-        return Sharding(self.scheme, world, nodes, group)
+        settings: dict = {}
+        if self.bucket_cap_mb is not None:
+            settings["bucket_cap_mb"] = float(self.bucket_cap_mb)
+        if self.reshard_after_forward is not None:
+            settings["reshard_after_forward"] = self.reshard_after_forward
+        return Sharding(self.scheme, world, nodes, group, **settings)
 
     @property
     def shard_group_size(self) -> int | None:
         """The shard group as a number when it was given as one (``size``'s search steps by it)."""
         return self.shard_group if isinstance(self.shard_group, int) else None
+
+
+#: the flag that sets each value of ``reshard_after_forward``, for messages.
+_RESHARD_FLAG = {True: "--reshard-after-forward", False: "--no-reshard-after-forward"}
 
 
 def _group_size(value: int | str, world: int, nodes: int) -> int:

@@ -230,6 +230,11 @@ def test_zero_hands_factored_optimizers_a_flat_tensor():
      "--shard-group 3 does not divide --world 8"),
     (["--dist", "zero3", "--world", "8", "--shard-group", "4"], "applies to --dist fsdp2"),
     (["--dist", "fsdp2"], "--dist fsdp2 needs --world N"),
+    (["--bucket-cap-mb", "5"], "--bucket-cap-mb needs --dist: add e.g. --dist ddp"),
+    (["--dist", "fsdp2", "--world", "2", "--bucket-cap-mb", "5"], "not fsdp2's"),
+    (["--dist", "ddp", "--world", "2", "--bucket-cap-mb", "0"], "--bucket-cap-mb 0 is not a bucket size"),
+    (["--dist", "zero3", "--world", "2", "--no-reshard-after-forward"],
+     "--no-reshard-after-forward is an fsdp2 setting, not zero3's"),
 ])
 def test_bad_distributed_input_is_one_line_exit_2(args, message, capsys):
     code, out, err = run(["plan", "gpt2", *args], capsys)
@@ -240,6 +245,24 @@ def test_bad_distributed_input_is_one_line_exit_2(args, message, capsys):
 def test_size_bad_input_is_one_line_exit_2(capsys):
     code, _, err = run(["size", "gpt2", "--world", "4"], capsys)
     assert code == 2 and "--world needs --dist" in err and err.count("\n") == 1
+
+
+def test_engine_settings_reach_the_plan(capsys):
+    """--no-reshard-after-forward keeps every unit gathered (more comm. on each rank than the
+    default); --bucket-cap-mb is DDP's setting, recorded beside the plan."""
+    comm = {}
+    for flag in ([], ["--no-reshard-after-forward"]):
+        code, out, _ = run(["gpt2", "--dist", "fsdp2", "--world", "4", "-o", "adam", "--json",
+                            *flag], capsys)
+        assert code == 0
+        doc = json.loads(out)
+        comm[bool(flag)] = doc["optimizers"]["adam"]["breakdown"]["comm"]
+        assert doc["training"]["sharding"]["settings"] == {"reshard_after_forward": not flag}
+    assert comm[True] > comm[False]
+    code, out, _ = run(["gpt2", "--dist", "ddp", "--world", "2", "-o", "adam", "--json",
+                        "--bucket-cap-mb", "100"], capsys)
+    assert code == 0
+    assert json.loads(out)["training"]["sharding"]["settings"]["bucket_cap_mb"] == 100
 
 
 def test_plan_json_ranks_grouped_and_top_level_is_the_largest(capsys):
@@ -312,7 +335,8 @@ def test_size_finds_the_smallest_number_of_each_gpu(capsys):
 def test_check_plans_the_largest_rank(tmp_path, capsys):
     cfg = tmp_path / "smmf.toml"
     cfg.write_text('[[checks]]\nname = "gpt2-fsdp2"\nmodel = "gpt2"\noptimizer = "adam"\n'
-                   'dist = "fsdp2"\nworld = 8\ndevice = "h100-80gb"\n')
+                   'dist = "fsdp2"\nworld = 8\ndevice = "h100-80gb"\n'
+                   'reshard-after-forward = true\n')
     code, out, _ = run(["check", "--config", str(cfg), "--json"], capsys)
     assert code == 0, out
     doc = json.loads(out)
@@ -329,6 +353,10 @@ def test_check_plans_the_largest_rank(tmp_path, capsys):
     bad.write_text('[[checks]]\nmodel = "gpt2"\nworld = 8\n')
     code, _, err = run(["check", "--config", str(bad)], capsys)
     assert code == 2 and "world needs dist" in err and err.count("\n") == 1
+    bad.write_text('[[checks]]\nmodel = "gpt2"\ndist = "zero2"\nworld = 8\n'
+                   'reshard-after-forward = false\n')
+    code, _, err = run(["check", "--config", str(bad)], capsys)
+    assert code == 2 and "an fsdp2 setting, not zero2's" in err and err.count("\n") == 1
 
 
 def _write_70b(folder: Path) -> None:

@@ -21,7 +21,8 @@ from ..units import config_size, parse_size
 CHECK_KEYS = (
     "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
     "num-classes", "task", "trainable", "freeze", "lora-rank", "lora-targets",
-    "grad-checkpointing", "amp", "dist", "world", "nodes", "shard-group", "max-state", "max-total",
+    "grad-checkpointing", "amp", "dist", "world", "nodes", "shard-group", "bucket-cap-mb",
+    "reshard-after-forward", "max-state", "max-total",
 )
 #: keys of ``[tool.smmf-plan]`` itself. ``devices`` belongs to :mod:`smmf_plan.devices` (user
 #: device tables) and is accepted here without being read.
@@ -209,8 +210,9 @@ def _optimizer_ids(value: Any, where: str) -> tuple[str, ...]:
 
 
 def _dist(table: dict, label: str) -> DistOptions:
-    """``dist``/``world``/``nodes``/``shard-group`` → a :class:`DistOptions` (a check plans one
-    world: ``dist`` needs ``world``)."""
+    """``dist``/``world``/``nodes``/``shard-group`` (and the engine settings ``bucket-cap-mb``,
+    ``reshard-after-forward``) → a :class:`DistOptions` (a check plans one world: ``dist`` needs
+    ``world``)."""
     scheme = _string(table["dist"], label, "dist") if "dist" in table else None
     world = _positive_int(table["world"], label, "world") if "world" in table else None
     nodes = _positive_int(table["nodes"], label, "nodes") if "nodes" in table else None
@@ -218,8 +220,14 @@ def _dist(table: dict, label: str) -> DistOptions:
     if group is not None and not (isinstance(group, str) or
                                   (isinstance(group, int) and not isinstance(group, bool))):
         raise PlanError(f"{label}: shard-group = {group!r} must be a number of ranks or \"node\"")
+    cap = table.get("bucket-cap-mb")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float))):
+        raise PlanError(f"{label}: bucket-cap-mb = {cap!r} must be a number of MiB")
+    reshard = (_bool(table["reshard-after-forward"], label, "reshard-after-forward")
+               if "reshard-after-forward" in table else None)
     try:
-        dist = DistOptions(scheme=scheme, world=world, nodes=nodes, shard_group=group)
+        dist = DistOptions(scheme=scheme, world=world, nodes=nodes, shard_group=group,
+                           bucket_cap_mb=cap, reshard_after_forward=reshard)
         if dist.given:
             dist.sharding()
     except PlanError as e:

@@ -30,16 +30,7 @@ CASES = [(oid, path) for oid in IDS for path in cpu_paths(oid)]
 
 
 def measured_step_extra(oid, shapes, path=None, **hyper):
-    if parse(oid).family != "smmf":
-        return _measured_step_extra(oid, shapes, path=path, **hyper)
-    from smmf_plan.optim import _cpp
-
-    # the bundled SMMF picks its kernel outside the constructor: eager = the for-loop path
-    _cpp.enable(path == "fused")
-    try:
-        return _measured_step_extra(oid, shapes, **hyper)
-    finally:
-        _cpp.enable(None)
+    return _measured_step_extra(oid, shapes, path=path, **hyper)
 
 
 def _measured_step_extra(oid, shapes, **build):

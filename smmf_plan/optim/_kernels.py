@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..optimizers import smmf as _layout
-from . import _cpp
+from . import _layout
 from ._signbits import pack_positive, positive_into, sign_lut, unpack_bools, unpack_signs
 
 
@@ -90,15 +89,6 @@ def factorized_update(
     stacked (:func:`_stacked_update`).
     """
     first = h.beta1 is not None
-    if _cpp.enabled() and _cpp.module() is not None and all(
-            _cpp.usable(p, g, rv) for p, g, rv in zip(params, grads, rows_v)):
-        fused = _cpp.module().smmf_fused
-        empty = torch.empty(0)
-        for i, (p, g) in enumerate(zip(params, grads)):
-            fused(p, g.contiguous(), rows_m[i] if first else empty, cols_m[i] if first else empty,
-                  signs[i] if first else empty, rows_v[i], cols_v[i], shape[0], shape[1], first,
-                  packed, h.beta1 if first else 0.0, h.beta2, h.lr, h.eps)
-        return
     if len(params) == 1:
         _single_update(params[0], grads[0], rows_m[0] if first else None,
                        cols_m[0] if first else None, signs[0] if first else None,
@@ -119,7 +109,7 @@ def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper, ws: Works
     gmat = g.reshape(n, m)
     vdtype = rv.dtype
     first = h.beta1 is not None
-    rows = max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)  # = layouts.smmf.block_rows (patchable in tests)
+    rows = max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)  # = optimizers.smmf.block_rows (patchable in tests)
     rv_col = (rv * h.beta2).view(n, 1)  # a copy: old factors stay readable while new ones are written
     cv_row = cv.view(1, m)
     acc_cv = torch.zeros(m, dtype=vdtype, device=p.device)

@@ -1,6 +1,6 @@
 """Sign matrices as bits: pack ``M > 0`` into ``uint8`` and unpack bits into exact ``±1`` floats.
 
-Bit layout (the one :func:`smmf_plan.layouts.smmf.smmf_state` sizes): element ``i`` of the flat,
+Bit layout (the one :func:`smmf_plan.optimizers.smmf.smmf_state` sizes): element ``i`` of the flat,
 row-major ``(n̂, m̂)`` matrix is bit ``i % 8`` (least significant first) of byte ``i // 8``; a
 parameter owns ``⌈N/8⌉`` bytes and the unused high bits of its last byte are zero.
 

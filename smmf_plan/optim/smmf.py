@@ -4,7 +4,7 @@ Per parameter of ``N`` elements, with ``(n̂, m̂) = square_matricize(shape)`` (
 rank-1 non-negative factors of ``|M|`` and ``V`` plus the sign of ``M`` and runs, every step,
 decompression → update → compression (Algorithms 1, 3, 4) with the schedules of Algorithm 8,
 ``β1,t = β·λ^(t-1)`` and ``β2,t = 1 − t^γ``. The state is exactly what
-:func:`smmf_plan.layouts.smmf.smmf_state` describes (the planner's definition), allocated once.
+:func:`smmf_plan.optimizers.smmf.smmf_state` describes (the planner's definition), allocated once.
 
 Where the paper (Algorithms 1-8) and its reference code (Appendix M, = eai-lab/SMMF) disagree, and
 what this implementation does. Where the two differ numerically we follow the **code**, because
@@ -39,30 +39,43 @@ the faithfulness tests compare parameter trajectories against it:
 * **Routing** follows the code: with ``vector_reshape=True`` every parameter (0-d and 1-D included)
   is factorized; with ``False`` only parameters whose squeezed rank is 1 use the dense Adam-like path.
 
-Implementation notes: fp32 CPU parameters go through a fused C++ kernel (one sweep per parameter,
-see :mod:`smmf_plan.optim._cpp`) wherever a compiler is present — built once on first use;
-``SMMF_PLAN_KERNEL=eager`` turns it off — and everything else (GPUs, half precision, no compiler)
-through plain eager PyTorch kernels.
-Parameters of one group that share ``(n̂, m̂)``, dtype, device and step are
-updated together; small ones are stacked into one batch (fewer operator launches). Floating-point
-operations are ordered differently from the code (see :mod:`smmf_plan.optim._kernels`), so
-trajectories agree to rounding rather than bit for bit.
+Kernels (chosen like ``torch.optim.Adam``'s ``foreach``/``fused``, by the ``fused`` argument):
+
+* **fused CPU** (:mod:`smmf_plan.optim._cpp`, C++ built on first use): fp32, bf16 and fp16 CPU
+  parameters, one sweep per parameter (~12.25 bytes per fp32 element), row and column sums
+  accumulated in double;
+* **fused CUDA** (:mod:`smmf_plan.optim._triton`, Triton): fp32, bf16 and fp16 CUDA parameters,
+  no host synchronisation;
+* **eager** (:mod:`smmf_plan.optim._kernels`, plain PyTorch operators): everything else (fp64,
+  other devices, no compiler) and ``fused=False``. Parameters of one group that share
+  ``(n̂, m̂)``, dtype, device and step are updated together; small ones are stacked into one batch.
+
+``fused=None`` (default) takes the fused kernel where one applies and can be built, else the eager
+one; ``fused=True`` requires it (``RuntimeError`` naming what is missing); ``fused=False`` never
+uses it. The environment variable ``SMMF_PLAN_KERNEL`` (``auto``, ``eager`` or ``fused``) overrides
+the automatic choice (``fused=None``) only. Floating-point operations are ordered differently from
+the code, so trajectories agree with it to rounding rather than bit for bit; every kernel is
+checked against the reference run in float64 (``tests/test_optim_smmf_accuracy.py``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from ..optimizers.smmf import SIGN_STORAGES, is_factorized, smmf_state
-from ..shapes import square_matricize
+from . import _cpp, _triton
 from ._kernels import Hyper, Workspace, dense_update, factorized_update
+from ._layout import SIGN_STORAGES, is_factorized, smmf_state, square_matricize
 
 WEIGHT_DECAY_MODES = ("adamw", "adam")
+#: parameter dtypes the fused kernels take (fp64 and others use the eager kernels)
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+KERNEL_ENV = "SMMF_PLAN_KERNEL"
 _DEFAULT_GROWTH = 0.999
 #: parameters with at most this many elements are stacked with their same-shaped peers.
 STACK_MAX_NUMEL = 1 << 16
@@ -89,6 +102,9 @@ class SMMF(torch.optim.Optimizer):
             dense state for parameters whose squeezed rank is 1.
         weight_decay_mode: ``"adamw"`` (decoupled, Algorithm 7) or ``"adam"`` (Algorithm 6).
         sign: ``"packed"`` (1 bit per element in uint8) or ``"bool"`` (the reference's storage).
+        fused: ``None`` (default) uses the fused kernel where one applies (fp32/bf16/fp16 on CPU
+            with a C++ compiler, or on CUDA with Triton), else the eager one; ``True`` requires
+            it (``RuntimeError`` otherwise); ``False`` always uses the eager PyTorch kernels.
     """
 
     def __init__(
@@ -103,6 +119,7 @@ class SMMF(torch.optim.Optimizer):
         vector_reshape: bool = True,
         weight_decay_mode: str = "adamw",
         sign: str = "packed",
+        fused: Optional[bool] = None,
     ) -> None:
         _check(isinstance(lr, (int, float)) and 0.0 <= lr < math.inf,
                f"lr must be a finite number >= 0, got {lr!r}")
@@ -120,17 +137,27 @@ class SMMF(torch.optim.Optimizer):
                f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}")
         _check(sign in SIGN_STORAGES, f"sign must be one of {SIGN_STORAGES}, got {sign!r}")
         _check(isinstance(vector_reshape, bool), f"vector_reshape must be a bool, got {vector_reshape!r}")
+        _check(fused is None or isinstance(fused, bool), f"fused must be None, True or False, got {fused!r}")
+        env = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+        _check(env in ("auto", "eager", "fused"),
+               f"{KERNEL_ENV} must be auto, eager or fused, got {env!r}")
         if beta is None and growth_rate is not None and growth_rate != _DEFAULT_GROWTH:
             warnings.warn("SMMF: beta=None disables the first moment, so growth_rate is unused",
                           UserWarning, stacklevel=2)
         defaults = dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
                         growth_rate=growth_rate, vector_reshape=vector_reshape,
-                        weight_decay_mode=weight_decay_mode)
+                        weight_decay_mode=weight_decay_mode, fused=fused)
         super().__init__(params, defaults)
         self.sign = sign
-        #: scratch buffers for row blocks, kept between steps (not state: never saved; about
-        #: 9.5 bytes × min(largest N, ~2^20) — see :meth:`workspace_bytes`).
-        self._workspace = Workspace()
+        self._env_fused = {"auto": None, "eager": False, "fused": True}[env]
+        #: scratch buffers kept between steps (not state: never saved; see :meth:`workspace_bytes`);
+        #: a separate set for steps on fake tensors, so that they never reach a real step
+        self._workspaces = {False: Workspace(), True: Workspace()}
+        self._kernel_cache: dict[tuple, str] = {}
+        for group in self.param_groups:
+            if group["fused"]:
+                for p in group["params"]:
+                    self._kernel(group, p)  # fused=True: fail now, not at the first step
 
     # ------------------------------------------------------------------ state
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
@@ -154,6 +181,23 @@ class SMMF(torch.optim.Optimizer):
         if not p.is_floating_point():
             raise RuntimeError(f"SMMF needs floating-point parameters, got {p.dtype}")
 
+    # ------------------------------------------------------------------ kernels
+    def _kernel(self, group: dict, p: torch.Tensor) -> str:
+        """``"cpu"``, ``"triton"`` or ``"eager"`` for a factorized parameter like ``p`` in ``group``."""
+        want = group["fused"] if group["fused"] is not None else self._env_fused
+        key = (want, p.device.type, p.dtype)
+        kernel = self._kernel_cache.get(key)
+        if kernel is None:
+            kernel, why = ("eager", None) if want is False else _fused_kernel(p.device.type, p.dtype)
+            if kernel == "eager" and want:
+                raise RuntimeError(f"SMMF(fused=True): no fused kernel for {why}; pass fused=False "
+                                   "to use the eager kernels")
+            if why and p.device.type == "cpu" and p.dtype in FUSED_DTYPES:
+                warnings.warn(f"SMMF: the fused CPU kernel is unavailable ({why}); using the eager "
+                              "kernels, which are slower", UserWarning, stacklevel=4)
+            self._kernel_cache[key] = kernel
+        return kernel
+
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
@@ -162,18 +206,17 @@ class SMMF(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        ws = self._workspace
         for group in self.param_groups:
-            self._group_step(group, ws)
+            self._group_step(group)
         return loss
 
-    def _group_step(self, group: dict, ws: Workspace) -> None:
+    def _group_step(self, group: dict) -> None:
         lr, wd = group["lr"], group["weight_decay"]
         beta, growth = group["beta"], group["growth_rate"]
-        coupled = wd != 0.0 and group["weight_decay_mode"] == "adam"
-        decoupled = wd != 0.0 and group["weight_decay_mode"] == "adamw"
-        buckets: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        to_decay: list[torch.Tensor] = []
+        coupled = wd if wd != 0.0 and group["weight_decay_mode"] == "adam" else 0.0
+        decay = 1.0 - lr * wd if wd != 0.0 and group["weight_decay_mode"] == "adamw" else 1.0
+        fused: dict[tuple, list] = defaultdict(list)
+        eager: list[tuple[torch.Tensor, torch.Tensor, int, tuple]] = []
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -183,46 +226,79 @@ class SMMF(torch.optim.Optimizer):
             if len(state) == 0:
                 state = self._init_state(p, group)
             state["step"] += 1
+            shape = _geometry(tuple(p.shape), group["vector_reshape"])
+            if shape is not None and shape[0] * shape[1] == 0:
+                continue
+            kernel = "eager" if shape is None else self._kernel(group, p)
+            if kernel == "eager":
+                eager.append((p, g, state["step"], shape))
+            else:
+                fused[(kernel, p.device, state["step"], _is_fake(p))].append((p, g, shape))
+        for (kernel, _, t, fake), items in fused.items():
+            self._fused_step(kernel, items, group, self._hyper(group, t), decay, coupled, fake)
+        if eager:
+            self._eager_step(eager, group, wd, coupled != 0.0, decay)
+
+    @staticmethod
+    def _hyper(group: dict, t: int) -> Hyper:
+        beta, growth = group["beta"], group["growth_rate"]
+        beta1 = None if beta is None else beta * (1.0 if growth is None else growth ** (t - 1))
+        return Hyper(lr=group["lr"], eps=group["eps"], beta1=beta1, beta2=1.0 - t ** group["decay_rate"])
+
+    def _fused_step(self, kernel: str, items: list, group: dict, h: Hyper, decay: float,
+                    coupled: float, fake: bool) -> None:
+        params = [p if p.is_contiguous() else p.contiguous() for p, _, _ in items]
+        grads = [(g if g.dtype == p.dtype else g.to(p.dtype)).contiguous() for (_, g, _), p in zip(items, params)]
+        states = [self.state[p] for p, _, _ in items]
+        first = h.beta1 is not None
+        run = _cpp.step if kernel == "cpu" else _triton.step
+        run(params, grads, states, [shape for _, _, shape in items], first=first,
+            packed=self.sign == "packed", beta1=h.beta1 if first else 0.0, beta2=h.beta2, lr=h.lr,
+            eps=h.eps, decay=decay, coupled=coupled, ws=self._workspaces[fake])
+        for (p, _, _), work in zip(items, params):
+            if work is not p:
+                p.copy_(work)
+
+    def _eager_step(self, items: list, group: dict, wd: float, coupled: bool, decay: float) -> None:
+        buckets: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        to_decay: list[torch.Tensor] = []
+        for p, g, t, shape in items:
             if coupled:
                 g = g.add(p, alpha=wd)
-            if decoupled:
+            if decay != 1.0:
                 to_decay.append(p)
-            if is_factorized(tuple(p.shape), group["vector_reshape"]):
-                n, m = square_matricize(tuple(p.shape))
-                stack = n * m <= STACK_MAX_NUMEL
-                key = ("f", (n, m), p.dtype, p.device, state["step"], stack or id(p))
+            if shape is not None:
+                stack = shape[0] * shape[1] <= STACK_MAX_NUMEL
+                key = ("f", shape, p.dtype, p.device, t, stack or id(p), _is_fake(p))
             else:
-                key = ("d", None, p.dtype, p.device, state["step"], None)
+                key = ("d", None, p.dtype, p.device, t, None, _is_fake(p))
             buckets[key].append((p, g))
         if to_decay:
-            torch._foreach_mul_(to_decay, 1.0 - lr * wd)
-        for key, items in buckets.items():
-            kind, shape, _, _, t, _ = key
-            beta1 = None if beta is None else beta * (1.0 if growth is None else growth ** (t - 1))
-            h = Hyper(lr=lr, eps=group["eps"], beta1=beta1, beta2=1.0 - t ** group["decay_rate"])
-            params = [p for p, _ in items]
-            grads = [g for _, g in items]
+            torch._foreach_mul_(to_decay, decay)
+        for key, pairs in buckets.items():
+            kind, shape, _, _, t, _, fake = key
+            h = self._hyper(group, t)
+            params = [p for p, _ in pairs]
+            grads = [g for _, g in pairs]
             states = [self.state[p] for p in params]
             if kind == "f":
-                if shape[0] * shape[1] == 0:
-                    continue
-                first = beta is not None
+                first = h.beta1 is not None
                 factorized_update(
                     params, grads,
                     [s["row_m"] for s in states] if first else None,
                     [s["col_m"] for s in states] if first else None,
                     [s["sign"] for s in states] if first else None,
                     [s["row_v"] for s in states], [s["col_v"] for s in states],
-                    shape, packed=self.sign == "packed", h=h, ws=ws,
+                    shape, packed=self.sign == "packed", h=h, ws=self._workspaces[fake],
                 )
             else:
                 dense_update(params, grads,
-                             [s["exp_avg"] for s in states] if beta is not None else None,
+                             [s["exp_avg"] for s in states] if h.beta1 is not None else None,
                              [s["exp_avg_sq"] for s in states], h)
 
     def workspace_bytes(self) -> int:
         """Bytes of scratch memory this optimizer keeps between steps (not part of the state)."""
-        return self._workspace.nbytes()
+        return self._workspaces[False].nbytes()
 
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict) -> None:
@@ -245,3 +321,33 @@ class SMMF(torch.optim.Optimizer):
                 k: (v.detach().to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v)
                 for k, v in entry.items()
             }
+
+
+_GEOMETRY: dict[tuple, Optional[tuple[int, int]]] = {}
+
+
+def _geometry(shape: tuple, vector_reshape: bool) -> Optional[tuple[int, int]]:
+    """``(n̂, m̂)`` of a factorized parameter, ``None`` for the dense path (cached: every step asks)."""
+    key = (shape, vector_reshape)
+    if key not in _GEOMETRY:
+        _GEOMETRY[key] = square_matricize(shape) if is_factorized(shape, vector_reshape) else None
+    return _GEOMETRY[key]
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def _fused_kernel(device_type: str, dtype: torch.dtype) -> tuple[str, Optional[str]]:
+    """The fused kernel for parameters on ``device_type`` of ``dtype``, or ``("eager", why not)``."""
+    if dtype not in FUSED_DTYPES:
+        return "eager", f"{str(dtype).removeprefix('torch.')} parameters (fused kernels take fp32, bf16, fp16)"
+    if device_type == "cpu":
+        why = _cpp.load_error()
+        return ("cpu", None) if why is None else ("eager", f"CPU parameters: {why}")
+    if device_type == "cuda":
+        why = _triton.load_error()
+        return ("triton", None) if why is None else ("eager", f"CUDA parameters: {why}")
+    return "eager", f"{device_type} parameters (fused kernels run on CPU and CUDA)"

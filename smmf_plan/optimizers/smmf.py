@@ -39,7 +39,7 @@ Probe learning rate 1e-3, the paper's.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .. import dtypes
 from ..allocators import round_up
@@ -64,6 +64,26 @@ def is_factorized(shape: Shape, vector_reshape: bool) -> bool:
 def block_rows(m: int) -> int:
     """Rows of an ``(n̂, m̂)`` matrix per block: a multiple of 8 (blocks start on a sign byte)."""
     return max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)
+
+
+#: the fused CPU kernel (``smmf_plan/optim/csrc/smmf_cpu.cpp``) splits a parameter between threads
+#: only when each thread gets at least this many elements.
+CPU_MIN_PER_THREAD = 1 << 15
+
+
+def cpu_tasks(n: int, m: int, threads: int) -> int:
+    """Row tasks of the fused CPU kernel for an ``(n̂, m̂)`` matrix: runs of whole 8-row groups (a
+    task starts on a sign byte), at most one per thread. Fixed for a thread count, so the column
+    sums are added in the same order every step (deterministic results)."""
+    groups = -(-n // 8)
+    return max(1, min(threads, groups, (n * m) // CPU_MIN_PER_THREAD))
+
+
+def cpu_scratch_elems(shapes: Iterable[tuple[int, int]], threads: int) -> int:
+    """float64 elements of the column-sum scratch the fused CPU kernel uses (kept between steps):
+    ``3·m̂`` per task, ``m̂`` rounded up to 16 (double sums of ``|M|`` and ``V``, two float
+    partials); the largest parameter counts."""
+    return max((3 * -(-m // 16) * 16 * cpu_tasks(n, m, threads) for n, m in shapes), default=0)
 
 
 def packed_sign_bytes(numel: int) -> int:
@@ -162,6 +182,7 @@ INFO = OptimizerInfo(
     shard_state=shard_state,
     temporaries={"for-loop": step_temp_bytes, "fused": step_temp_bytes},
     paths={"cpu": ("fused", "for-loop"), "cuda": ("for-loop",)},
+    path_args={"fused": {"fused": True}, "for-loop": {"fused": False}},
     keeps_scratch=True,
     probe_lr=1e-3, constructor=constructor,
     dist_caveats={

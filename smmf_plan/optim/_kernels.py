@@ -30,6 +30,13 @@ from . import _layout
 from ._signbits import pack_positive, positive_into, sign_lut, unpack_bools, unpack_signs
 
 
+def is_fake(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a ``FakeTensor`` (no data: a step only allocates)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
 @dataclass
 class Hyper:
     """Per-batch scalars (Python floats: nothing here forces a host-device sync)."""

@@ -69,7 +69,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from . import _cpp, _triton
-from ._kernels import Hyper, Workspace, dense_update, factorized_update
+from ._kernels import Hyper, Workspace, dense_update, factorized_update, is_fake
 from ._layout import SIGN_STORAGES, is_factorized, smmf_state, square_matricize
 
 WEIGHT_DECAY_MODES = ("adamw", "adam")
@@ -182,8 +182,14 @@ class SMMF(torch.optim.Optimizer):
             raise RuntimeError(f"SMMF needs floating-point parameters, got {p.dtype}")
 
     # ------------------------------------------------------------------ kernels
+    #: tests only: run every factorized parameter through this kernel (the Triton kernel on CPU
+    #: tensors under ``TRITON_INTERPRET=1``)
+    _force_kernel: Optional[str] = None
+
     def _kernel(self, group: dict, p: torch.Tensor) -> str:
         """``"cpu"``, ``"triton"`` or ``"eager"`` for a factorized parameter like ``p`` in ``group``."""
+        if self._force_kernel is not None:
+            return self._force_kernel
         want = group["fused"] if group["fused"] is not None else self._env_fused
         key = (want, p.device.type, p.dtype)
         kernel = self._kernel_cache.get(key)
@@ -233,8 +239,8 @@ class SMMF(torch.optim.Optimizer):
             if kernel == "eager":
                 eager.append((p, g, state["step"], shape))
             else:
-                fused[(kernel, p.device, state["step"], _is_fake(p))].append((p, g, shape))
-        for (kernel, _, t, fake), items in fused.items():
+                fused[(kernel, p.device, p.dtype, state["step"], is_fake(p))].append((p, g, shape))
+        for (kernel, _, _, t, fake), items in fused.items():
             self._fused_step(kernel, items, group, self._hyper(group, t), decay, coupled, fake)
         if eager:
             self._eager_step(eager, group, wd, coupled != 0.0, decay)
@@ -269,9 +275,9 @@ class SMMF(torch.optim.Optimizer):
                 to_decay.append(p)
             if shape is not None:
                 stack = shape[0] * shape[1] <= STACK_MAX_NUMEL
-                key = ("f", shape, p.dtype, p.device, t, stack or id(p), _is_fake(p))
+                key = ("f", shape, p.dtype, p.device, t, stack or id(p), is_fake(p))
             else:
-                key = ("d", None, p.dtype, p.device, t, None, _is_fake(p))
+                key = ("d", None, p.dtype, p.device, t, None, is_fake(p))
             buckets[key].append((p, g))
         if to_decay:
             torch._foreach_mul_(to_decay, decay)
@@ -332,12 +338,6 @@ def _geometry(shape: tuple, vector_reshape: bool) -> Optional[tuple[int, int]]:
     if key not in _GEOMETRY:
         _GEOMETRY[key] = square_matricize(shape) if is_factorized(shape, vector_reshape) else None
     return _GEOMETRY[key]
-
-
-def _is_fake(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
 
 
 def _fused_kernel(device_type: str, dtype: torch.dtype) -> tuple[str, Optional[str]]:

@@ -16,15 +16,24 @@ only ``row_v``/``col_v`` remain. Vectors are fp32 for half-precision parameters.
 Dense path (``vector_reshape=False`` and a parameter whose squeezed rank is 1): Adam-like
 ``exp_avg``/``exp_avg_sq`` of the parameter's shape, fp32 for half-precision parameters.
 
-Step temporaries. The eager kernels update a parameter in row blocks of at most
-:data:`BLOCK_NUMEL` elements through scratch buffers the optimizer **keeps between steps** (page
-faults of fresh multi-MiB buffers cost more than the arithmetic): the decompressed first moment and
-the second-moment matrix (2 × block, state dtype), a state-dtype scratch for the sign compare
-(1 × block) and, for packed signs, a byte per element plus a 4-B index per sign byte (3/8 × block),
-and a few factor-sized vectors (3 × (n̂ + m̂)). Without a first moment only the second-moment matrix.
-Dense-path parameters add two full-size foreach results (``g·g`` and ``sqrt(V) + eps``). The fused
-C++ kernel (fp32 CPU parameters, the default there where a compiler exists) stays under this rule
-(``tests/test_memory_temporaries.py``), so its path uses the same rule as an upper bound.
+Step temporaries: SMMF keeps its step scratch **between steps** (page faults of fresh buffers cost
+more than the arithmetic), and what it keeps depends on the kernel ``SMMF(fused=None)`` picks —
+the ``fused`` path by default on CPU (the C++ kernel) and CUDA (the Triton kernel), the
+``for-loop`` path for its eager kernels (``fused=False``, fp64, no compiler):
+
+* ``fused`` on CPU: float64 column sums of ``3·m̂`` per thread task (:func:`cpu_scratch_elems`;
+  the largest parameter counts), assuming one torch thread per CPU of the planning machine.
+* ``fused`` on CUDA: per task of :data:`TRITON_ROWS` rows its column partials and total, for
+  every factorized parameter (one launch updates them all), and a flag byte per element of the
+  parameters whose ``m̂`` is not a multiple of 8 (:func:`triton_scratch`).
+* ``for-loop`` (eager): a parameter is updated in row blocks of at most :data:`BLOCK_NUMEL`
+  elements: the decompressed first moment and the second-moment matrix (2 × block, state
+  dtype), a state-dtype scratch for the sign compare (1 × block) and, for packed signs, a byte
+  per element plus a 4-B index per sign byte (3/8 × block), and a few factor-sized vectors
+  (3 × (n̂ + m̂)). Without a first moment only the second-moment matrix.
+
+Dense-path parameters add two full-size foreach results (``g·g`` and ``sqrt(V) + eps``) on every
+path.
 
 Sharded on dim 0 (FSDP2, :func:`shard_state`). Every SMMF operation is elementwise or a row/column
 sum of the square-matricized matrix, and sums split across ranks, so the exact sharded design
@@ -86,6 +95,24 @@ def cpu_scratch_elems(shapes: Iterable[tuple[int, int]], threads: int) -> int:
     return max((3 * -(-m // 16) * 16 * cpu_tasks(n, m, threads) for n, m in shapes), default=0)
 
 
+#: rows per task of the fused CUDA (Triton) kernel (a multiple of 8: a task owns whole sign bytes)
+TRITON_ROWS = 32
+
+
+def triton_scratch(shapes: Iterable[tuple[int, int]], *, first: bool, packed: bool) -> tuple[int, int]:
+    """(float32 elements, flag bytes) of the scratch the fused CUDA kernel keeps for one bucket of
+    ``(n̂, m̂)`` matrices: per task of ``TRITON_ROWS`` rows, its column partial sums and total for
+    ``V`` (and ``|M|``); and one flag byte per element of the parameters whose ``m̂`` is not a
+    multiple of 8 (packed signs only: their bits are packed after a barrier)."""
+    moments = 2 if first else 1
+    floats = flags = 0
+    for n, m in shapes:
+        floats += moments * -(-n // TRITON_ROWS) * (m + 1)
+        if first and packed and m % 8:
+            flags += n * m
+    return floats, flags
+
+
 def packed_sign_bytes(numel: int) -> int:
     return -(-numel // 8)
 
@@ -138,25 +165,68 @@ def shard_state(o: Options, spec: ParamSpec, local_shape: Shape, group: str) -> 
     return out
 
 
-def step_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
-    """The eager kernels' scratch (see the module docstring): the largest block's buffers plus
-    the dense-path parameters' foreach results."""
-    first = o["beta"] is not None
-    # in units of one state-dtype element: decompressed M, V, a float scratch for the sign
-    # compare, and for packed signs a bool per element plus a 4-B index per sign byte
-    per_elem = 1.0 if not first else (3 + (3 / 8 if o["sign"] == "packed" else 0))
-    peak = 0
+def _dense_and_shapes(o: Options, specs: Sequence[ParamSpec], quantum: int):
+    """Dense-path parameters' foreach results (``g·g`` and ``sqrt(V) + eps``), and the
+    ``(n̂, m̂)`` of the factorized ones with their state item size."""
     dense = 0
+    shapes = []
     for spec in specs:
         item = 4 if dtypes.canonical(spec.dtype) in dtypes.HALF else dtypes.itemsize(spec.dtype)
         if not is_factorized(spec.shape, o["vector_reshape"]):
             dense += 2 * round_up(spec.numel * item, quantum)
-            continue
-        n, m = square_matricize(spec.shape)
+        else:
+            shapes.append((square_matricize(spec.shape), item))
+    return dense, shapes
+
+
+def eager_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
+    """The eager kernels' scratch (the ``for-loop`` path; see the module docstring): the largest
+    block's buffers plus the dense-path parameters' foreach results."""
+    first = o["beta"] is not None
+    # in units of one state-dtype element: decompressed M, V, a float scratch for the sign
+    # compare, and for packed signs a bool per element plus a 4-B index per sign byte
+    per_elem = 1.0 if not first else (3 + (3 / 8 if o["sign"] == "packed" else 0))
+    dense, shapes = _dense_and_shapes(o, specs, quantum)
+    peak = 0
+    for (n, m), item in shapes:
         block = min(n, block_rows(m)) * m
         here = round_up(int(per_elem * block * item), quantum) + 3 * round_up((n + m) * item, quantum)
         peak = max(peak, here)
     return peak + dense
+
+
+def fused_cpu_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int,
+                         threads: int | None = None) -> int:
+    """The fused C++ kernel's scratch: the column sums of the largest parameter's thread tasks
+    (:func:`cpu_scratch_elems`, float64), with ``threads`` torch threads (default: this machine's
+    CPU count, an upper bound of torch's default, the physical cores)."""
+    import os
+
+    dense, shapes = _dense_and_shapes(o, specs, quantum)
+    nm = [s for s, _ in shapes]
+    threads = threads or os.cpu_count() or 1
+    return (round_up(8 * cpu_scratch_elems(nm, threads), quantum) if nm else 0) + dense
+
+
+def fused_cuda_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
+    """The fused Triton kernel's scratch: column partials per task of every factorized parameter
+    (one launch updates them all) and the flag bytes (:func:`triton_scratch`)."""
+    dense, shapes = _dense_and_shapes(o, specs, quantum)
+    if not shapes:
+        return dense
+    floats, flags = triton_scratch([s for s, _ in shapes], first=o["beta"] is not None,
+                                   packed=o["sign"] == "packed")
+    return round_up(4 * floats, quantum) + round_up(max(flags, 1), quantum) + dense
+
+
+def fused_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
+    """The ``fused`` path's rule on the device the plan is for: CUDA plans round with the CUDA
+    allocator's quantum (512 B), every other quantum is a CPU plan."""
+    from ..allocators import get
+
+    if quantum == get("cuda").quantum:
+        return fused_cuda_temp_bytes(o, specs, quantum)
+    return fused_cpu_temp_bytes(o, specs, quantum)
 
 
 def constructor(o: Options) -> dict:
@@ -169,7 +239,8 @@ INFO = OptimizerInfo(
     implementation="smmf_plan.optim:SMMF",
     requires=Requirement("smmf-plan", "smmf_plan.optim"),
     reproduces="smmf_plan.optim.SMMF (bundled; allocates its state from smmf_state)",
-    verified=VERIFIED_BY_TESTS + " (the fused kernel: at most the eager rule)",
+    verified=VERIFIED_BY_TESTS + " (the fused CPU kernel's rule exactly; the Triton kernel's under "
+    "the Triton interpreter)",
     options={
         "sign": Option("packed", "choice", "sign matrix storage: 1 bit (packed) or 8 bits (bool, "
                        "as the paper's code)", choices=SIGN_STORAGES),
@@ -180,8 +251,8 @@ INFO = OptimizerInfo(
     },
     state=state,
     shard_state=shard_state,
-    temporaries={"for-loop": step_temp_bytes, "fused": step_temp_bytes},
-    paths={"cpu": ("fused", "for-loop"), "cuda": ("for-loop",)},
+    temporaries={"for-loop": eager_temp_bytes, "fused": fused_temp_bytes},
+    paths={"cpu": ("fused", "for-loop"), "cuda": ("fused", "for-loop")},
     path_args={"fused": {"fused": True}, "for-loop": {"fused": False}},
     keeps_scratch=True,
     probe_lr=1e-3, constructor=constructor,

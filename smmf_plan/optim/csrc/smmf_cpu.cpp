@@ -519,7 +519,7 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList row
             first ? col_m[q].data_ptr<float>() : nullptr,
             first ? static_cast<uint8_t*>(sign[q].data_ptr()) : nullptr, row_v[q].data_ptr<float>(),
             col_v[q].data_ptr<float>(), n, m, dtype_of(p)};
-    // tasks (chosen by the caller, smmf_plan.layouts.smmf.cpu_tasks): contiguous runs of 8-row
+    // tasks (chosen by the caller, smmf_plan.optimizers.smmf.cpu_tasks): contiguous runs of 8-row
     // groups (so a task starts on a sign byte).  Each task's column partials take 3 mp doubles of
     // scratch, mp = m rounded up to 16 (64-byte aligned rows): double sums of |M| and of V, then
     // the two float partials.

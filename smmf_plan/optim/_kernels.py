@@ -135,7 +135,7 @@ def _single_update(p, g, rm, cm, sgn, rv, cv, shape, packed, h: Hyper, ws: Works
                 idx = ws.get("idx", sb.numel(), torch.int32, p.device)
                 idx.copy_(sb)
                 full = ws.get("mat", sb.numel() * 8, vdtype, p.device).view(-1, 8)
-                torch.index_select(sign_lut(p.device, vdtype), 0, idx, out=full)
+                torch.index_select(sign_lut(p.device, vdtype, fake=is_fake(p)), 0, idx, out=full)
                 mat = full.view(-1)[: (i1 - i0) * m].view(i1 - i0, m)
             else:
                 sb = sgn[i0:i1]

@@ -20,21 +20,26 @@ _MAGIC = 0x0102040810204080
 _LUT_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def sign_lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(256, 8)`` table: row ``b`` holds ``+1`` where bit ``j`` of ``b`` is set, else ``-1``."""
+def sign_lut(device: torch.device, dtype: torch.dtype, fake: bool = False) -> torch.Tensor:
+    """``(256, 8)`` table: row ``b`` holds ``+1`` where bit ``j`` of ``b`` is set, else ``-1``.
+    Cached per device and dtype; ``fake`` (a step under FakeTensorMode) builds a fresh one, so
+    that fake and real tensors never meet."""
     key = (str(device), dtype)
-    lut = _LUT_CACHE.get(key)
+    lut = None if fake else _LUT_CACHE.get(key)
     if lut is None:
         bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
         lut = (bits * 2 - 1).to(device=device, dtype=dtype).contiguous()
-        _LUT_CACHE[key] = lut
+        if not fake:
+            _LUT_CACHE[key] = lut
     return lut
 
 
 def unpack_signs(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
     """``±1`` of ``dtype`` for the bits of ``packed`` (``(..., ⌈numel/8⌉)`` uint8) →
     ``(..., numel)``. A fresh tensor; contiguous whenever ``numel % 8 == 0`` or ``packed`` is 1-D."""
-    lut = sign_lut(packed.device, dtype)
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    lut = sign_lut(packed.device, dtype, fake=isinstance(packed, FakeTensor))
     nbytes = packed.shape[-1]
     flat = lut.index_select(0, packed.reshape(-1).to(torch.int32))
     out = flat.view(*packed.shape[:-1], nbytes * 8)
@@ -72,18 +77,24 @@ def pack_positive(matrix: torch.Tensor, out: torch.Tensor, ws=None) -> None:
         positive = ws.get("positive", nbytes * 8, torch.bool, matrix.device)
         positive_into(matrix.reshape(numel), positive[:numel], ws)
         positive[numel:] = False
-        words = positive.view(torch.uint8).view(torch.int64)
-        words.mul_(_MAGIC).bitwise_right_shift_(56)
-        out.copy_(words)
+        out.copy_(_gather_bits(positive))
         return
     positive = matrix.reshape(*lead, numel) > 0
     if nbytes * 8 != numel:
         padded = torch.zeros(*lead, nbytes * 8, dtype=torch.bool, device=matrix.device)
         padded[..., :numel] = positive
         positive = padded
+    out.copy_(_gather_bits(positive))
+
+
+def _gather_bits(positive: torch.Tensor) -> torch.Tensor:
+    """Each 8 ``bool`` bytes as one byte's bits, in an ``int64`` whose low byte holds them. In
+    place on the bytes' own storage, except under ``torch.compile``, whose functionalization
+    loses in-place writes through a dtype view (it would store the bools themselves)."""
     words = positive.view(torch.uint8).view(torch.int64)
-    words.mul_(_MAGIC).bitwise_right_shift_(56)
-    out.copy_(words)
+    if torch.compiler.is_compiling():
+        return (words * _MAGIC) >> 56
+    return words.mul_(_MAGIC).bitwise_right_shift_(56)
 
 
 def positive_into(matrix: torch.Tensor, out: torch.Tensor, ws) -> None:

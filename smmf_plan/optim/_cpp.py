@@ -125,11 +125,12 @@ def step(params, grads, states, shapes, *, first: bool, packed: bool, beta1: flo
     from ._layout import cpu_scratch_elems, cpu_tasks
 
     threads = torch.get_num_threads()
+    tasks = [cpu_tasks(n, m, threads) for n, m in shapes]
     scratch = ws.get("cpu_columns", cpu_scratch_elems(shapes, threads), torch.float64, params[0].device)
     op()(params, grads,
          [s["row_m"] for s in states] if first else [],
          [s["col_m"] for s in states] if first else [],
          [s["sign"] for s in states] if first else [],
          [s["row_v"] for s in states], [s["col_v"] for s in states],
-         [n for n, _ in shapes], [m for _, m in shapes], [cpu_tasks(n, m, threads) for n, m in shapes],
+         [n for n, _ in shapes], [m for _, m in shapes], tasks,
          scratch, packed, beta1 if first else 0.0, beta2, lr, eps, decay, coupled, VECTOR)

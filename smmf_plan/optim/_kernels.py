@@ -32,9 +32,19 @@ from ._signbits import pack_positive, positive_into, sign_lut, unpack_bools, unp
 
 def is_fake(t: torch.Tensor) -> bool:
     """Whether ``t`` is a ``FakeTensor`` (no data: a step only allocates)."""
-    from torch._subclasses.fake_tensor import FakeTensor
+    return isinstance(t, _fake_tensor_class())
 
-    return isinstance(t, FakeTensor)
+
+def _fake_tensor_class():
+    global _FAKE
+    if _FAKE is None:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        _FAKE = FakeTensor
+    return _FAKE
+
+
+_FAKE = None
 
 
 @dataclass

@@ -75,6 +75,7 @@ from ._layout import SIGN_STORAGES, is_factorized, smmf_state, square_matricize
 WEIGHT_DECAY_MODES = ("adamw", "adam")
 #: parameter dtypes the fused kernels take (fp64 and others use the eager kernels)
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_REAL_FLOATS = frozenset(FUSED_DTYPES + (torch.float64,))
 KERNEL_ENV = "SMMF_PLAN_KERNEL"
 _DEFAULT_GROWTH = 0.999
 #: parameters with at most this many elements are stacked with their same-shaped peers.
@@ -223,25 +224,36 @@ class SMMF(torch.optim.Optimizer):
         decay = 1.0 - lr * wd if wd != 0.0 and group["weight_decay_mode"] == "adamw" else 1.0
         fused: dict[tuple, list] = defaultdict(list)
         eager: list[tuple[torch.Tensor, torch.Tensor, int, tuple]] = []
+        all_state = self.state
+        vector_reshape = group["vector_reshape"]
+        kernels: dict[tuple, str] = {}
+        fake = None
         for p in group["params"]:
             g = p.grad
             if g is None:
                 continue
-            self._check_grad(p, g)
-            state = self.state[p]
+            if g.is_sparse or p.dtype not in _REAL_FLOATS:
+                self._check_grad(p, g)
+            state = all_state[p]
             if len(state) == 0:
                 state = self._init_state(p, group)
-            state["step"] += 1
-            shape = _geometry(tuple(p.shape), group["vector_reshape"])
-            if shape is not None and shape[0] * shape[1] == 0:
-                continue
-            kernel = "eager" if shape is None else self._kernel(group, p)
-            if kernel == "eager":
-                eager.append((p, g, state["step"], shape))
-            else:
-                fused[(kernel, p.device, p.dtype, state["step"], is_fake(p))].append((p, g, shape))
-        for (kernel, _, _, t, fake), items in fused.items():
-            self._fused_step(kernel, items, group, self._hyper(group, t), decay, coupled, fake)
+            t = state["step"] = state["step"] + 1
+            shape = _geometry(p.shape, vector_reshape)
+            if shape is None:
+                eager.append((p, g, t, shape))
+            elif shape[0] * shape[1]:
+                where = (p.device, p.dtype)
+                kernel = kernels.get(where)
+                if kernel is None:
+                    kernel = kernels[where] = self._kernel(group, p)
+                if kernel == "eager":
+                    eager.append((p, g, t, shape))
+                else:
+                    if fake is None:  # a group is all fake (FakeTensorMode) or all real
+                        fake = is_fake(p)
+                    fused[(kernel, where, t, fake)].append((p, g, shape))
+        for (kernel, _, t, is_fake_), items in fused.items():
+            self._fused_step(kernel, items, group, self._hyper(group, t), decay, coupled, is_fake_)
         if eager:
             self._eager_step(eager, group, wd, coupled != 0.0, decay)
 
@@ -332,12 +344,15 @@ class SMMF(torch.optim.Optimizer):
 _GEOMETRY: dict[tuple, Optional[tuple[int, int]]] = {}
 
 
-def _geometry(shape: tuple, vector_reshape: bool) -> Optional[tuple[int, int]]:
+def _geometry(shape: torch.Size, vector_reshape: bool) -> Optional[tuple[int, int]]:
     """``(n̂, m̂)`` of a factorized parameter, ``None`` for the dense path (cached: every step asks)."""
     key = (shape, vector_reshape)
-    if key not in _GEOMETRY:
-        _GEOMETRY[key] = square_matricize(shape) if is_factorized(shape, vector_reshape) else None
-    return _GEOMETRY[key]
+    try:
+        return _GEOMETRY[key]
+    except KeyError:
+        dims = tuple(shape)
+        out = _GEOMETRY[key] = square_matricize(dims) if is_factorized(dims, vector_reshape) else None
+        return out
 
 
 def _fused_kernel(device_type: str, dtype: torch.dtype) -> tuple[str, Optional[str]]:

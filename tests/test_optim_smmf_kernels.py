@@ -77,7 +77,9 @@ def test_without_a_compiler_falls_back_or_says_why(tmp_path):
     assert not (tmp_path / "ext").exists() or not any((tmp_path / "ext").rglob("*.so"))
 
 
-SHAPES = [(), (7,), (13, 17), (1000,), (64, 3, 3, 3), (2, 2053), (300, 41), (256, 256)]
+# m̂ % 8: (1, 1) 1, (7, 1) 1, (17, 13) 5, (40, 25) 1, (48, 36) 4, (2053, 2) 2, (123, 100) 4,
+# (256, 256) 0, (13, 8) 0 with an odd row count, (1025, 1024) 0 split between threads unevenly
+SHAPES = [(), (7,), (13, 17), (1000,), (64, 3, 3, 3), (2, 2053), (300, 41), (256, 256), (104,), (1025, 1024)]
 
 
 def _trajectory(dtype, vector, steps=3, **kw):

@@ -313,10 +313,138 @@ SMMF_AVX2 inline void flush_columns_avx2(ColAcc& acc, int64_t m, bool first) {
   }
 }
 
+// One 8-element chunk of one row for rows_avx2_aligned: the operations of element(), in order.
+struct Chunk {
+  __m256 am, v;
+};
+
+template <typename T, bool FIRST, bool WD>
+SMMF_AVX2 inline __m256 chunk_update(T* __restrict W, const T* __restrict G, int64_t k, __m256 cv, __m256 cm,
+                                     __m256 rmb1, __m256 rvb2, __m256 mask, const Hyper& h, __m256 a1, __m256 a2,
+                                     __m256 lr, __m256 eps, __m256& v_out, __m256& mm_out) {
+  __m256 w = load8(W + k);
+  __m256 g = load8(G + k);
+  if (WD) g = _mm256_add_ps(g, _mm256_mul_ps(_mm256_set1_ps(h.coupled), w));
+  const __m256 v = _mm256_add_ps(_mm256_mul_ps(rvb2, cv), _mm256_mul_ps(a2, _mm256_mul_ps(g, g)));
+  __m256 num = g;
+  if (FIRST) {
+    num = _mm256_add_ps(_mm256_xor_ps(_mm256_mul_ps(rmb1, cm), mask), _mm256_mul_ps(a1, g));
+    mm_out = num;
+  }
+  const __m256 upd = _mm256_div_ps(num, _mm256_add_ps(_mm256_sqrt_ps(v), eps));
+  if (WD) w = _mm256_mul_ps(w, _mm256_set1_ps(h.decay));
+  w = _mm256_sub_ps(w, _mm256_mul_ps(lr, upd));
+  store8(W + k, w);
+  v_out = v;
+  return w;
+}
+
+inline uint32_t sign_byte_bools(const uint8_t* __restrict s) {
+  uint64_t x;  // eight bool bytes (0 or 1): byte k's bit lands on bit 56 + k
+  std::memcpy(&x, s, 8);
+  return (uint32_t)(((x & 0x0101010101010101ULL) * 0x0102040810204080ULL) >> 56);
+}
+
+// Rows [r0, r1) where m % 8 == 0 (every row starts on a sign byte), two rows at a time: the
+// factor columns and the column partials are loaded once per pair, and sign bits are whole
+// bytes.  Same operations, in the same order, as rows_generic (the column partial adds row i,
+// then row i + 1).
+template <typename T, bool FIRST, bool PACKED, bool WD>
+SMMF_AVX2 void rows_avx2_aligned(const Param& P, const Hyper& h, int64_t r0, int64_t r1, ColAcc& acc) {
+  const int64_t m = P.m;
+  const View<T> x(P, acc);
+  T* __restrict W = x.w;
+  const T* __restrict G = x.g;
+  const float* __restrict CM = x.cm;
+  const float* __restrict CV = x.cv;
+  float* __restrict PM = x.pm;
+  float* __restrict PV = x.pv;
+  uint8_t* __restrict S = P.sign;
+  const __m256 a1 = _mm256_set1_ps(h.a1), a2 = _mm256_set1_ps(h.a2);
+  const __m256 lr = _mm256_set1_ps(h.lr), eps = _mm256_set1_ps(h.eps);
+  const __m256 signbit = _mm256_set1_ps(-0.f), zero = _mm256_setzero_ps();
+  const float* masks = reinterpret_cast<const float*>(kSignMasks.v);
+  for (int64_t i = r0; i < r1; i += 2) {
+    const int rows = i + 1 < r1 ? 2 : 1;
+    alignas(32) double dm[2][kLanes] = {}, dv[2][kLanes] = {};
+    __m256 rmb1[2], rvb2[2];
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = i + (r < rows ? r : 0);
+      rmb1[r] = _mm256_set1_ps(FIRST ? P.rm[row] * h.b1 : 0.f);
+      rvb2[r] = _mm256_set1_ps(P.rv[row] * h.b2);
+    }
+    const int64_t base0 = i * m, base1 = base0 + m;
+    for (int64_t j = 0; j < m;) {
+      const int64_t stop = std::min(m, j + kFlushChunks * kLanes);
+      __m256 lm0 = zero, lv0 = zero, lm1 = zero, lv1 = zero;
+      for (; j < stop; j += kLanes) {
+        const __m256 cv = _mm256_loadu_ps(CV + j);
+        const __m256 cm = FIRST ? _mm256_loadu_ps(CM + j) : zero;
+        __m256 v0, mm0 = zero, v1, mm1 = zero;
+        uint32_t bits0 = 0, bits1 = 0;
+        if (FIRST) {
+          bits0 = PACKED ? S[(base0 + j) >> 3] : sign_byte_bools(S + base0 + j);
+          if (rows == 2) bits1 = PACKED ? S[(base1 + j) >> 3] : sign_byte_bools(S + base1 + j);
+        }
+        chunk_update<T, FIRST, WD>(W, G, base0 + j, cv, cm, rmb1[0], rvb2[0], _mm256_load_ps(masks + 8 * bits0), h,
+                                   a1, a2, lr, eps, v0, mm0);
+        __m256 pv = _mm256_add_ps(_mm256_loadu_ps(PV + j), v0);
+        lv0 = _mm256_add_ps(lv0, v0);
+        __m256 am0 = zero, am1 = zero, pm = zero;
+        if (FIRST) {
+          am0 = _mm256_andnot_ps(signbit, mm0);
+          lm0 = _mm256_add_ps(lm0, am0);
+          pm = _mm256_add_ps(_mm256_loadu_ps(PM + j), am0);
+          const uint32_t out0 = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(mm0, zero, _CMP_GT_OQ));
+          if (PACKED) S[(base0 + j) >> 3] = (uint8_t)out0;
+          else { const uint64_t b = kBitBytes.v[out0]; std::memcpy(S + base0 + j, &b, 8); }
+        }
+        if (rows == 2) {
+          chunk_update<T, FIRST, WD>(W, G, base1 + j, cv, cm, rmb1[1], rvb2[1], _mm256_load_ps(masks + 8 * bits1),
+                                     h, a1, a2, lr, eps, v1, mm1);
+          pv = _mm256_add_ps(pv, v1);
+          lv1 = _mm256_add_ps(lv1, v1);
+          if (FIRST) {
+            am1 = _mm256_andnot_ps(signbit, mm1);
+            lm1 = _mm256_add_ps(lm1, am1);
+            pm = _mm256_add_ps(pm, am1);
+            const uint32_t out1 = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(mm1, zero, _CMP_GT_OQ));
+            if (PACKED) S[(base1 + j) >> 3] = (uint8_t)out1;
+            else { const uint64_t b = kBitBytes.v[out1]; std::memcpy(S + base1 + j, &b, 8); }
+          }
+        }
+        _mm256_storeu_ps(PV + j, pv);
+        if (FIRST) _mm256_storeu_ps(PM + j, pm);
+      }
+      // flush the float lanes into the double lanes (every kFlushChunks chunks and at the end)
+      const __m256 lanes[4] = {lm0, lv0, lm1, lv1};
+      for (int r = 0; r < rows; ++r) {
+        const __m256 lm = lanes[2 * r], lv = lanes[2 * r + 1];
+        if (FIRST) {
+          _mm256_store_pd(dm[r], _mm256_add_pd(_mm256_load_pd(dm[r]), _mm256_cvtps_pd(_mm256_castps256_ps128(lm))));
+          _mm256_store_pd(dm[r] + 4, _mm256_add_pd(_mm256_load_pd(dm[r] + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(lm, 1))));
+        }
+        _mm256_store_pd(dv[r], _mm256_add_pd(_mm256_load_pd(dv[r]), _mm256_cvtps_pd(_mm256_castps256_ps128(lv))));
+        _mm256_store_pd(dv[r] + 4, _mm256_add_pd(_mm256_load_pd(dv[r] + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(lv, 1))));
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      double sm = 0.0, sv = 0.0;
+      for (int l = 0; l < kLanes; ++l) { sm += dm[r][l]; sv += dv[r][l]; }
+      if (FIRST) P.rm[i + r] = (float)sm;
+      P.rv[i + r] = (float)sv;
+    }
+    // column partials are flushed every kRowGroup rows (pairs never straddle a group: both even)
+    const int64_t last = i + rows - 1;
+    if ((last - r0) % kRowGroup == kRowGroup - 1 || last + 1 == r1) flush_columns_avx2(acc, m, FIRST);
+  }
+}
+
 // Rows [r0, r1), AVX2: the operations of rows_generic in the same order, eight elements at a time.
 template <typename T, bool FIRST, bool PACKED, bool WD>
 SMMF_AVX2 void rows_avx2(const Param& P, const Hyper& h, int64_t r0, int64_t r1, ColAcc& acc) {
   const int64_t m = P.m;
+  if (m % kLanes == 0) return rows_avx2_aligned<T, FIRST, PACKED, WD>(P, h, r0, r1, acc);
   const View<T> x(P, acc);
   T* __restrict W = x.w;
   const T* __restrict G = x.g;

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from smmf_plan.layouts.smmf import smmf_state
+from smmf_plan.optimizers.smmf import smmf_state
 from smmf_plan.optim import SMMF, _cpp
 
 

@@ -64,6 +64,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self._bufs: dict[tuple, torch.Tensor] = {}
+        self._cache: dict[str, tuple] = {}
 
     def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (name, dtype, str(device))
@@ -72,6 +73,15 @@ class Workspace:
             buf = torch.empty(numel, dtype=dtype, device=device)
             self._bufs[key] = buf
         return buf[:numel]
+
+    def cached(self, name: str, key, make):
+        """``make()``'s result, reused while ``key`` is unchanged (the fused CUDA kernel's table of
+        pointers: the caching allocator usually hands out the same gradient blocks every step,
+        so the table is copied to the device once, not every step)."""
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._cache[name] = (key, make())
+        return hit[1]
 
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._bufs.values())

@@ -70,12 +70,12 @@ def step(params, grads, states, shapes, *, first: bool, packed: bool, beta1: flo
     if is_fake(params[0]):
         return  # shapes only: the scratch above is what a real step allocates
     table, tasks = _table(params, grads, states, shapes, first, colbuf, flagbuf, packed)
-    meta = _to_device(table, device)
+    meta = ws.cached("triton_table", table, lambda: _to_device(table, device))
     task_map = _task_map(tuple(shapes), device)
     kernels.sweep[(tasks,)](
         meta, task_map, beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr, eps, decay, coupled,
         DTYPE=kernels.dtype(params[0].dtype), FIRST=first, PACKED=packed, WD=decay != 1.0 or coupled != 0.0, ROWS=ROWS, COLS=COLS,
-        FIELDS=_FIELDS, num_warps=4)
+        FIELDS=_FIELDS, num_warps=8)
     max_m = max(m for _, m in shapes)
     kernels.finish[(len(params), -(-max_m // FINISH_COLS))](
         meta, FIRST=first, ROWS=ROWS, FIELDS=_FIELDS, BLOCK=FINISH_COLS, num_warps=4)

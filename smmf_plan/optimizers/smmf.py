@@ -22,7 +22,7 @@ the ``fused`` path by default on CPU (the C++ kernel) and CUDA (the Triton kerne
 ``for-loop`` path for its eager kernels (``fused=False``, fp64, no compiler):
 
 * ``fused`` on CPU: float64 column sums of ``3·m̂`` per thread task (:func:`cpu_scratch_elems`;
-  the largest parameter counts), assuming one torch thread per CPU of the planning machine.
+  the largest parameter counts), for :data:`PLAN_THREADS` torch threads.
 * ``fused`` on CUDA: per task of :data:`TRITON_ROWS` rows its column partials and total, for
   every factorized parameter (one launch updates them all), and a flag byte per element of the
   parameters whose ``m̂`` is not a multiple of 8 (:func:`triton_scratch`).
@@ -195,16 +195,18 @@ def eager_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) -> in
     return peak + dense
 
 
-def fused_cpu_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int,
-                         threads: int | None = None) -> int:
-    """The fused C++ kernel's scratch: the column sums of the largest parameter's thread tasks
-    (:func:`cpu_scratch_elems`, float64), with ``threads`` torch threads (default: this machine's
-    CPU count, an upper bound of torch's default, the physical cores)."""
-    import os
+#: torch threads a plan assumes for the fused CPU kernel's scratch (it grows with the thread count:
+#: one task of column sums per thread). Plans are the same on every planning machine; a 64-thread
+#: run keeps at most a few MiB more than planned.
+PLAN_THREADS = 8
 
+
+def fused_cpu_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int,
+                         threads: int = PLAN_THREADS) -> int:
+    """The fused C++ kernel's scratch: the column sums of the largest parameter's thread tasks
+    (:func:`cpu_scratch_elems`, float64), with ``threads`` torch threads."""
     dense, shapes = _dense_and_shapes(o, specs, quantum)
     nm = [s for s, _ in shapes]
-    threads = threads or os.cpu_count() or 1
     return (round_up(8 * cpu_scratch_elems(nm, threads), quantum) if nm else 0) + dense
 
 

@@ -39,8 +39,9 @@ def test_environment_overrides_only_the_automatic_choice(monkeypatch):
     monkeypatch.setenv("SMMF_PLAN_KERNEL", "eager")
     assert _kernel_of(SMMF([p]), p) == "eager"
     assert _kernel_of(SMMF([p], fused=True), p) == "cpu"  # an explicit argument wins
-    monkeypatch.setenv("SMMF_PLAN_KERNEL", "fused")
-    assert _kernel_of(SMMF([p]), p) == "cpu"
+    for value in ("fused", "cpp"):  # cpp: the spelling of smmf-plan 0.1
+        monkeypatch.setenv("SMMF_PLAN_KERNEL", value)
+        assert _kernel_of(SMMF([p]), p) == "cpu"
     assert _kernel_of(SMMF([p], fused=False), p) == "eager"
     monkeypatch.setenv("SMMF_PLAN_KERNEL", "cuda")
     with pytest.raises(ValueError, match="SMMF_PLAN_KERNEL must be auto, eager or fused"):

@@ -15,7 +15,9 @@ one line and the optimizer falls back to the eager kernels (``SMMF(fused=None)``
 Flags: ``-O3`` for portable code and an AVX2 path compiled for that target alone and chosen at
 run time (``__builtin_cpu_supports``), so the cached binary runs on any x86-64 or ARM machine that
 shares the cache; ``-ffp-contract=off`` keeps both paths bit-identical; ``-fopenmp`` makes
-``at::parallel_for`` use torch's own OpenMP thread pool (the same ``libgomp.so.1`` torch loads).
+``at::parallel_for`` use torch's own OpenMP thread pool (the same ``libgomp.so.1`` torch loads;
+not on macOS, whose compiler lacks it: the kernel runs single-threaded there). Linux and macOS
+(GCC or Clang); elsewhere the build fails and ``fused=None`` falls back to the eager kernels.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import threading
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "smmf_cpu.cpp"
-CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+# Apple's clang has no -fopenmp: there at::parallel_for runs on the calling thread alone
+_OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
+CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", *_OPENMP]
+LDFLAGS = [*_OPENMP]
 
 _lock = threading.Lock()
 _result: dict[str, object] = {}  # "op" or "error", once tried

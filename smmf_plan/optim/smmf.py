@@ -140,6 +140,7 @@ class SMMF(torch.optim.Optimizer):
         _check(isinstance(vector_reshape, bool), f"vector_reshape must be a bool, got {vector_reshape!r}")
         _check(fused is None or isinstance(fused, bool), f"fused must be None, True or False, got {fused!r}")
         env = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+        env = "fused" if env == "cpp" else env  # the spelling of smmf-plan 0.1
         _check(env in ("auto", "eager", "fused"),
                f"{KERNEL_ENV} must be auto, eager or fused, got {env!r}")
         if beta is None and growth_rate is not None and growth_rate != _DEFAULT_GROWTH:

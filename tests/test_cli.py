@@ -303,14 +303,14 @@ def test_the_readme_first_command_keeps_its_numbers(capsys):
     step is written, not one byte of it. The figures are those schema 1 printed (flat
     ``*_bytes`` fields, the state as allocated_bytes["cpu"]), except SMMF's temporaries, which
     follow its default kernel since it became the fused one on CPU: the column sums of the
-    largest parameter's thread tasks, (1536, 1536) x 8 threads x 3 x 1536 float64 (the eager
-    kernels' row-block buffers were 14,192,640 B)."""
+    largest parameter's tasks, (1536, 1536) in 32 tasks (4 per thread, 8 threads) x 3 x 1536
+    float64 (the eager kernels' row-block buffers were 14,192,640 B)."""
     code, out, err = run(["resnet50", "--device", "rpi-zero", "-o", "adam,smmf", "--json"], capsys)
     assert code == 0, err
     doc = json.loads(out)
     schema_1 = {  # weights, grads, state (cpu-allocated), activations, temporaries, runtime, total
         "adam": (102_444_032, 102_228_160, 204_466_624, 63_909_248, 0, 618_659_840, 1_091_707_904),
-        "smmf": (102_444_032, 102_228_160, 3_720_000, 63_909_248, 8 * 3 * 1536 * 8, 618_659_840, 891_256_192),
+        "smmf": (102_444_032, 102_228_160, 3_720_000, 63_909_248, 8 * 3 * 1536 * 32, 618_659_840, 892_140_928),
     }
     for oid, (*parts, total) in schema_1.items():
         o = doc["optimizers"][oid]

@@ -112,7 +112,7 @@ def test_smmf_plans_with_its_fused_kernels():
     assert smmf.code_path("cpu") == smmf.code_path("cuda") == "fused"
     specs = [ParamSpec("w", (4, 250013)), ParamSpec("b", (64,))]
     assert fused_cpu_temp_bytes(smmf.options, specs, 1, threads=4) == 8 * cpu_scratch_elems(
-        [(250013, 4), (8, 8)], 4) == 8 * 3 * 16 * 4
+        [(250013, 4), (8, 8)], 4) == 8 * 3 * 16 * 16  # 4 tasks per thread, m̂ = 4 padded to 16
     real = measured_step_extra("smmf", [(4, 250013), (64,)], "fused")
     assert real == fused_cpu_temp_bytes(smmf.options, specs, 1, threads=torch.get_num_threads())
     # Triton: 2 moments x (7813 tasks of 32 rows x (4 + 1) + 1 task x (8 + 1)) fp32, and a flag

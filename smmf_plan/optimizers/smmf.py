@@ -21,8 +21,9 @@ more than the arithmetic), and what it keeps depends on the kernel ``SMMF(fused=
 the ``fused`` path by default on CPU (the C++ kernel) and CUDA (the Triton kernel), the
 ``for-loop`` path for its eager kernels (``fused=False``, fp64, no compiler):
 
-* ``fused`` on CPU: float64 column sums of ``3·m̂`` per thread task (:func:`cpu_scratch_elems`;
-  the largest parameter counts), for :data:`PLAN_THREADS` torch threads.
+* ``fused`` on CPU: float64 column sums of ``3·m̂`` per task (:func:`cpu_tasks`: up to 4 per
+  thread; :func:`cpu_scratch_elems`: the largest parameter counts), for :data:`PLAN_THREADS` torch
+  threads.
 * ``fused`` on CUDA: per task of :data:`TRITON_ROWS` rows its column partials and total, for
   every factorized parameter (one launch updates them all), and a flag byte per element of the
   parameters whose ``m̂`` is not a multiple of 8 (:func:`triton_scratch`).
@@ -75,17 +76,19 @@ def block_rows(m: int) -> int:
     return max(8, (BLOCK_NUMEL // max(m, 1)) // 8 * 8)
 
 
-#: the fused CPU kernel (``smmf_plan/optim/csrc/smmf_cpu.cpp``) splits a parameter between threads
-#: only when each thread gets at least this many elements.
-CPU_MIN_PER_THREAD = 1 << 15
+#: the fused CPU kernel (``smmf_plan/optim/csrc/smmf_cpu.cpp``) splits a parameter into tasks of
+#: at least this many elements, up to ``CPU_TASKS_PER_THREAD`` per thread (threads claim them as
+#: they come free, so one descheduled thread does not hold up a step).
+CPU_MIN_PER_TASK = 1 << 15
+CPU_TASKS_PER_THREAD = 4
 
 
 def cpu_tasks(n: int, m: int, threads: int) -> int:
     """Row tasks of the fused CPU kernel for an ``(n̂, m̂)`` matrix: runs of whole 8-row groups (a
-    task starts on a sign byte), at most one per thread. Fixed for a thread count, so the column
-    sums are added in the same order every step (deterministic results)."""
+    task starts on a sign byte), each with its own column partials. Fixed for a thread count, so
+    the column sums are added in the same order every step (deterministic results)."""
     groups = -(-n // 8)
-    return max(1, min(threads, groups, (n * m) // CPU_MIN_PER_THREAD))
+    return max(1, min(CPU_TASKS_PER_THREAD * threads, groups, (n * m) // CPU_MIN_PER_TASK))
 
 
 def cpu_scratch_elems(shapes: Iterable[tuple[int, int]], threads: int) -> int:

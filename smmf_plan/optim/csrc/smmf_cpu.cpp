@@ -9,7 +9,7 @@
 // sign bit read and written; the factors are small and stay in cache.
 //
 // Accuracy.  The new factors are sums over a row (m elements) or a column (n elements).  They are
-// accumulated in float for at most 16 chunks of 8 lanes (rows) or 8 rows (columns) and then in
+// accumulated in float for at most 16 chunks of 8 lanes (rows) or 16 rows (columns) and then in
 // double, so their error does not grow with n and m (a float running sum over 2047 elements
 // misplaces r and c by ~1e-5 relative, and every element whose M is that close to zero flips its
 // sign bit, which the next step amplifies into a full +-r*c: that was the fused kernel's 3e-3
@@ -29,6 +29,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -45,7 +46,7 @@ namespace {
 
 constexpr int kLanes = 8;         // elements per chunk (one AVX2 register of floats)
 constexpr int kFlushChunks = 16;  // row sums: float lanes are flushed into double every 16 chunks
-constexpr int64_t kRowGroup = 8;  // column sums: float partials are flushed every 8 rows
+constexpr int64_t kRowGroup = 16;  // column sums: float partials are flushed every 16 rows
 
 struct Hyper {
   bool first;     // with a first moment (beta is not None)
@@ -647,8 +648,8 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList row
             first ? col_m[q].data_ptr<float>() : nullptr,
             first ? static_cast<uint8_t*>(sign[q].data_ptr()) : nullptr, row_v[q].data_ptr<float>(),
             col_v[q].data_ptr<float>(), n, m, dtype_of(p)};
-    // tasks (chosen by the caller, smmf_plan.optimizers.smmf.cpu_tasks): contiguous runs of 8-row
-    // groups (so a task starts on a sign byte).  Each task's column partials take 3 mp doubles of
+    // tasks (chosen by the caller, smmf_plan.optimizers.smmf.cpu_tasks, up to 4 per thread):
+    // contiguous runs of 8-row groups (so a task starts on a sign byte).  Each task's column partials take 3 mp doubles of
     // scratch, mp = m rounded up to 16 (64-byte aligned rows): double sums of |M| and of V, then
     // the two float partials.
     const int64_t groups = (n + kRowGroup - 1) / kRowGroup;
@@ -667,8 +668,18 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList row
       ColAcc acc{floats, floats + mp, base, base + mp};
       if (r1 > r0) rows_any(P, h, r0, r1, acc, vector);
     };
-    if (tasks == 1) run(0);
-    else at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) { for (int64_t t = b; t < e; ++t) run(t); });
+    if (tasks == 1) {
+      run(0);
+    } else {
+      // Threads claim tasks as they come free (a thread descheduled by other load does not hold
+      // up the step); each task sums into its own partials, added in task order afterwards, so
+      // the result does not depend on which thread ran what.
+      std::atomic<int64_t> next{0};
+      const int64_t workers = std::min<int64_t>(tasks, at::get_num_threads());
+      at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+        for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) run(t);
+      });
+    }
     finish(P.rv, P.cv, n, m, scr + mp, tasks, 3 * mp);
     if (first) finish(P.rm, P.cm, n, m, scr, tasks, 3 * mp);
   }

@@ -9,7 +9,6 @@ from allocations import tensor_peak
 
 from smmf_plan.optimizers import ALL_IDS, FAMILIES, parse
 from smmf_plan.optimizers.base import DEVICES
-from smmf_plan.trace import StorageTracker
 from smmf_plan.shapes import ParamSpec
 
 SETS = {

@@ -220,7 +220,6 @@ class SMMF(torch.optim.Optimizer):
 
     def _group_step(self, group: dict) -> None:
         lr, wd = group["lr"], group["weight_decay"]
-        beta, growth = group["beta"], group["growth_rate"]
         coupled = wd if wd != 0.0 and group["weight_decay_mode"] == "adam" else 0.0
         decay = 1.0 - lr * wd if wd != 0.0 and group["weight_decay_mode"] == "adamw" else 1.0
         fused: dict[tuple, list] = defaultdict(list)

@@ -336,7 +336,7 @@ def render_gpu(results: list[dict] | None, reps: int, copy_gbs: float | None) ->
     head = [start, "## Optimizer step time on a GPU (`bench/bench_optim.py --gpu`)", ""]
     if results is None:
         return "\n".join(head + [
-            f"**Not run: no GPU available** on the machine that produced this report ({cpu_model()}, "
+            f"**Not run: no GPU was available** on the machine that produced this report ({cpu_model()}, "
             f"{datetime.date.today().isoformat()}). On a CUDA machine, `python bench/bench_optim.py "
             "--gpu` fills this section: SMMF (its fused Triton kernel) against AdamW (fused), Adam "
             "(foreach) and the reference code on ResNet-50, GPT-2 and one LLaMA-7B layer — step "

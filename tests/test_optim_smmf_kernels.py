@@ -116,6 +116,33 @@ def test_avx2_and_portable_paths_are_bit_identical(dtype, kw):
                 assert torch.equal(v, ob.state[y][k]), k
 
 
+def test_many_threads_split_a_parameter_into_whole_row_groups(monkeypatch):
+    """With many threads a large parameter is split into as many tasks as it has 16-row groups
+    (the kernel's column-flush groups): (2600, 2600) on 64 threads is 163 tasks (8-row groups
+    would have asked for 206, which the kernel refuses). The step equals the one-task step to
+    rounding (column partials are added in another order) and keeps the scratch the planner's
+    rule sizes for 64 threads."""
+    from smmf_plan.optimizers.smmf import cpu_scratch_elems, cpu_tasks
+
+    assert cpu_tasks(2600, 2600, 64) == 163 and cpu_tasks(2600, 2600, 1) == 4
+    gen = torch.Generator().manual_seed(0)
+    start, grad = torch.randn(2600, 2600, generator=gen), torch.randn(2600, 2600, generator=gen)
+    runs = []
+    for threads in (64, 1):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        p = torch.nn.Parameter(start.clone())
+        opt = SMMF([p], lr=1e-2, fused=True)
+        for _ in range(2):
+            p.grad = grad.clone()
+            opt.step()
+        runs.append((p, opt))
+        assert opt.workspace_bytes() == 8 * cpu_scratch_elems([(2600, 2600)], threads)
+    (p64, o64), (p1, o1) = runs
+    torch.testing.assert_close(p64, p1, rtol=0, atol=1e-6)
+    for k in ("row_v", "col_v", "row_m", "col_m"):
+        torch.testing.assert_close(o64.state[p64][k], o1.state[p1][k], rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_takes_the_fused_kernel(dtype):
     """bf16/fp16 parameters run through the fused kernel with fp32 arithmetic and fp32 factors,

@@ -81,13 +81,17 @@ def block_rows(m: int) -> int:
 #: they come free, so one descheduled thread does not hold up a step).
 CPU_MIN_PER_TASK = 1 << 15
 CPU_TASKS_PER_THREAD = 4
+#: rows per group of the fused CPU kernel (``kRowGroup`` in the .cpp: its column partials are
+#: flushed into double precision every group); a task is a run of whole groups.
+CPU_ROW_GROUP = 16
 
 
 def cpu_tasks(n: int, m: int, threads: int) -> int:
-    """Row tasks of the fused CPU kernel for an ``(n̂, m̂)`` matrix: runs of whole 8-row groups (a
-    task starts on a sign byte), each with its own column partials. Fixed for a thread count, so
-    the column sums are added in the same order every step (deterministic results)."""
-    groups = -(-n // 8)
+    """Row tasks of the fused CPU kernel for an ``(n̂, m̂)`` matrix: runs of whole
+    :data:`CPU_ROW_GROUP`-row groups (a task starts on a sign byte), each with its own column
+    partials. Fixed for a thread count, so the column sums are added in the same order every step
+    (deterministic results)."""
+    groups = -(-n // CPU_ROW_GROUP)
     return max(1, min(CPU_TASKS_PER_THREAD * threads, groups, (n * m) // CPU_MIN_PER_TASK))
 
 

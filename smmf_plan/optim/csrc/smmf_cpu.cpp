@@ -649,9 +649,9 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList row
             first ? static_cast<uint8_t*>(sign[q].data_ptr()) : nullptr, row_v[q].data_ptr<float>(),
             col_v[q].data_ptr<float>(), n, m, dtype_of(p)};
     // tasks (chosen by the caller, smmf_plan.optimizers.smmf.cpu_tasks, up to 4 per thread):
-    // contiguous runs of 8-row groups (so a task starts on a sign byte).  Each task's column partials take 3 mp doubles of
-    // scratch, mp = m rounded up to 16 (64-byte aligned rows): double sums of |M| and of V, then
-    // the two float partials.
+    // contiguous runs of kRowGroup-row groups (so a task starts on a sign byte and on a column
+    // flush).  Each task's column partials take 3 mp doubles of scratch, mp = m rounded up to 16
+    // (64-byte aligned rows): double sums of |M| and of V, then the two float partials.
     const int64_t groups = (n + kRowGroup - 1) / kRowGroup;
     const int64_t tasks = tasks_[q];
     const int64_t mp = (m + 15) / 16 * 16;

@@ -93,8 +93,12 @@ def fake_all(opt_ids: list[str], worlds: list[int]) -> dict:
         try:
             out[opt_id] = {"ranks": fake(opt_id, worlds)}
         except Exception as e:  # noqa: BLE001 - reported, the test decides
+            frames = traceback.format_tb(e.__traceback__)
+            # from the innermost frame of this module on (the line that failed here, e.g.
+            # opt.step(), however deep the optimizer's own call stack goes below it)
+            ours = [i for i, f in enumerate(frames) if __file__ in f]
             out[opt_id] = {"error": f"{type(e).__name__}: {e}",
-                           "where": "".join(traceback.format_tb(e.__traceback__)[-6:])}
+                           "where": "".join(frames[ours[-1] if ours else -6:])}
             if dist.is_initialized():
                 dist.destroy_process_group()
     return out

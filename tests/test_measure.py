@@ -41,3 +41,27 @@ def test_a_tensor_subclass_is_its_inner_tensors():
     tensors = state_tensors(opt, w)
     assert set(tensors) == {"momentum_buffer", "exp_avg.a", "exp_avg.b", "nested.0", "nested.1.x"}
     assert state_bytes(opt, w) == 4 * 100 + 2 * 4 * 100 + 4 + 8 * 3
+
+
+def test_an_object_in_the_state_is_its_tensor_attributes():
+    """GaLore and APOLLO keep a projector object whose ``ortho_matrix`` is state."""
+    class Projector:
+        def __init__(self):
+            self.rank, self.proj_type = 4, "std"
+            self.ortho_matrix = torch.zeros(4, 10)
+
+    opt, (w, _) = _sgd_after_one_step()
+    opt.state[w]["projector"] = Projector()
+    assert set(state_tensors(opt, w)) == {"momentum_buffer", "projector.ortho_matrix"}
+    assert state_bytes(opt, w) == 4 * (100 + 40)
+
+
+def test_a_view_counts_the_storage_it_keeps_alive():
+    """``Vh[:rank]`` of a 10×10 SVD factor holds all 100 elements."""
+    opt, (w, b) = _sgd_after_one_step()
+    full = torch.zeros(10, 10)
+    opt.state[w]["ortho"] = full[:2]
+    opt.state[b]["ortho"] = full[2:4]  # a second view of the same storage: once in the total
+    assert tuple(state_tensors(opt, w)["ortho"].shape) == (2, 10)
+    assert state_bytes(opt, w) == 4 * (100 + 100) and state_bytes(opt, b) == 4 * (7 + 100)
+    assert total_state_bytes(opt) == 4 * (107 + 100)

@@ -8,7 +8,7 @@ from typing import Any
 from .shapes import ParamSpec
 
 #: bump when the cached form of a ModelSpec changes.
-SPEC_FORMAT = 1
+SPEC_FORMAT = 2  # 2: ParamSpec.linear / head / target
 
 
 @dataclass
@@ -76,6 +76,11 @@ class ModelSpec:
         kinds = {p.dtype for p in self.params}
         return None if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
 
+    @property
+    def facts(self) -> dict[str, int | None]:
+        """The model facts optimizers may need (:func:`model_facts`)."""
+        return model_facts(self.meta)
+
     def summary(self) -> dict:
         return {
             "name": self.name,
@@ -87,3 +92,29 @@ class ModelSpec:
             "dtype": self.dtype,
             "dtypes": self.dtypes,
         }
+
+
+#: config keys that hold each model fact, in the order transformers' model families use them.
+_FACT_KEYS = {
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "dim", "embed_dim"),
+    "num_attention_heads": ("num_attention_heads", "n_head", "n_heads", "num_heads",
+                            "encoder_attention_heads"),
+    "num_key_value_heads": ("num_key_value_heads", "n_kv_heads", "num_kv_heads",
+                            "multi_query_group_num"),
+}
+
+
+def model_facts(meta: dict[str, Any] | None) -> dict[str, int | None]:
+    """Hidden size and attention head counts from the model's config (``meta["config"]``), the
+    facts Adam-mini's per-head rule needs; ``None`` where the config does not say (timm models,
+    checkpoints without a config). ``num_key_value_heads`` defaults to the head count (no GQA)."""
+    cfg = (meta or {}).get("config")
+    cfg = cfg if isinstance(cfg, dict) else {}
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    out: dict[str, int | None] = {}
+    for fact, keys in _FACT_KEYS.items():
+        value = next((d[k] for d in (cfg, text) for k in keys if isinstance(d.get(k), int)), None)
+        out[fact] = value
+    if out["num_key_value_heads"] is None:
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    return out

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 from . import dtypes
-from .optimizers import OptimizerVariant, StateTensor, parse
+from .optimizers import OptimizerVariant, StateTensor, Unsupported, parse
 from .model import ModelSpec
 from .shapes import ParamSpec
 
@@ -24,13 +24,23 @@ class StatePlan:
     num_state_tensors: int
     #: bytes per trainable parameter, in the order of ``ModelSpec.trainable``.
     per_param: list[int] = field(default_factory=list, repr=False)
+    #: trainable parameters per parameter group, for optimizers that treat groups differently
+    #: (``{"galore": 224, "adamw": 67}``); empty for one group.
+    groups: dict[str, int] = field(default_factory=dict)
+    #: why the implementation cannot train this model (then no bytes are planned).
+    unsupported: str | None = None
 
     def to_dict(self, adam_bytes: int | None = None) -> dict:
+        if self.unsupported:
+            return {"state_bytes": None, "allocated_bytes": None, "num_state_tensors": None,
+                    "unsupported": self.unsupported}
         d = {
             "state_bytes": self.state_bytes,
             "allocated_bytes": dict(self.allocated_bytes),
             "num_state_tensors": self.num_state_tensors,
         }
+        if self.groups:
+            d["groups"] = dict(self.groups)
         if adam_bytes:
             d["ratio_to_adam"] = self.state_bytes / adam_bytes
             d["saving_vs_adam"] = 1.0 - self.state_bytes / adam_bytes
@@ -42,10 +52,7 @@ def with_dtype(specs: Iterable[ParamSpec], dtype: str | None) -> list[ParamSpec]
     if dtype is None:
         return list(specs)
     dt = dtypes.canonical(dtype)
-    return [
-        ParamSpec(s.name, s.shape, dt if s.dtype in dtypes.FLOATING else s.dtype, s.trainable, s.aliases)
-        for s in specs
-    ]
+    return [replace(s, dtype=dt) if s.dtype in dtypes.FLOATING else s for s in specs]
 
 
 def plan_state(specs: Sequence[ParamSpec], optimizer: OptimizerVariant) -> StatePlan:
@@ -54,15 +61,19 @@ def plan_state(specs: Sequence[ParamSpec], optimizer: OptimizerVariant) -> State
     every tensor a parameter's state holds; a tensor shared by several parameters counts once in
     the totals."""
     trainable = [s for s in specs if s.trainable]
+    names = optimizer.group_names(trainable)
+    groups = {} if len(set(names)) <= 1 and names[:1] == ["default"] else {
+        g: names.count(g) for g in dict.fromkeys(names)}
     memo: dict = {}  # a state rule depends on the shape, dtype and group only (the registry's contract)
     lists = []
-    for spec, group in zip(trainable, optimizer.group_names(trainable)):
+    for spec, group in zip(trainable, names):
         key = (spec.shape, spec.dtype, group)
         if key not in memo:
             memo[key] = optimizer.state(spec, group)
         lists.append(memo[key])
     total, alloc, count = state_totals(lists, ALLOCATORS)
-    return StatePlan(optimizer.id, total, alloc, count, [sum(t.nbytes for t in ts) for ts in lists])
+    return StatePlan(optimizer.id, total, alloc, count, [sum(t.nbytes for t in ts) for ts in lists],
+                     groups)
 
 
 def state_totals(per_param: Iterable[Sequence[StateTensor]], allocators: Sequence[str]
@@ -85,7 +96,15 @@ def state_totals(per_param: Iterable[Sequence[StateTensor]], allocators: Sequenc
 
 
 def plan_model(model: ModelSpec, optimizers: Sequence[OptimizerVariant]) -> dict[str, StatePlan]:
-    return {o.id: plan_state(model.params, o) for o in optimizers}
+    """Each optimizer's state over ``model`` (options that default to model facts bound to it);
+    an optimizer whose implementation cannot train the model gets a plan saying why."""
+    out = {}
+    for o in optimizers:
+        try:
+            out[o.id] = plan_state(model.params, o.bind(model.facts))
+        except Unsupported as e:
+            out[o.id] = StatePlan(o.id, 0, {a: 0 for a in ALLOCATORS}, 0, unsupported=str(e))
+    return out
 
 
 def adam_reference_bytes(model: ModelSpec) -> int:

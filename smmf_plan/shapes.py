@@ -27,6 +27,14 @@ class ParamSpec:
     trainable: bool = True
     #: other names under which the same tensor appears (tied weights), counted once.
     aliases: tuple[str, ...] = field(default=())
+    #: the 2-D weight of a linear layer (``nn.Linear``, transformers' ``Conv1D``): what low-rank
+    #: and orthogonalizing optimizers treat (:mod:`smmf_plan.sources.roles` decides).
+    linear: bool = False
+    #: part of the model's output head (timm's classifier, transformers' output embeddings).
+    head: bool = False
+    #: ``--target`` globs' verdict: True/False where they decide, ``None`` to leave it to the
+    #: default rule (:func:`smmf_plan.sources.roles.is_target`).
+    target: bool | None = None
 
     @property
     def numel(self) -> int:
@@ -45,6 +53,11 @@ class ParamSpec:
         }
         if self.aliases:
             d["aliases"] = list(self.aliases)
+        for key in ("linear", "head"):
+            if getattr(self, key):
+                d[key] = True
+        if self.target is not None:
+            d["target"] = self.target
         return d
 
     @classmethod
@@ -55,6 +68,9 @@ class ParamSpec:
             dtype=d.get("dtype", "float32"),
             trainable=bool(d.get("trainable", True)),
             aliases=tuple(d.get("aliases", ())),
+            linear=bool(d.get("linear", False)),
+            head=bool(d.get("head", False)),
+            target=d.get("target"),
         )
 
 

@@ -25,7 +25,7 @@ Two accountings of training memory appear (``Recipe.training``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -291,7 +291,7 @@ def _llama7b_lora(num_labels: int, rank: int, targets: tuple[str, ...]) -> tuple
     specs = apply_lora(base, rank, targets)
     # PEFT's SEQ_CLS task trains the head (``modules_to_save``): keep it trainable.
     return tuple(
-        ParamSpec(s.name, s.shape, s.dtype, True, s.aliases) if s.name.startswith("score.") else s
+        replace(s, trainable=True) if s.name.startswith("score.") else s
         for s in specs
     )
 

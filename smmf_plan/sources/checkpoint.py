@@ -22,7 +22,7 @@ from typing import Any, Hashable
 from .. import dtypes
 from ..errors import SourceError
 from ..shapes import ParamSpec
-from . import buffers
+from . import buffers, roles
 from .safetensors_header import read_header, read_index
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -182,7 +182,8 @@ def specs_by_heuristics(tensors: list[StoredTensor]) -> tuple[list[ParamSpec], d
         if buffers.is_buffer(t.name, t.dtype, t.shape):
             n_buf += 1
             continue
-        params.append(ParamSpec(t.name, t.shape, dtypes.canonical(t.dtype), True, tuple(aliases)))
+        params.append(roles.by_name(
+            ParamSpec(t.name, t.shape, dtypes.canonical(t.dtype), True, tuple(aliases))))
     return params, {"buffers": n_buf, "params_decided_by": "names and dtypes"}
 
 
@@ -210,6 +211,8 @@ def specs_by_architecture(tensors: list[StoredTensor], module, where: str, *,
     model's parameters found). A shape that differs from the checkpoint's is an error unless
     ``new_head`` (``--num-classes`` resized the classifier, which is then re-initialized)."""
     canon: dict[int, str] = {}
+    role_of = roles.module_roles(module)
+    roles_by_name: dict[str, tuple[bool, bool]] = {}
     names_of: dict[str, list[str]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     alias_to_canon: dict[str, str] = {}
@@ -217,6 +220,7 @@ def specs_by_architecture(tensors: list[StoredTensor], module, where: str, *,
         c = canon.setdefault(id(p), name)
         names_of.setdefault(c, []).append(name) if c != name else names_of.setdefault(c, [])
         shapes[c] = tuple(p.shape)
+        roles_by_name[c] = role_of[id(p)]
         alias_to_canon[name] = c
     buffer_names = {n for n, _ in module.named_buffers(remove_duplicate=False)}
     rename = _name_maps([t.name for t in tensors], set(alias_to_canon) | buffer_names,
@@ -248,7 +252,8 @@ def specs_by_architecture(tensors: list[StoredTensor], module, where: str, *,
         if t is None:
             missing.append(c)
         dt = dtypes.canonical(t.dtype) if t is not None else default_dt
-        params.append(ParamSpec(c, shapes[c], dt, True, tuple(names_of.get(c, ()))))
+        linear, head = roles_by_name[c]
+        params.append(ParamSpec(c, shapes[c], dt, True, tuple(names_of.get(c, ())), linear, head))
     info: dict[str, Any] = {"buffers": n_buf, "params_decided_by": "architecture"}
     if missing:
         info["missing_from_checkpoint"] = missing[:20]

@@ -13,6 +13,7 @@ Assumptions (stated because they decide the byte counts):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import Sequence
 
@@ -53,7 +54,7 @@ def apply_lora(params: list[ParamSpec], rank: int, targets: Sequence[str]) -> li
     hit = {t: 0 for t in targets}
     out: list[ParamSpec] = []
     for p in params:
-        out.append(ParamSpec(p.name, p.shape, p.dtype, False, p.aliases))
+        out.append(replace(p, trainable=False))
         m = _module_of(p.name)
         if m is None or len(p.shape) != 2:
             continue
@@ -67,8 +68,9 @@ def apply_lora(params: list[ParamSpec], rank: int, targets: Sequence[str]) -> li
             fan_in, fan_out = p.shape
         else:
             fan_out, fan_in = p.shape
-        out.append(ParamSpec(f"{m}.lora_A.weight", (rank, fan_in), p.dtype, True))
-        out.append(ParamSpec(f"{m}.lora_B.weight", (fan_out, rank), p.dtype, True))
+        # PEFT's adapters are nn.Linear layers: low-rank optimizers treat them as such
+        out.append(ParamSpec(f"{m}.lora_A.weight", (rank, fan_in), p.dtype, True, linear=True))
+        out.append(ParamSpec(f"{m}.lora_B.weight", (fan_out, rank), p.dtype, True, linear=True))
     unknown = [t for t, n in hit.items() if n == 0]
     if unknown:
         avail = linear_modules(params)

@@ -196,8 +196,8 @@ def resolve(source: str, num_classes: int | None = None, task: str | None = None
 
 def load_model(source: str, *, num_classes: int | None = None, trainable: Sequence[str] = (),
                freeze: Sequence[str] = (), lora_rank: int | None = None,
-               lora_targets: Sequence[str] = (), use_cache: bool = True,
-               task: str | None = None) -> ModelSpec:
+               lora_targets: Sequence[str] = (), targets: Sequence[str] = (),
+               use_cache: bool = True, task: str | None = None) -> ModelSpec:
     """Resolve ``source`` to parameter specs without allocating weights; see the package docstring.
     ``task`` (:data:`smmf_plan.trace.inputs.TASKS`) chooses the head built from a transformers
     config."""
@@ -207,12 +207,14 @@ def load_model(source: str, *, num_classes: int | None = None, trainable: Sequen
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise PlanError(f"--num-classes must be a positive integer, got {num_classes!r}")
     trainable, freeze, lora_targets = tuple(trainable), tuple(freeze), tuple(lora_targets)
+    targets = tuple(targets)
     if lora_rank is not None and not lora_targets:
         raise PlanError("--lora-rank needs --lora-targets: add e.g. --lora-targets q_proj,v_proj")
     if lora_rank is None and lora_targets:
         raise PlanError("--lora-targets needs --lora-rank: add e.g. --lora-rank 8")
     options = {"num_classes": num_classes, "trainable": list(trainable), "freeze": list(freeze),
-               "lora_rank": lora_rank, "lora_targets": list(lora_targets), "task": task}
+               "lora_rank": lora_rank, "lora_targets": list(lora_targets), "targets": list(targets),
+               "task": task}
     key = cache.make_key(source, options) if use_cache else None
     if key is not None:
         hit = cache.get(key)
@@ -230,7 +232,12 @@ def load_model(source: str, *, num_classes: int | None = None, trainable: Sequen
         from .select import select_trainable
 
         params = select_trainable(params, trainable, freeze, keep_trainable=lora_rank is not None)
+    if targets:
+        from .select import select_targets
+
+        params = select_targets(params, targets)
     spec.params = params
+    spec.meta["target_globs"] = list(targets)
     spec.meta["trainable_globs"] = list(trainable)
     spec.meta["freeze_globs"] = list(freeze)
     if key is not None:

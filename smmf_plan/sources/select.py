@@ -1,5 +1,5 @@
-"""``--trainable`` / ``--freeze`` name globs (fnmatch, case-sensitive, matched against a parameter's
-name and its tied aliases)."""
+"""``--trainable`` / ``--freeze`` / ``--target`` name globs (fnmatch, case-sensitive, matched
+against a parameter's name and its tied aliases)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,24 @@ def select_trainable(params: list[ParamSpec], trainable: Sequence[str] = (),
             t = False
         out.append(p if t == p.trainable else replace(p, trainable=t))
     return out
+
+
+def select_targets(params: list[ParamSpec], targets: Sequence[str] = ()) -> list[ParamSpec]:
+    """``--target`` globs: the 2-D parameters they match are the ones low-rank and orthogonalizing
+    optimizers treat, every other parameter is not (replacing
+    :data:`smmf_plan.sources.roles.TARGET_RULE`). A glob that matches no 2-D parameter raises
+    :class:`PlanError`. No globs: ``params`` unchanged."""
+    targets = [g for g in targets if g]
+    if not targets:
+        return params
+    matrices = [p for p in params if len(p.shape) == 2]
+    for g in targets:
+        if not any(_hits(p, g) for p in matrices):
+            others = [p.name for p in params if _hits(p, g)]
+            why = (f"only parameters that are not 2-D ({', '.join(others[:3])})" if others
+                   else "no parameter")
+            sample = ", ".join(p.name for p in matrices[:3]) or "none"
+            raise PlanError(f"--target {g!r} matches {why}; low-rank and orthogonalizing optimizers "
+                            f"treat 2-D weights only (2-D names look like {sample})")
+    return [replace(p, target=len(p.shape) == 2 and any(_hits(p, g) for g in targets))
+            for p in params]

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from . import dtypes
 from .breakdown import Breakdown, StepMemory
 from .errors import PlanError
-from .optimizers import OptimizerVariant
+from .optimizers import OptimizerVariant, Unsupported
 from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, round_up
 from .model import ModelSpec
 from .plan import plan_state, with_dtype
@@ -221,8 +221,19 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
     assumptions = basis.assumptions
     breakdowns, temps, fixed, logical = {}, {}, {}, {}
     trainable = [s for s in specs if s.trainable]
+    runnable, rules = [], []
     for layout in layouts:
-        planned = plan_state(specs, layout)
+        layout = layout.bind(model_spec.facts)
+        try:
+            planned = plan_state(specs, layout)
+        except Unsupported as e:
+            assumptions.append(f"{layout.id}: not estimated, its implementation cannot train this "
+                               f"model: {e}")
+            continue
+        runnable.append(layout)
+        rule = layout.info.target_rule
+        if rule and rule not in rules:
+            rules.append(rule)
         state = planned.allocated_bytes[allocator]
         logical[layout.id] = planned.state_bytes
         st = layout.step_temp_bytes(trainable, allocator)
@@ -231,6 +242,8 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
         keeps = layout.keeps_scratch
         act, temp = act_temp(am, basis.batch_size, allocator, st, keeps)
         breakdowns[layout.id] = _breakdown(weights, grads, state, act, temp, runtime)
+    layouts = runnable
+    assumptions += rules
     assumptions.append(TEMPORARIES_ASSUMPTION)
     est = MemoryEstimate(model_spec.name, basis.batch_size, allocator, breakdowns, am, assumptions,
                          temps, basis.runtime_parts, basis.input, 0.0, fixed,
@@ -241,8 +254,9 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
 
 #: how every estimate counts the optimizer step's temporaries.
 TEMPORARIES_ASSUMPTION = (
-    "temporaries: the optimizer step's peak temporaries (for-loop Adam on CPU, foreach on "
-    "CUDA) plus outputs still held, counted only beyond the activation term (the step runs "
+    "temporaries: the optimizer step's peak temporaries on the code path it takes by default "
+    "(for-loop Adam on CPU, foreach on CUDA; each optimizer's in smmf-plan optimizers) plus "
+    "outputs still held, counted only beyond the activation term (the step runs "
     "after backward has freed the activations); SMMF keeps its row-block scratch between "
     "steps, so its temporaries are always counted (those of its eager kernels: an upper "
     "bound when its fused C++ kernel runs)")

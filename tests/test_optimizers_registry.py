@@ -92,17 +92,23 @@ def test_every_entry_is_complete():
             if opt.default is not None and opt.kind in ("float", "float|none", "int"):
                 assert opt.range is None or opt.default in opt.range, (info.id, key)
             assert opt.parse(_word(opt.default)) == opt.default, (info.id, key)
-        assert set(info.constructor(info.defaults)) <= set(_init_args(info)), info.id
+        for impl_key, impl in {None: info.default_impl, **info.impls}.items():
+            if not impl.requires.installed():  # planned from its source (COAP, Adalayer)
+                assert impl.requires.source, info.id
+                continue
+            options = {**info.defaults, **({"impl": impl_key} if impl_key else {})}
+            assert set(info.constructor(options)) <= set(_init_args(info, impl)), (info.id, impl_key)
 
 
 def _word(value):
     return "none" if value is None else str(value).lower()
 
 
-def _init_args(info):
+def _init_args(info, impl):
     import inspect
 
-    return [p for p in inspect.signature(info.load().__init__).parameters if p not in ("self", "params")]
+    return [p for p in inspect.signature(info.load(impl.implementation).__init__).parameters
+            if p not in ("self", "params")]
 
 
 def test_paper_names_map_to_the_families_the_paper_ran():

@@ -42,15 +42,16 @@ is run with a non-default value).
 """
 
 from .base import (
-    CODE_PATHS, Interval, OptimizerInfo, OptimizerVariant, Option, ParamGroup, Requirement,
-    StateTensor, UnknownOptimizer,
+    CODE_PATHS, Implementation, Interval, OptimizerInfo, OptimizerVariant, Option, ParamGroup,
+    Requirement, StateTensor, UnknownOptimizer, Unsupported,
 )
 from .registry import (
     ALL_IDS, DEFAULT_IDS, FAMILIES, by_paper_name, describe, get, parse, parse_many, suggest,
 )
 
 __all__ = [
-    "ALL_IDS", "CODE_PATHS", "DEFAULT_IDS", "FAMILIES", "Interval", "OptimizerInfo",
-    "OptimizerVariant", "Option", "ParamGroup", "Requirement", "StateTensor", "UnknownOptimizer",
-    "by_paper_name", "describe", "get", "parse", "parse_many", "suggest",
+    "ALL_IDS", "CODE_PATHS", "DEFAULT_IDS", "FAMILIES", "Implementation", "Interval",
+    "OptimizerInfo", "OptimizerVariant", "Option", "ParamGroup", "Requirement", "StateTensor",
+    "UnknownOptimizer", "Unsupported", "by_paper_name", "describe", "get", "parse", "parse_many",
+    "suggest",
 ]

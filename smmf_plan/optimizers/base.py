@@ -33,6 +33,11 @@ class UnknownOptimizer(ValueError):
     """An optimizer id, variant key or value the registry does not accept (one line, with the fix)."""
 
 
+class Unsupported(ValueError):
+    """The implementation cannot train this model (one line saying which parameter and why), e.g.
+    Adam-mini 1.1.1 indexing a 1-D parameter whose name says ``output`` as a matrix."""
+
+
 @dataclass(frozen=True)
 class StateTensor:
     """One tensor in ``optimizer.state[p]``.
@@ -50,6 +55,12 @@ class StateTensor:
     #: True for one tensor object that several parameters' states point at (bitsandbytes' quantile
     #: maps): a parameter's own bytes include it, an optimizer's total counts it once.
     shared: bool = False
+    #: the shape of the tensor this state is a view of, when the view keeps a larger storage alive
+    #: (GaLore's ``Vh[:rank]`` of a full SVD factor); its bytes are that storage's.
+    storage: Shape | None = None
+    #: True for CUDA unified ("paged") memory (bitsandbytes' paged optimizers): outside
+    #: ``torch.cuda.memory_allocated``, migrated to the host by the driver under memory pressure.
+    paged: bool = False
 
     @property
     def numel(self) -> int:
@@ -57,13 +68,14 @@ class StateTensor:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * dtypes.ITEMSIZE[self.dtype]
+        return math.prod(self.storage or self.shape) * dtypes.ITEMSIZE[self.dtype]
 
     def allocated(self, allocator: str) -> int:
         """Bytes this tensor costs under ``allocator`` ("cuda", "cpu" or "raw"): the CUDA figure
-        counts device-resident tensors only, each rounded up to 512 B (as
-        ``torch.cuda.memory_allocated`` reports); the CPU figure counts every tensor, 64-B aligned."""
-        if allocator == "cuda" and self.on_host:
+        counts tensors in the caching allocator only (not host or paged ones), each rounded up to
+        512 B (as ``torch.cuda.memory_allocated`` reports); the CPU figure counts every tensor,
+        64-B aligned."""
+        if allocator == "cuda" and (self.on_host or self.paged):
             return 0
         return allocators.get(allocator).round(self.nbytes)
 
@@ -103,7 +115,7 @@ VERIFIED_BY_TESTS = ("one real step per parameter (names, shapes, dtypes, bytes)
                      "step's temporaries on every CPU code path, in tests")
 
 #: the value kinds an option can take; each has one parser below.
-KINDS = ("bool", "float", "float|none", "int", "choice")
+KINDS = ("bool", "float", "float|none", "int", "int|none", "choice")
 
 
 class Option(NamedTuple):
@@ -113,7 +125,7 @@ class Option(NamedTuple):
     kind: str
     help: str
     #: numeric range the value must lie in (``None``: any number); ``none`` is always accepted
-    #: by ``float|none`` options.
+    #: by ``float|none`` and ``int|none`` options.
     range: Interval | None = None
     #: the accepted words of a ``choice`` option.
     choices: tuple[str, ...] = ()
@@ -131,12 +143,13 @@ class Option(NamedTuple):
             if t not in self.choices:
                 raise ValueError(f"must be one of {', '.join(self.choices)}, got {text!r}")
             return t
-        if self.kind == "float|none" and t in ("none", "null", "off"):
+        if self.kind.endswith("|none") and t in ("none", "null", "off"):
             return None
         try:
-            value = int(t) if self.kind == "int" else float(t)
+            value = int(t) if self.kind.startswith("int") else float(t)
         except ValueError:
-            want = {"int": "a whole number", "float": "a number"}.get(self.kind, "a number or none")
+            want = {"int": "a whole number", "int|none": "a whole number or none",
+                    "float": "a number"}.get(self.kind, "a number or none")
             raise ValueError(f"expected {want}, got {text!r}") from None
         if not math.isfinite(value) or (self.range is not None and value not in self.range):
             raise ValueError(f"{text.strip()} is out of range: valid {self.valid}")
@@ -150,7 +163,7 @@ class Option(NamedTuple):
         if self.kind == "choice":
             return " | ".join(self.choices)
         text = str(self.range or Interval())
-        return text + (" or none" if self.kind == "float|none" else "")
+        return text + (" or none" if self.kind.endswith("|none") else "")
 
     def to_dict(self) -> dict:
         return {"default": self.default, "type": self.kind, "valid": self.valid,
@@ -160,25 +173,53 @@ class Option(NamedTuple):
 # --------------------------------------------------------------------------- implementation
 class Requirement(NamedTuple):
     """Where an implementation comes from: a pip distribution, the module to look for, and the
-    smmf-plan extra that installs it (``None``: a base dependency or this package)."""
+    smmf-plan extra that installs it (``None``: a base dependency or this package). ``source``
+    names the code of an implementation no package registry has (COAP's GitHub repository): the
+    layout is read from that source, and the entry runs only where the user installed it."""
 
     distribution: str
     module: str
     extra: str | None = None
+    source: str | None = None
 
     def installed(self) -> bool:
         import importlib.util
 
-        return importlib.util.find_spec(self.module) is not None
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except ModuleNotFoundError:  # a dotted module whose parent package is missing
+            return False
 
     def install_hint(self) -> str:
+        if self.source:
+            return f"not on PyPI: install it from {self.source}"
         if self.extra:
             return f"the '{self.extra}' extra: pip install 'smmf-plan[{self.extra}]'"
         return (f"a dependency of smmf-plan: pip install '{self.distribution}', or reinstall "
                 "smmf-plan without --no-deps")
 
     def to_dict(self) -> dict:
-        return {"distribution": self.distribution, "module": self.module, "extra": self.extra}
+        return {"distribution": self.distribution, "module": self.module, "extra": self.extra,
+                "source": self.source}
+
+
+class Implementation(NamedTuple):
+    """One implementation a family is planned for. A family with several (``adamw8bit``:
+    bitsandbytes or torchao) lists the others in :attr:`OptimizerInfo.impls`, chosen by its
+    ``impl`` option; ``paths`` overrides the family's code paths where that implementation's
+    differ."""
+
+    implementation: str
+    requires: Requirement
+    reproduces: str
+    paths: Mapping[str, tuple[str, ...]] | None = None
+
+    def to_dict(self) -> dict:
+        d = {"implementation": self.implementation, "requires": self.requires.to_dict(),
+             "reproduces": self.reproduces}
+        if self.paths:
+            d["paths"] = {k: list(v) for k, v in self.paths.items()}
+        return d
 
 
 class ParamGroup(NamedTuple):
@@ -256,14 +297,38 @@ class OptimizerInfo:
     #: (starting with :data:`DOES_NOT_RUN`; measured), or how the engine changes what it
     #: factorizes.
     dist_caveats: Mapping[str, str] = field(default_factory=dict)
+    #: implementations other than the default one, by the value of the ``impl`` option.
+    impls: Mapping[str, Implementation] = field(default_factory=dict)
+    #: True when the implementation takes ``(name, parameter)`` pairs and decides by the names
+    #: (Adam-mini); :meth:`OptimizerVariant.build` then passes the model's names.
+    named_params: bool = False
+    #: the constructor keyword that takes the parameter groups (``None``: the first positional
+    #: argument; COAP's ``grouped_params_with_proj`` skips its own grouping).
+    params_keyword: str | None = None
+    #: options that default to a fact of the model being planned: ``{option: fact}`` with facts
+    #: from :func:`smmf_plan.model.model_facts` (Adam-mini's ``dim`` = ``hidden_size``).
+    binds: Mapping[str, str] = field(default_factory=dict)
+    #: the rule deciding which parameters the optimizer treats specially, stated in outputs
+    #: (``None``: it treats every parameter alike).
+    target_rule: str | None = None
+    #: a call the built optimizer needs before its first step (Schedule-Free's ``train()``).
+    prepare: Callable[[Any], Any] | None = None
+    #: ``peak_step(options) -> k``: the step (1-based) whose temporaries the rules give: a
+    #: periodic refresh's where there is one (GaLore's SVD every ``update_proj_gap`` steps,
+    #: SOAP's eigenbasis every 10), else any step after the state exists. Tests measure it.
+    peak_step: Callable[[Options], int] = lambda o: 3
 
-    def load(self):
+    def load(self, implementation: str | None = None):
         """Import and return the implementation (``ImportError`` when it is not installed)."""
-        module, _, attr = self.implementation.partition(":")
+        module, _, attr = (implementation or self.implementation).partition(":")
         obj = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
         return obj
+
+    @property
+    def default_impl(self) -> Implementation:
+        return Implementation(self.implementation, self.requires, self.reproduces)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -286,6 +351,8 @@ class OptimizerInfo:
             "keeps_scratch": self.keeps_scratch, "probe_lr": self.probe_lr,
             "path_args": {p: dict(a) for p, a in self.path_args.items()},
             "dist_caveats": dict(self.dist_caveats),
+            "impls": {k: i.to_dict() for k, i in self.impls.items()},
+            "binds": dict(self.binds), "target_rule": self.target_rule,
         }
 
 
@@ -314,8 +381,28 @@ class OptimizerVariant:
         return self.info.id
 
     @property
+    def impl(self) -> Implementation:
+        """The implementation this variant plans for (its ``impl`` option, else the default)."""
+        return self.info.impls.get(self.options.get("impl")) or self.info.default_impl
+
+    @property
     def requires(self) -> Requirement:
-        return self.info.requires
+        return self.impl.requires
+
+    @property
+    def paths(self) -> Mapping[str, tuple[str, ...]]:
+        """Code paths per device of this variant's implementation."""
+        return self.impl.paths or self.info.paths
+
+    def bind(self, facts: Mapping[str, Any]) -> "OptimizerVariant":
+        """This variant with the options :attr:`OptimizerInfo.binds` names, which the user left
+        unset, taken from the model's ``facts`` (unknown facts stay unset)."""
+        fill = {opt: facts[fact] for opt, fact in self.info.binds.items()
+                if self.options.get(opt) is None and facts.get(fact) is not None}
+        if not fill:
+            return self
+        given = {k: v for k, v in self.options.items() if v != self.info.options[k].default}
+        return OptimizerVariant(self.info, self.id, **{**given, **fill})
 
     @property
     def keeps_scratch(self) -> bool:
@@ -327,7 +414,7 @@ class OptimizerVariant:
 
     def missing_requirement(self) -> str | None:
         """A one-line message when the implementation is not installed, else ``None``."""
-        req = self.info.requires
+        req = self.requires
         if req.installed():
             return None
         return f"{self.id} needs {req.distribution} ({req.install_hint()}), which is not installed"
@@ -381,7 +468,7 @@ class OptimizerVariant:
             return "fused"
         if self.options.get("foreach") is not None:
             return "foreach" if self.options["foreach"] else "for-loop"
-        return self.info.default_path(device_of(allocator))
+        return self.paths[device_of(allocator)][0]
 
     def step_temp_bytes(self, specs: Sequence[ParamSpec], allocator: str = "raw", *,
                         path: str | None = None) -> int:
@@ -400,22 +487,38 @@ class OptimizerVariant:
 
     # ---------------------------------------------------------------- the real optimizer
     def build(self, params: Iterable, *, path: str | None = None, **hyper: Any):
-        """The real optimizer over ``params`` (tensors, ``(name, tensor)`` pairs or torch param
-        group dicts); imports torch and the implementation. ``path`` forces a code path
-        (:attr:`OptimizerInfo.path_args`); ``hyper`` overrides the variant's constructor
-        arguments (``lr=...``)."""
-        cls = self.info.load()
+        """The real optimizer over ``params``: tensors, ``(name, tensor)`` pairs,
+        ``(ParamSpec, tensor)`` pairs (the specs the plan was made from, so that the parameter
+        groups are the planned ones) or torch param group dicts; imports torch and the
+        implementation. ``path`` forces a code path (:attr:`OptimizerInfo.path_args`); ``hyper``
+        overrides the variant's constructor arguments (``lr=...``)."""
+        if self.impl.implementation is None:
+            raise Unsupported(self.missing_requirement() or f"{self.id} has no implementation")
+        cls = self.info.load(self.impl.implementation)
         if path is not None and path not in self.info.temporaries:
             raise ValueError(f"{self.id} has no {path} code path")
         forced = self.info.path_args.get(path, {}) if path else {}
         kwargs = {**self.info.constructor(self.options), **forced, **hyper}
-        return cls(self._torch_groups(list(params)), **kwargs)
+        groups = self._torch_groups(list(params))
+        if self.info.params_keyword:
+            optimizer = cls(**{self.info.params_keyword: groups}, **kwargs)
+        else:
+            optimizer = cls(groups, **kwargs)
+        if self.info.prepare is not None:
+            self.info.prepare(optimizer)
+        return optimizer
 
     def _torch_groups(self, params: list) -> list:
-        if not params or isinstance(params[0], dict) or self.info.groups is one_group:
-            return [p[1] if isinstance(p, tuple) else p for p in params]
+        if not params or isinstance(params[0], dict):
+            return params
         named = [p if isinstance(p, tuple) else (str(i), p) for i, p in enumerate(params)]
-        specs = [ParamSpec(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named]
+        if self.info.named_params:
+            return [(s.name if isinstance(s, ParamSpec) else s, t) for s, t in named]
+        if self.info.groups is one_group:
+            return [t for _, t in named]
+        specs = [s if isinstance(s, ParamSpec)
+                 else ParamSpec(s, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+                 for s, t in named]
         return [{"params": [named[i][1] for i in g.indices], **g.hyper}
                 for g in self.param_groups(specs) if g.indices]
 

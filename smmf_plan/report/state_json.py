@@ -39,6 +39,19 @@ def shapes_document(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> di
             "numel": spec.numel,
             "trainable": spec.trainable,
             "smmf_shape": list(square_matricize(spec.shape)),
-            "state_bytes": {l.id: (l.state_bytes(spec) if spec.trainable else 0) for l in layouts},
+            "state_bytes": {l.id: _param_bytes(l, spec) for l in layouts},
         })
     return {"schema_version": SCHEMA_VERSION, "model": model.summary(), "params": rows}
+
+
+def _param_bytes(layout: OptimizerVariant, spec) -> int | None:
+    """One parameter's state bytes (0 when frozen, ``None`` where the implementation cannot
+    train it)."""
+    from ..optimizers import Unsupported
+
+    if not spec.trainable:
+        return 0
+    try:
+        return layout.state_bytes(spec)
+    except Unsupported:
+        return None

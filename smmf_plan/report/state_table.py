@@ -46,8 +46,12 @@ def state_table(plans: dict[str, StatePlan], adam_bytes: int, title: str = "Opti
     table.add_column("CPU alloc.", justify="right")
     table.add_column("× Adam", justify="right")
     table.add_column("saving", justify="right")
-    best = min(plans.values(), key=lambda p: p.state_bytes).id if plans else None
+    runnable = [p for p in plans.values() if not p.unsupported]
+    best = min(runnable, key=lambda p: p.state_bytes).id if runnable else None
     for oid, p in plans.items():
+        if p.unsupported:
+            table.add_row(Text(oid, style="dim"), "cannot run", "", "", "", "", style="dim")
+            continue
         ratio = p.state_bytes / adam_bytes if adam_bytes else float("nan")
         saving = 1 - ratio
         # the smallest is marked with a word as well as a colour, so it reads in monochrome
@@ -58,7 +62,29 @@ def state_table(plans: dict[str, StatePlan], adam_bytes: int, title: str = "Opti
             format_bytes(p.allocated_bytes["cpu"], 2), f"{ratio:.3f}",
             Text(f"{saving:+.1%}", style="green" if saving > 0 else ("red" if saving < 0 else "")),
         )
+    notes = state_notes(plans)
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table
+
+
+def state_notes(plans: dict[str, StatePlan]) -> list[str]:
+    """One line per optimizer that cannot run on the model (why) or treats parameter groups
+    differently (how many in each), and the rule that chose the groups, once."""
+    from ..optimizers import parse
+
+    notes, rules = [], []
+    for oid, p in plans.items():
+        if p.unsupported:
+            notes.append(f"{oid}: cannot run: {p.unsupported}")
+        elif p.groups:
+            notes.append(f"{oid}: " + ", ".join(f"{n} parameters in group {g}"
+                                               for g, n in p.groups.items()))
+            rule = parse(oid).info.target_rule
+            if rule and rule not in rules:
+                rules.append(rule)
+    return notes + rules
 
 
 def shapes_table(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> Table:
@@ -70,7 +96,7 @@ def shapes_table(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> Table
         table.add_column(layout.id, justify="right")
     for spec in model.params:
         n, m = square_matricize(spec.shape)
-        cells = [format_bytes(l.state_bytes(spec), 1) if spec.trainable else "frozen" for l in layouts]
+        cells = [_cell(l, spec) for l in layouts]
         table.add_row(
             spec.name, "×".join(map(str, spec.shape)) or "()", spec.dtype, f"{spec.numel:,}",
             f"{n}×{m}", *cells, style=None if spec.trainable else "dim",
@@ -86,3 +112,12 @@ def assumptions_text(assumptions: Sequence[str]) -> Text:
         t.append(f"  • {a}\n", style="dim")
     t.rstrip()
     return t
+
+
+def _cell(layout: OptimizerVariant, spec) -> str:
+    from .state_json import _param_bytes
+
+    if not spec.trainable:
+        return "frozen"
+    n = _param_bytes(layout, spec)
+    return "cannot run" if n is None else format_bytes(n, 1)

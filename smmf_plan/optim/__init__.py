@@ -1,5 +1,6 @@
 """The bundled optimizers."""
 
+from .hfac import HFac
 from .smmf import SMMF
 
-__all__ = ["SMMF"]
+__all__ = ["HFac", "SMMF"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import difflib
 
-from . import adafactor, adam, came, sm3, smmf
+from . import (
+    adalayer, adam_mini, ademamix, adafactor, adam, apollo, came, coap, hfac, fadam, galore, lion, lowbit, muon, schedulefree, sgd, signum,
+    sm3, smmf, soap,
+)
 from .base import OptimizerInfo, OptimizerVariant, UnknownOptimizer
 
 #: every family by id, in the order tables list them.
@@ -20,13 +23,34 @@ FAMILIES: dict[str, OptimizerInfo] = {info.id: info for info in (
     came.INFO,
     sm3.INFO,
     smmf.INFO,
+    sgd.INFO,
+    lion.INFO,
+    signum.INFO,
+    lowbit.ADAMW8BIT,
+    lowbit.ADAMW4BIT,
+    lowbit.ADAMWFP8,
+    adam_mini.INFO,
+    galore.INFO,
+    apollo.APOLLO,
+    apollo.APOLLO_MINI,
+    coap.INFO,
+    muon.INFO,
+    soap.INFO,
+    fadam.INFO,
+    ademamix.INFO,
+    schedulefree.INFO,
+    adalayer.INFO,
+    hfac.INFO,
 )}
 
 #: the five optimizers the mission compares, shown when no ``--optimizer`` is given.
 DEFAULT_IDS = ("adam", "adafactor", "came", "sm3", "smmf")
 #: what ``--optimizer all`` selects: every family and the variants worth comparing.
 ALL_IDS = ("adam", "adamw", "adafactor", "adafactor:beta1=none", "came", "sm3", "smmf",
-           "smmf:sign=bool")
+           "smmf:sign=bool", "sgd", "sgd:momentum=0.9", "lion", "signum", "adamw8bit",
+           "adamw8bit:impl=torchao", "adamw4bit", "adamwfp8", "adam-mini", "galore", "apollo", "apollo-mini",
+           "coap", "muon", "soap", "fadam", "ademamix",
+           "schedulefree-adamw", "adalayer", "hfac")
 
 
 def family_of(text: str) -> str:

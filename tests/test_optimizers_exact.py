@@ -1,12 +1,20 @@
 """Every registry entry's state equals what its real implementation allocates, per parameter.
 
 The test walks the registry: each family, each id of ``--optimizer all`` and the variants that
-change the layout are built for real, stepped once with random gradients on a small CNN, a small
-BERT (tied weights) and edge shapes in fp32 and bf16, and every parameter's state is compared with
-the plan: the same tensor names, shapes and dtypes, and the same bytes
-(:func:`smmf_plan.measure.state_bytes`), exactly. An entry is skipped only when its
-implementation is not installed (with the reason), and a second test makes sure every entry's
-implementation is installed by ``pip install -e .[test]``, so CI never skips one.
+change the layout are built for real from the planned specs (so parameter groups and names are
+the planned ones), stepped once with random gradients on a small CNN, a small BERT (tied
+weights), a small LLaMA (grouped-query attention) and edge shapes in fp32 and bf16, and every
+parameter's state is compared with the plan: the same tensor names, shapes and dtypes, and the
+same bytes (:func:`smmf_plan.measure.state_bytes`: storages, tensor subclasses by their inner
+tensors, shared tensors once in the total), exactly. Where the plan says the implementation
+cannot train a model (Adam-mini on BERT), the real step must fail. torchao's optimizers compile
+their step with ``torch.compile``; the layout is created outside the compiled function, so the
+test runs that function eagerly (compiling each shape on two CPU cores would take minutes).
+
+An entry is skipped only when its implementation is not installed (with the reason), and a
+second test makes sure every entry's implementation is installed by ``pip install -e .[test]``,
+so CI never skips one, except the entries no package registry has (COAP, Adalayer), whose
+layouts ``tests/test_optimizers_from_source.py`` checks against their sources' formulas.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ import torch
 from torch import nn
 
 from smmf_plan.measure import state_bytes, state_tensors, total_state_bytes
-from smmf_plan.optimizers import ALL_IDS, FAMILIES, parse
+from smmf_plan.model import model_facts
+from smmf_plan.optimizers import ALL_IDS, FAMILIES, Unsupported, parse
 from smmf_plan.plan import plan_state
 from smmf_plan.sources.module import specs_from_module
 
@@ -31,10 +40,19 @@ except ModuleNotFoundError:  # Python 3.10
 #: variants whose layout differs from their family's default (beyond ``ALL_IDS``).
 LAYOUT_VARIANTS = ("adam:amsgrad=true", "adam:fused=true", "adamw:amsgrad=true", "adamw:fused=true",
                    "smmf:beta=none",
-                   "smmf:vector_reshape=false", "smmf:sign=bool,vector_reshape=false")
+                   "smmf:vector_reshape=false", "smmf:sign=bool,vector_reshape=false",
+                   "sgd:momentum=0.9,nesterov=true,fused=true", "signum:momentum=0",
+                   "adamw8bit:paged=true", "adam-mini:dim=64,n_heads=2,n_kv_heads=1",
+                   "galore:rank=4", "apollo:rank=4,scale_type=tensor",
+                   "apollo-mini:scale_type=channel", "muon:fused=true",
+                   "soap:precondition_1d=true,max_precondition_dim=40",
+                   "schedulefree-adamw:impl=schedulefree")
 #: option values no CPU run can cover, with the reason (checked on a GPU by the device check).
 CPU_CANNOT_RUN = {("adam", "capturable"): "capturable=True needs CUDA parameters",
                   ("adamw", "capturable"): "capturable=True needs CUDA parameters"}
+#: families no package registry has: planned from their source, checked against its formulas
+#: in tests/test_optimizers_from_source.py.
+FROM_SOURCE = {"coap", "adalayer"}
 IDS = tuple(dict.fromkeys((*FAMILIES, *ALL_IDS, *LAYOUT_VARIANTS)))
 
 
@@ -66,9 +84,18 @@ def small_bert():
     return BertForMaskedLM(cfg)  # ties the decoder to the word embeddings
 
 
+def small_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg)  # grouped-query attention: K and V have 2 heads of 16
+
+
 MODELS = {
     "cnn": small_cnn,
     "bert": small_bert,
+    "llama_gqa": small_llama,
     "edge_fp32": lambda: EdgeShapes(torch.float32),
     "edge_bf16": lambda: EdgeShapes(torch.bfloat16),
 }
@@ -78,19 +105,36 @@ def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+@pytest.fixture
+def eager_torch_compile(monkeypatch):
+    """torchao's step runs ``torch.compile(single_param_adam)``: run the function eagerly."""
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: fn)
+
+
 @pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("oid", IDS)
-def test_planned_state_equals_the_real_implementation(model_name, oid):
+def test_planned_state_equals_the_real_implementation(model_name, oid, eager_torch_compile):
     variant = parse(oid)
     missing = variant.missing_requirement()
     if missing:
         pytest.skip(missing)
     torch.manual_seed(0)
     model = MODELS[model_name]()
+    config = getattr(model, "config", None)
+    variant = variant.bind(model_facts({"config": config.to_dict() if config else None}))
     specs = specs_from_module(model)
     params = list(model.parameters())  # distinct Parameter objects, registration order
     assert len(params) == len(specs)
-    opt = variant.build(params)
+    try:
+        plan = plan_state(specs, variant)
+    except Unsupported as e:
+        opt = variant.build(list(zip(specs, params)))
+        for p in params:
+            p.grad = torch.randn_like(p)
+        with pytest.raises(Exception):  # the real implementation fails on this model too
+            opt.step()
+        return
+    opt = variant.build(list(zip(specs, params)))
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()
@@ -101,7 +145,7 @@ def test_planned_state_equals_the_real_implementation(model_name, oid):
         for name, t in planned.items():
             assert (tuple(real[name].shape), _dtype(real[name])) == (t.shape, t.dtype), (oid, s.name, name)
         assert variant.state_bytes(s) == state_bytes(opt, p), (oid, s.name)
-    assert plan_state(specs, variant).state_bytes == total_state_bytes(opt)
+    assert plan.state_bytes == total_state_bytes(opt)
 
 
 def test_the_variants_cover_every_layout_option():
@@ -110,8 +154,10 @@ def test_the_variants_cover_every_layout_option():
     covered = {(parse(i).family, k) for i in IDS for k, v in parse(i).options.items()
                if v != FAMILIES[parse(i).family].options[k].default}
     for info in FAMILIES.values():
+        if info.id in FROM_SOURCE:
+            continue
         for key, opt in info.options.items():
-            if opt.kind in ("bool", "choice", "float|none"):
+            if opt.kind in ("bool", "choice", "float|none", "int|none"):
                 assert (info.id, key) in covered or (info.id, key) in CPU_CANNOT_RUN, (info.id, key)
 
 
@@ -130,11 +176,15 @@ def test_every_implementation_is_installed_by_the_test_extra():
                  | _requirement_names(project["optional-dependencies"]["test"])
                  | {_normalise(project["name"])})
     for info in FAMILIES.values():
-        assert _normalise(info.requires.distribution) in installed, info.id
-        extra = info.requires.extra
-        if extra is not None:
-            assert _normalise(info.requires.distribution) in _requirement_names(
-                project["optional-dependencies"][extra]), (info.id, extra)
+        for impl in (info.default_impl, *info.impls.values()):
+            req = impl.requires
+            if req.source is not None:  # not on a package registry: planned from its source
+                assert info.id in FROM_SOURCE, info.id
+                continue
+            assert _normalise(req.distribution) in installed, info.id
+            if req.extra is not None:
+                assert _normalise(req.distribution) in _requirement_names(
+                    project["optional-dependencies"][req.extra]), (info.id, req.extra)
 
 
 def test_frozen_parameters_get_no_state():

@@ -13,7 +13,10 @@ def optimizers(json_out: o.Json = False) -> None:
 
     rows = describe()
     for row in rows:
-        row["installed"] = FAMILIES[row["id"]].requires.installed()
+        info = FAMILIES[row["id"]]
+        row["installed"] = info.requires.installed()
+        for key, impl in row["impls"].items():
+            impl["installed"] = info.impls[key].requires.installed()
     if json_out:
         o.emit_json({"schema_version": SCHEMA_VERSION, "optimizers": rows,
                      "default": list(DEFAULT_IDS), "all": list(ALL_IDS)})
@@ -26,16 +29,17 @@ def optimizers(json_out: o.Json = False) -> None:
     console = make_console()  # markup off: ids, help and values print as written
     table = Table(title="Optimizers", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     table.add_column("id", no_wrap=True)
-    table.add_column("implementation", max_width=24)
+    table.add_column("reproduces (implementation, version)", max_width=30)
     table.add_column("step cpu / cuda", max_width=19)
     table.add_column("probe lr", no_wrap=True)
     table.add_column("what it keeps")
     for r in rows:
-        cls = r["implementation"].rpartition(":")[2]
-        impl = f"{cls} ({r['requires']['distribution']})" + ("" if r["installed"] else ", not installed")
+        impls = [_impl(r["reproduces"], r["requires"], r["installed"])]
+        impls += [f"impl={k}: " + _impl(i["reproduces"], i["requires"], i["installed"])
+                  for k, i in r["impls"].items()]
         paths = r["temporaries"]["default_path"]
         keeps = r["summary"] + ("; keeps its step scratch between steps" if r["keeps_scratch"] else "")
-        table.add_row(r["id"] + (" *" if r["default"] else ""), impl,
+        table.add_row(r["id"] + (" *" if r["default"] else ""), "\n".join(impls),
                       f"{paths['cpu']} / {paths['cuda']}", f"{r['probe_lr']:g}", keeps)
     console.print(table)
     options = Table(title="Variant options: ID:key=value,...", title_justify="left",
@@ -50,6 +54,14 @@ def optimizers(json_out: o.Json = False) -> None:
     papers = ", ".join(f"{r['paper_name']} = {r['id']}" for r in rows if r["paper_name"])
     console.print("* shown by default; '--optimizer all' selects: " + ", ".join(ALL_IDS))
     console.print("The SMMF paper's tables name them: " + papers + ". Every field: --json.")
+
+
+def _impl(reproduces: str, requires: dict, installed: bool) -> str:
+    if installed:
+        return reproduces
+    if requires.get("source"):
+        return f"{reproduces}; not on PyPI, not installed"
+    return f"{reproduces}; not installed (pip install {requires['distribution']})"
 
 
 def _word(value) -> str:

@@ -53,6 +53,9 @@ LoraRank = Annotated[Optional[int], typer.Option(
     "--lora-rank", help="Plan LoRA adapters of this rank; base weights frozen.", min=1)]
 LoraTargets = Annotated[Optional[str], typer.Option(
     "--lora-targets", help="Comma-separated module names that get adapters (q_proj,v_proj,…).")]
+Target = Annotated[Optional[list[str]], typer.Option(
+    "--target", help="The 2-D weights GaLore, APOLLO, COAP and Muon treat, as a name glob "
+                     "(repeatable); default: Linear weights except the output head.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (schema in the README) instead of tables.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Rebuild the parameter specs instead of using the shape cache.")]
 
@@ -142,6 +145,7 @@ MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("freeze", Freeze, None),
     ("lora_rank", LoraRank, None),
     ("lora_targets", LoraTargets, None),
+    ("target", Target, None),
     ("no_cache", NoCache, False),
 )
 #: the same for the training-step options.
@@ -159,6 +163,7 @@ def model_options(model: str, optimizer: str | None = None, dtype: str | None = 
                   num_classes: int | None = None, task: str | None = None,
                   trainable: list[str] | None = None, freeze: list[str] | None = None,
                   lora_rank: int | None = None, lora_targets: str | None = None,
+                  target: list[str] | None = None,
                   no_cache: bool = False) -> ModelOptions:
     """The model options as given on the command line, validated."""
     targets = split_csv(lora_targets)
@@ -180,7 +185,8 @@ def model_options(model: str, optimizer: str | None = None, dtype: str | None = 
     return ModelOptions(model=model, optimizers=optimizer, dtype=dt, num_classes=num_classes,
                         task=check_task(task), trainable=tuple(trainable or ()),
                         freeze=tuple(freeze or ()), lora_rank=lora_rank,
-                        lora_targets=tuple(targets), use_cache=not no_cache)
+                        lora_targets=tuple(targets), targets=tuple(target or ()),
+                        use_cache=not no_cache)
 
 
 def step_options(batch_size: int | None = None, input_size: str | None = None,

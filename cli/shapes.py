@@ -10,8 +10,9 @@ from . import options as o
 @o.shared_options()
 def shapes(m: ModelOptions, json_out: o.Json = False) -> None:
     """Every parameter: shape, numel, square-matricized shape, state bytes per optimizer."""
-    layouts = m.layouts()
+    m.layouts()  # a bad id fails before the model loads
     spec = o.load(m, quiet=json_out)
+    layouts = m.layouts(spec)
     if json_out:
         from smmf_plan.report.state_json import shapes_document
 

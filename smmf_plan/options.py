@@ -38,20 +38,27 @@ class ModelOptions:
     #: LoRA adapters of this rank on these modules (both or neither); base weights frozen.
     lora_rank: int | None = None
     lora_targets: tuple[str, ...] = ()
+    #: globs of the 2-D weights low-rank and orthogonalizing optimizers treat (GaLore, APOLLO,
+    #: COAP, Muon), replacing :data:`smmf_plan.targets.TARGET_RULE`.
+    targets: tuple[str, ...] = ()
     #: read and write the shape cache.
     use_cache: bool = True
 
-    def layouts(self) -> list:
-        """The optimizer layouts to plan; an unknown id is a :class:`PlanError` with suggestions."""
+    def layouts(self, model=None) -> list:
+        """The optimizer layouts to plan; an unknown id is a :class:`PlanError` with suggestions.
+        Given the loaded ``model``, options that default to its facts (Adam-mini's hidden size and
+        heads) are bound to them."""
         from .errors import PlanError
         from .optimizers import UnknownOptimizer, parse, parse_many
 
         try:
             if isinstance(self.optimizers, tuple):
-                return [parse(i) for i in self.optimizers]
-            return parse_many(self.optimizers)
+                out = [parse(i) for i in self.optimizers]
+            else:
+                out = parse_many(self.optimizers)
         except UnknownOptimizer as e:
             raise PlanError(str(e)) from None
+        return out if model is None else [o.bind(model.facts) for o in out]
 
     def load(self):
         """The :class:`~smmf_plan.model.ModelSpec` (no weights allocated), its floating parameters
@@ -61,7 +68,8 @@ class ModelOptions:
 
         spec = load_model(self.model, num_classes=self.num_classes, trainable=self.trainable,
                           freeze=self.freeze, lora_rank=self.lora_rank,
-                          lora_targets=self.lora_targets, use_cache=self.use_cache, task=self.task)
+                          lora_targets=self.lora_targets, targets=self.targets,
+                          use_cache=self.use_cache, task=self.task)
         spec.params = with_dtype(spec.params, self.dtype)
         return spec
 

@@ -129,24 +129,29 @@ def test_optimizers_command_prints_the_registry(capsys):
     code, out, _ = run(["optimizers", "--json"], capsys)
     doc = json.loads(out)
     assert code == 0 and doc["schema_version"] == 2
-    assert [r["id"] for r in doc["optimizers"]] == ["adam", "adamw", "adafactor", "came", "sm3", "smmf"]
+    assert [r["id"] for r in doc["optimizers"]] == [
+        "adam", "adamw", "adafactor", "came", "sm3", "smmf", "sgd", "lion", "signum", "adamw8bit",
+        "adamw4bit", "adamwfp8", "adam-mini", "galore", "apollo", "apollo-mini", "coap", "muon",
+        "soap", "fadam", "ademamix", "schedulefree-adamw", "adalayer", "hfac"]
     assert doc["default"] == ["adam", "adafactor", "came", "sm3", "smmf"]
-    assert doc["all"] == ["adam", "adamw", "adafactor", "adafactor:beta1=none", "came", "sm3", "smmf",
-                          "smmf:sign=bool"]
+    assert doc["all"][:8] == ["adam", "adamw", "adafactor", "adafactor:beta1=none", "came", "sm3",
+                              "smmf", "smmf:sign=bool"]
+    assert {i.split(":")[0] for i in doc["all"]} == {r["id"] for r in doc["optimizers"]}
     fields = {"id", "display_name", "paper_name", "summary", "implementation", "requires", "reproduces",
               "verified", "options", "temporaries", "keeps_scratch", "probe_lr", "path_args", "default",
-              "variants", "installed", "dist_caveats"}
+              "variants", "installed", "dist_caveats", "impls", "binds", "target_rule"}
     by_id = {r["id"]: r for r in doc["optimizers"]}
     for r in doc["optimizers"]:
         assert set(r) == fields, r["id"]
-        assert set(r["requires"]) == {"distribution", "module", "extra"}
+        assert set(r["requires"]) == {"distribution", "module", "extra", "source"}
         assert set(r["temporaries"]) == {"paths", "default_path"}
         assert set(r["temporaries"]["default_path"]) == {"cpu", "cuda"}
         for d, path in r["temporaries"]["default_path"].items():
             assert path == r["temporaries"]["paths"][d][0]
         for o in r["options"].values():
             assert set(o) == {"default", "type", "valid", "choices", "help"} and o["help"]
-        assert r["installed"] is True  # the main dependencies install every implementation
+        # the test extra installs every implementation a package registry has
+        assert r["installed"] is (r["requires"]["source"] is None), r["id"]
     assert by_id["adam"]["implementation"] == "torch.optim:Adam"
     assert by_id["adam"]["temporaries"]["default_path"] == {"cpu": "for-loop", "cuda": "foreach"}
     assert by_id["adam"]["options"]["weight_decay"] == {
@@ -157,7 +162,7 @@ def test_optimizers_command_prints_the_registry(capsys):
     assert by_id["smmf"]["options"]["sign"]["choices"] == ["packed", "bool"]
     assert by_id["sm3"]["options"]["momentum"]["valid"] == "[0, 1)"
     assert by_id["came"]["requires"] == {"distribution": "came-pytorch", "module": "came_pytorch",
-                                         "extra": None}  # a main dependency
+                                         "extra": None, "source": None}  # a main dependency
     assert {r["paper_name"] for r in doc["optimizers"]} == {"Adam", "Adafactor", "CAME", "SM3", "SMMF", None}
     assert by_id["adafactor"]["variants"] == ["adafactor", "adafactor:beta1=none"]
     assert by_id["came"]["probe_lr"] == 2e-4 and by_id["sm3"]["probe_lr"] == 1e-2

@@ -20,7 +20,7 @@ from ..units import config_size, parse_size
 #: keys of one ``[[tool.smmf-plan.checks]]`` table.
 CHECK_KEYS = (
     "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
-    "num-classes", "task", "trainable", "freeze", "lora-rank", "lora-targets",
+    "num-classes", "task", "trainable", "freeze", "lora-rank", "lora-targets", "target",
     "grad-checkpointing", "amp", "dist", "world", "nodes", "shard-group", "bucket-cap-mb",
     "reshard-after-forward", "max-state", "max-total",
 )
@@ -277,6 +277,7 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         freeze=_strings(table["freeze"], label, "freeze") if "freeze" in table else (),
         lora_rank=lora_rank,
         lora_targets=lora_targets,
+        targets=_strings(table["target"], label, "target") if "target" in table else (),
     )
     step = StepOptions(
         batch_size=_batch_size(table["batch-size"], label) if "batch-size" in table else 1,

@@ -11,6 +11,7 @@ from ..devices import get_device
 from ..errors import PlanError
 from ..dist.estimate import step_estimate
 from ..options import ModelOptions
+from ..optimizers import Unsupported
 from ..plan import plan_state
 from .config import BUDGET_KEYS, Check, CheckConfig
 
@@ -89,13 +90,17 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
     device = _resolve_device(device_text, check.where, search_from) if device_text else None
     options = replace(check.options, use_cache=use_cache)
     spec = _load_spec(check, options, memo)
-    layouts = options.layouts()
+    layouts = options.layouts(spec)
     sharding = check.dist.sharding() if check.dist.given else None
-    try:
-        values: dict[str, dict[str, int]] = {
-            layout.id: {"state": state_bytes(spec, layout, sharding)} for layout in layouts}
-    except PlanError as e:
-        raise PlanError(f"{check.where}: {e}") from None
+    values: dict[str, dict[str, int]] = {}
+    for layout in layouts:
+        try:
+            values[layout.id] = {"state": state_bytes(spec, layout, sharding)}
+        except Unsupported as e:
+            raise PlanError(f"check {check.name!r}: {layout.id} cannot train {spec.name}: {e}; "
+                            "drop it from the check's optimizers") from None
+        except PlanError as e:
+            raise PlanError(f"{check.where}: {e}") from None
     est = None
     if check.max_total is not None or device is not None:
         try:

@@ -98,8 +98,8 @@ def predict(spec: ModelSpec, layouts: Sequence, inp: dict, device_type: str) -> 
 def _state_only(spec: ModelSpec, layouts) -> dict[str, dict]:
     from ..plan import plan_state
 
-    return {lay.id: {"state_bytes": plan_state(spec.params, lay).state_bytes, "breakdown": None,
-                     "total_bytes": None, "peak_bytes": None} for lay in layouts}
+    return {lay.id: {"state_bytes": plan_state(spec.params, lay.bind(spec.facts)).state_bytes,
+                     "breakdown": None, "total_bytes": None, "peak_bytes": None} for lay in layouts}
 
 
 def _verdict(status: str, at_step: int | None, cap: bool, error: str | None) -> str:

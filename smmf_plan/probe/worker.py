@@ -84,6 +84,7 @@ def _train(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool) -> 
     from .inputs import input_spec
 
     spec = ModelSpec.from_dict(job.model)
+    layout = layout.bind(spec.facts)
     meta = spec.meta or {}
     if meta.get("lora"):
         raise ValueError("the probe does not train LoRA adapters yet; probe the base model")
@@ -153,8 +154,10 @@ def _train_on(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool, 
         p.requires_grad_(trainable.get(name, True))
     model.train()
     batch = make_batch(in_spec, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = layout.build(params, lr=job.learning_rate)
+    # the planned specs (Linear / head facts, --target choices, names) decide the groups
+    specs = {s.name: s for s in spec.params}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = layout.build([(specs.get(n, n), p) for n, p in named], lr=job.learning_rate)
     sync()
     setup_peak = window.segment_peak() - base_rss if window else None
 

@@ -64,10 +64,10 @@ def plan_state(specs: Sequence[ParamSpec], optimizer: OptimizerVariant) -> State
     names = optimizer.group_names(trainable)
     groups = {} if len(set(names)) <= 1 and names[:1] == ["default"] else {
         g: names.count(g) for g in dict.fromkeys(names)}
-    memo: dict = {}  # a state rule depends on the shape, dtype and group only (the registry's contract)
+    memo: dict = {}  # one rule call per kind of tensor (OptimizerVariant.state_key)
     lists = []
     for spec, group in zip(trainable, names):
-        key = (spec.shape, spec.dtype, group)
+        key = optimizer.state_key(spec, group)
         if key not in memo:
             memo[key] = optimizer.state(spec, group)
         lists.append(memo[key])

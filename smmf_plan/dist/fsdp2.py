@@ -42,6 +42,7 @@ from typing import Sequence
 from .. import dtypes
 from ..errors import PlanError
 from ..optimizers import OptimizerVariant
+from ..optimizers.base import local_spec
 from ..shapes import ParamSpec, Shape
 from .context import Context, nbytes
 from .ranks import RankClass, RankFigures, state_sum
@@ -216,7 +217,7 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
 
     def shard_state(spec: ParamSpec, shape: Shape, group: str):
         # models repeat a few shapes many times (80 identical blocks): one rule call per kind
-        key = (spec.shape, spec.dtype, shape, group)
+        key = (optimizer.state_key(spec, group), shape)
         if key not in memo:
             memo[key] = optimizer.shard_state(spec, shape, group)
         return memo[key]
@@ -226,7 +227,7 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
         logical, allocated, count = state_sum(
             (shard_state(s, shape, g) for s, shape, g in zip(trainable, shapes, groups)),
             ctx.allocator)
-        local = [ParamSpec(s.name, shape, s.dtype, True) for s, shape in zip(trainable, shapes)]
+        local = [local_spec(s, shape) for s, shape in zip(trainable, shapes)]
         temp = optimizer.step_temp_bytes(local, ctx.allocator)
         figures = RankFigures(weights=weights, master=0, grads=grads, state_allocated=allocated,
                               state_bytes=logical, comm=comm, step_temp=temp, state_tensors=count)

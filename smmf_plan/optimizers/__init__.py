@@ -16,10 +16,11 @@ Write one module ``smmf_plan/optimizers/NAME.py`` with a module docstring saying
 implementation keeps and allocates (and why), torch-free at import, defining:
 
 * ``state(options, spec, group) -> [StateTensor]``: the tensors ``optimizer.state[p]`` holds for
-  one parameter — a function of the parameter's shape, dtype and group only (planners call it
-  once per kind of tensor) — read from the implementation's source (``on_host=True`` for tensors kept on the
-  host, ``shared=True`` for one tensor several parameters point at, such as bitsandbytes' quantile
-  maps; a tensor subclass is listed as its inner tensors, ``exp_avg.codes``, ``exp_avg.scale``);
+  one parameter — a function of the parameter's shape, dtype and group only, or also of its name
+  with ``named_params=True`` (planners call it once per :meth:`OptimizerVariant.state_key`) —
+  read from the implementation's source (``on_host=True`` for tensors kept on the host,
+  ``shared=True`` for one tensor several parameters point at, such as bitsandbytes' quantile maps;
+  a tensor subclass is listed as its inner tensors, ``exp_avg.codes``, ``exp_avg.scale``);
 * one temporaries rule per code path it has, ``rule(options, specs, quantum) -> bytes`` (the
   helpers in :mod:`.temporaries` cover per-parameter loops, foreach groups and fused kernels);
 * ``INFO = OptimizerInfo(...)`` with the id, names, ``implementation="module:Class"``,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -440,6 +440,12 @@ class OptimizerVariant:
             group = self.group_names([spec])[0]
         return self.info.state(self.options, spec, group)
 
+    def state_key(self, spec: ParamSpec, group: str) -> tuple:
+        """What :meth:`state` depends on, for planners that call it once per kind of tensor: the
+        shape, dtype and group, and the name for optimizers that decide by names
+        (:attr:`OptimizerInfo.named_params`: Adam-mini's per-head rules)."""
+        return (spec.shape, spec.dtype, group, spec.name if self.info.named_params else None)
+
     def state_bytes(self, spec: ParamSpec) -> int:
         return sum(t.nbytes for t in self.state(spec))
 
@@ -527,8 +533,9 @@ class OptimizerVariant:
 
 
 def local_spec(spec: ParamSpec, local_shape: Shape) -> ParamSpec:
-    """``spec`` with the shape of one rank's shard (same name, dtype and trainability)."""
-    return ParamSpec(spec.name, tuple(local_shape), spec.dtype, spec.trainable, spec.aliases)
+    """``spec`` with the shape of one rank's shard (every other fact kept: name, dtype,
+    trainability, whether it is a Linear weight or the output head)."""
+    return replace(spec, shape=tuple(local_shape))
 
 
 def param_dtype(spec: ParamSpec) -> str:

@@ -131,8 +131,11 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
     t0 = time.perf_counter()
     model = _build(recipe)
     model.train()
-    opt = parse(recipe.get("optimizer", "adam")).build(
-        [p for p in model.parameters() if p.requires_grad], **recipe.get("hyper", {}))
+    from .sources.module import specs_from_module
+
+    # the specs carry the Linear / output-head facts and names grouped optimizers decide by
+    pairs = [(s, p) for s, p in zip(specs_from_module(model), model.parameters()) if p.requires_grad]
+    opt = parse(recipe.get("optimizer", "adam")).build(pairs, **recipe.get("hyper", {}))
     results = []
     for b in recipe.get("batch_sizes") or [recipe["batch_size"]]:
         results.append(_measure(recipe, model, opt, int(b), baseline, t0))

@@ -173,3 +173,37 @@ def test_muon_with_adamw_is_one_optimizer():
     again.load_state_dict(opt.state_dict())
     assert torch.equal(again.state[w]["momentum_buffer"], opt.state[w]["momentum_buffer"])
     assert again._adamw.state is again.state
+
+
+# --------------------------------------------------------------------------- the CI gate
+def _check(tmp_path, monkeypatch, capsys, body, shapes=None):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    monkeypatch.chdir(tmp_path)
+    shapes = shapes or {"block.proj.weight": (64, 32), "block.proj.bias": (64,), "head.weight": (10, 64)}
+    save_file({k: np.zeros(v, np.float32) for k, v in shapes.items()}, str(tmp_path / "tiny.safetensors"))
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "demo"\n\n[tool.smmf-plan]\n[[tool.smmf-plan.checks]]\nname = "t"\n'
+        'model = "tiny.safetensors"\n' + body)
+    return run(["check", "--json"], capsys)
+
+
+def test_a_check_takes_target_globs(tmp_path, monkeypatch, capsys):
+    code, out, _ = _check(tmp_path, monkeypatch, capsys, 'optimizer = ["galore:rank=4"]\n')
+    (r,) = json.loads(out)["results"]
+    # name rule: block.proj.weight is targeted (64 ≥ 32: Vh[:4] of the 32×32 fp32 Vh, moments 64×4);
+    # the bias and the head (by its name) take AdamW
+    assert code == 0 and r["now_bytes"] == 4 * (32 * 32 + 2 * 64 * 4) + 8 * 64 + 8 * 640
+    code, out, _ = _check(tmp_path, monkeypatch, capsys,
+                          'optimizer = ["galore:rank=4"]\ntarget = ["head.*"]\n')
+    (r,) = json.loads(out)["results"]
+    # now only the head: 10 < 64, U[:, :4] of the 10×10 fp32 U, moments 4×64; the rest AdamW
+    assert code == 0 and r["now_bytes"] == 4 * (10 * 10 + 2 * 4 * 64) + 8 * 2048 + 8 * 64
+
+
+def test_a_check_naming_an_optimizer_that_cannot_run_fails_with_the_reason(tmp_path, monkeypatch, capsys):
+    shapes = {"attention.output.dense.weight": (32, 32), "attention.output.LayerNorm.weight": (32,)}
+    code, out, err = _check(tmp_path, monkeypatch, capsys, 'optimizer = ["adam-mini"]\n', shapes)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "adam-mini cannot train" in err and "attention.output.LayerNorm.weight" in err

@@ -97,8 +97,8 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
         try:
             values[layout.id] = {"state": state_bytes(spec, layout, sharding)}
         except Unsupported as e:
-            raise PlanError(f"check {check.name!r}: {layout.id} cannot train {spec.name}: {e}; "
-                            "drop it from the check's optimizers") from None
+            raise PlanError(f"{check.where or check.id}: {layout.id} cannot train {spec.name}: "
+                            f"{e}; drop it from the check's optimizers") from None
         except PlanError as e:
             raise PlanError(f"{check.where}: {e}") from None
     est = None

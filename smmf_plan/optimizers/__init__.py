@@ -1,7 +1,10 @@
 """The optimizer registry: every fact of every optimizer smmf-plan plans for, in one place.
 
 One frozen :class:`OptimizerInfo` per family (one module each: :mod:`.adam` holds Adam and AdamW,
-:mod:`.adafactor`, :mod:`.came`, :mod:`.sm3`, :mod:`.smmf`) owns its id and variant grammar, the
+:mod:`.adafactor`, :mod:`.came`, :mod:`.sm3`, :mod:`.smmf`, and the zoo: :mod:`.sgd`, :mod:`.lion`,
+:mod:`.signum`, :mod:`.lowbit` (8-/4-bit and FP8 AdamW), :mod:`.adam_mini`, :mod:`.galore`,
+:mod:`.apollo`, :mod:`.coap`, :mod:`.muon`, :mod:`.soap`, :mod:`.fadam`, :mod:`.ademamix`,
+:mod:`.schedulefree`, :mod:`.adalayer`, :mod:`.hfac`) owns its id and variant grammar, the
 per-parameter state layout, the step-temporaries rule per code path and which path each device
 takes by default, whether step scratch is kept between steps, the probe's learning rate, how to
 build the real implementation (import path, requirement, constructor arguments, parameter-group
@@ -28,7 +31,20 @@ implementation keeps and allocates (and why), torch-free at import, defining:
   ``paths`` each device has (default first), ``probe_lr``, ``constructor(options) -> kwargs`` and,
   for optimizers that treat parameters differently (Muon's hidden 2-D weights vs. the rest under
   AdamW, GaLore's targeted matrices), a ``groups(options, specs) -> [ParamGroup]`` rule: each
-  group's ``name`` is what ``state`` receives and its ``hyper`` become the torch param group's keys.
+  group's ``name`` is what ``state`` receives and its ``hyper`` become the torch param group's keys
+  (:func:`._groups.targeted` is the rule for :data:`smmf_plan.targets.TARGET_RULE`; set
+  ``target_rule`` so outputs state it).
+
+Where the implementation needs more, the record says so generically: ``impls`` (several
+implementations chosen by an ``impl`` option, each with its own code paths), ``binds`` (options
+defaulting to model facts, :func:`smmf_plan.model.model_facts`), ``named_params`` (it classifies
+parameters by name), ``params_keyword`` (its constructor takes the groups by keyword),
+``prepare`` (a call before the first step), ``peak_step`` (the step a periodic refresh makes the
+largest, which the temporaries rule describes and tests measure), ``Requirement.source`` (code no
+package registry has: planned from its source, tested against its formulas), and in a layout
+``StateTensor.storage`` (a view keeping its base alive) and ``.paged`` (CUDA unified memory). A
+``state`` rule raises :class:`Unsupported` where the real implementation fails on a parameter: the
+plan then says the optimizer cannot run on that model.
 
 Then add one line ``NAME.INFO,`` to :data:`.registry.FAMILIES` (and its ids to ``ALL_IDS`` if
 ``--optimizer all`` should compare them), and list the implementation's pip distribution in

@@ -25,11 +25,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
-from ..targets import TARGET_RULE, is_target
-from ._groups import targeted
+from ..targets import TARGET_RULE
+from ._groups import adamw_moments, per_parameter_peak, targeted
 from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 from .galore import GAP, RANK, projected
 
@@ -38,9 +37,9 @@ SCALE_TYPES = ("channel", "tensor")
 
 
 def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
-    pd = param_dtype(spec)
     if group != "apollo":
-        return [StateTensor("exp_avg", spec.shape, pd), StateTensor("exp_avg_sq", spec.shape, pd)]
+        return adamw_moments(spec)
+    pd = param_dtype(spec)
     moment, proj = projected(spec.shape, o["rank"], clip=False)
     return [StateTensor("projector.ortho_matrix", proj, pd),
             StateTensor("exp_avg", moment, pd), StateTensor("exp_avg_sq", moment, pd),
@@ -48,18 +47,12 @@ def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
 
 
 def _loop(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
-    peak = 0
-    for s in specs:
-        item = dtypes.itemsize(s.dtype)
-        full = round_up(s.numel * item, quantum)
-        if not is_target(s):
-            peak = max(peak, 2 * full)
-            continue
+    def treated(s: ParamSpec, item: int, full: int) -> int:
         moment, proj = projected(s.shape, o["rank"], clip=False)
         low = round_up(moment[0] * moment[1] * item, quantum)
-        pr = round_up(proj[0] * proj[1] * 4, quantum)
-        peak = max(peak, 2 * full + 3 * low + pr)
-    return peak
+        return 2 * full + 3 * low + round_up(proj[0] * proj[1] * 4, quantum)
+
+    return per_parameter_peak(specs, quantum, treated)
 
 
 def _hyper(o: Options) -> dict:

@@ -33,11 +33,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
-from ..targets import TARGET_RULE, is_target
-from ._groups import targeted
+from ..targets import TARGET_RULE
+from ._groups import adamw_moments, per_parameter_peak, targeted
 from .base import Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 
 SOURCE = "git+https://github.com/bytedance/coap@deabc3a671f63f9a8b49066c925d9df6b260089e"
@@ -58,9 +57,9 @@ def shapes(o: Options, shape) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
-    pd = param_dtype(spec)
     if group != "coap":
-        return [StateTensor("exp_avg", spec.shape, pd), StateTensor("exp_avg_sq", spec.shape, pd)]
+        return adamw_moments(spec)
+    pd = param_dtype(spec)
     moment, proj = shapes(o, spec.shape)
     return [StateTensor("projector.ortho_matrix", proj, pd),
             StateTensor("projector.ortho_matrix.grad", proj, pd),
@@ -68,20 +67,15 @@ def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
 
 
 def _loop(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
-    peak = 0
-    for s in specs:
-        item = dtypes.itemsize(s.dtype)
-        full = round_up(s.numel * item, quantum)
-        if not is_target(s):
-            peak = max(peak, 2 * full)
-            continue
+    def treated(s: ParamSpec, item: int, full: int) -> int:
         moment, _ = shapes(o, s.shape)
         low = round_up(moment[0] * moment[1] * item, quantum)
         omega = round_up(min(s.shape) * rank_of(o, s.shape) * 4, quantum)
         regular = 2 * full + 3 * low + omega  # a reprojection's random Ω rides on a regular step
         update = 8 * full + low if o["reproject_factor"] > 1 else 0
-        peak = max(peak, regular, update)
-    return peak
+        return max(regular, update)
+
+    return per_parameter_peak(specs, quantum, treated)
 
 
 def _hyper(o: Options) -> dict:

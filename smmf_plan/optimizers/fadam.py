@@ -13,8 +13,6 @@ Probe learning rate 1e-3.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from ..shapes import ParamSpec
 from .base import VERIFIED_BY_TESTS, OptimizerInfo, Options, StateTensor
 from .signum import PYTORCH_OPTIMIZER

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
-from ..targets import TARGET_RULE, is_target
-from ._groups import targeted
+from ..targets import TARGET_RULE
+from ._groups import adamw_moments, per_parameter_peak, targeted
 from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 
 RANK = Interval(1, None)
@@ -47,9 +46,9 @@ def projected(shape, rank: int, clip: bool = True) -> tuple[tuple[int, int], tup
 
 
 def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
-    pd = param_dtype(spec)
     if group != "galore":
-        return [StateTensor("exp_avg", spec.shape, pd), StateTensor("exp_avg_sq", spec.shape, pd)]
+        return adamw_moments(spec)
+    pd = param_dtype(spec)
     moment, proj = projected(spec.shape, o["rank"])
     m, n = spec.shape
     storage = None
@@ -60,13 +59,7 @@ def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
 
 
 def _loop(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
-    peak = 0
-    for s in specs:
-        item = dtypes.itemsize(s.dtype)
-        full = round_up(s.numel * item, quantum)
-        if not is_target(s):
-            peak = max(peak, 2 * full)
-            continue
+    def treated(s: ParamSpec, item: int, full: int) -> int:
         m, n = s.shape
         k = min(m, n)
         moment, _ = projected(s.shape, o["rank"])
@@ -75,8 +68,9 @@ def _loop(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
         svd = f32(m * n) + f32(m * k) + f32(k) + f32(k * n)
         if item != 4:
             svd += f32(m * n)  # the fp32 copy of the gradient
-        peak = max(peak, svd + 3 * low, 2 * full + 3 * low)
-    return peak
+        return max(svd + 3 * low, 2 * full + 3 * low)
+
+    return per_parameter_peak(specs, quantum, treated)
 
 
 def _hyper(o: Options) -> dict:

@@ -36,7 +36,6 @@ from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
 from .base import VERIFIED_BY_TESTS, Implementation, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
-from .temporaries import no_temporaries
 
 BNB = Requirement("bitsandbytes", "bitsandbytes", extra="compare")
 TORCHAO = Requirement("torchao", "torchao", extra="compare")

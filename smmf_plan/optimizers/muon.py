@@ -25,7 +25,7 @@ from ..shapes import ParamSpec
 from ..targets import TARGET_RULE, is_target
 from . import adam
 from ._groups import targeted
-from .base import VERIFIED_BY_TESTS, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import VERIFIED_BY_TESTS, OptimizerInfo, Option, Options, StateTensor, param_dtype
 from .temporaries import foreach_peak, no_temporaries
 
 
@@ -65,7 +65,7 @@ INFO = OptimizerInfo(
     id="muon", display_name="Muon",
     summary="Muon: one momentum per hidden matrix (Newton-Schulz orthogonalized), AdamW elsewhere",
     implementation="smmf_plan.optimizers.muon_adamw:MuonWithAdamW",
-    requires=Requirement("torch", "torch"),
+    requires=adam.TORCH,
     reproduces="torch.optim.Muon + torch.optim.AdamW, torch 2.14.1", verified=VERIFIED_BY_TESTS,
     options={"fused": Option(False, "bool", "AdamW's fused kernel (its step counter on the "
                              "device, no AdamW temporaries)")},

@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .adam import TORCH
+from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, StateTensor, param_dtype
 from .temporaries import foreach_peak, loop_peak, no_temporaries
 
 
@@ -53,7 +54,7 @@ def constructor(o: Options) -> dict:
 INFO = OptimizerInfo(
     id="sgd", display_name="SGD",
     summary="SGD: no state; a momentum buffer per parameter with :momentum=",
-    implementation="torch.optim:SGD", requires=Requirement("torch", "torch"),
+    implementation="torch.optim:SGD", requires=TORCH,
     reproduces="torch.optim.SGD, torch 2.14.1", verified=VERIFIED_BY_TESTS,
     options={
         "momentum": Option(0.0, "float", "momentum factor; > 0 keeps momentum_buffer",

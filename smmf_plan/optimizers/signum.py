@@ -12,8 +12,6 @@ Probe learning rate 1e-4 (sign steps move every weight by the learning rate).
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from ..shapes import ParamSpec
 from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 from .temporaries import foreach_peak, loop_peak

@@ -16,7 +16,7 @@ from ..shapes import ParamSpec
 from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 from .temporaries import foreach_peak, loop_peak
 
-PYTORCH_OPTIMIZER = Requirement("pytorch-optimizer", "pytorch_optimizer", extra="compare")
+PYTORCH_OPTIMIZER = Requirement("pytorch-optimizer", "pytorch_optimizer")  # a main dependency
 
 
 def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:

@@ -15,8 +15,12 @@
    per-rank arithmetic alone in-process at 64 and 1,024 ranks, and a bare ``python -c pass`` as the
    floor a process cannot go under.
 
+4. ``smmf-plan llama-2-7b -o all`` (table and ``--json``) repeated from the shape cache beside
+   ``-o adam --json`` (every registry entry against one; target under half a second, torch-free),
+   and the planning arithmetic alone in-process.
+
 Run: ``python bench/bench_planner.py`` (about a minute; ``--dist-only`` re-measures part 3 alone and
-replaces only its subsection). Timings are machine-dependent.
+replaces only its subsection, ``--only-all`` part 4). Timings are machine-dependent.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "reports" / "benchmarks.md"
 START, END = "<!-- bench:planner:start -->", "<!-- bench:planner:end -->"
 DIST_START, DIST_END = "<!-- bench:planner:dist:start -->", "<!-- bench:planner:dist:end -->"
+ALL_START, ALL_END = "<!-- bench:planner-all:start -->", "<!-- bench:planner-all:end -->"
 
 #: meta-llama/Llama-2-70b-hf shapes (GQA: 8 key/value heads of 128).
 L70 = dict(hidden=8192, inter=28672, layers=80, kv=1024, vocab=32000)
@@ -283,7 +288,77 @@ def bench_dist(folder: Path, cache_dir: Path, runs: int = 7) -> dict:
             "verdict": doc["recommendation"]}
 
 
-def render(r70: dict, rn: dict, cli: dict | None, rd: dict | None = None) -> str:
+def bench_all_vs_one(cache_dir: Path, rounds: int = 7) -> dict:
+    """``smmf-plan llama-2-7b -o all`` (table and ``--json``) beside ``-o adam --json``, warm
+    (shape cache filled first), round-robin in fresh processes: wall and CPU seconds (user + sys of
+    the child) per run, so the cost of planning every registry entry is read as a difference
+    measured under the same load."""
+    import resource
+
+    env = {**os.environ, "SMMF_PLAN_CACHE_DIR": str(cache_dir)}
+    code = """
+        import atexit, sys
+        atexit.register(lambda: sys.stderr.write("TORCH=%s\\n" % ("torch" in sys.modules)))
+        from smmf_plan.cli import main
+        main(sys.argv[1:])
+    """
+    cases = {"table": ["llama-2-7b", "-o", "all"], "all": ["llama-2-7b", "-o", "all", "--json"],
+             "adam": ["llama-2-7b", "-o", "adam", "--json"]}
+
+    def once(args):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True,
+                           text=True, env=env, timeout=600)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-1000:])
+        n = len(json.loads(r.stdout)["optimizers"]) if "--json" in args else None
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return wall, cpu, "TORCH=True" in r.stderr, n
+
+    try:
+        once(cases["all"])  # fills the shape cache
+    except Exception as e:  # noqa: BLE001 - report, don't crash
+        return {"error": str(e).splitlines()[-1] if str(e) else type(e).__name__}
+    runs: dict[str, list] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, args in cases.items():
+            runs[k].append(once(args))
+    out = {k: {"wall": statistics.median(r[0] for r in v), "cpu": statistics.median(r[1] for r in v),
+               "torch": any(r[2] for r in v), "optimizers": v[0][3]} for k, v in runs.items()}
+    out["rounds"] = rounds
+    out["loadavg"] = os.getloadavg()
+    return out
+
+
+def bench_plan_all(cache_dir: Path) -> dict:
+    """In-process: planning every registry entry (``-o all``) over LLaMA-2-7B's 291 specs, the
+    arithmetic alone (specs from the cache, torch never imported)."""
+    code = """
+        import json, statistics, sys, time
+        from smmf_plan.optimizers import parse_many
+        from smmf_plan.plan import plan_model
+        from smmf_plan.sources import load_model
+        spec = load_model("llama-2-7b")
+        layouts = parse_many("all")
+        times, cpus = [], []
+        for _ in range(7):
+            t, c = time.perf_counter(), time.process_time()
+            plan_model(spec, layouts)
+            times.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+        print(json.dumps({"median": statistics.median(times), "cpu": statistics.median(cpus),
+                          "optimizers": len(layouts),
+                          "tensors": len(spec.params), "torch": "torch" in sys.modules}))
+    """
+    out, _ = _py(code, {"SMMF_PLAN_CACHE_DIR": str(cache_dir)})
+    return json.loads(out)
+
+
+def render(r70: dict, rn: dict, cli: dict | None, rd: dict | None = None, pair: dict | None = None,
+           plan_all: dict | None = None) -> str:
     h = r70["headers"]
     c = r70["with_config"]
     gib = 1024 ** 3
@@ -334,6 +409,8 @@ def render(r70: dict, rn: dict, cli: dict | None, rd: dict | None = None) -> str
         ]
         if cli.get("script"):
             lines.append(f"| repeated via the `smmf-plan` console script, median of 5 | {cli['script'] * 1000:.0f} ms |")
+    if pair is not None and plan_all is not None:
+        lines += ["", render_all(pair, plan_all)]
     if rd is not None:
         lines += ["", render_dist(rd)]
     lines += ["", END]
@@ -377,10 +454,44 @@ def render_dist(rd: dict) -> str:
     ])
 
 
-def write_dist(section: str) -> None:
-    """Replace only the distributed subsection (``--dist-only``), inside the planner section."""
+def render_all(pair: dict, plan_all: dict) -> str:
+    """The ``-o all`` sub-section (its own markers, so ``--only-all`` can rewrite it alone)."""
+    lines = [ALL_START]
+    lines += ["### CLI: `smmf-plan llama-2-7b -o all` (every registry entry)", ""]
+    if "error" in pair:
+        lines.append(f"Not measured: {pair['error']}.")
+    else:
+        a, one, table = pair["all"], pair["adam"], pair["table"]
+        lines += [
+            f"{time.strftime('%Y-%m-%d %H:%M')} UTC. Warm (shape cache filled), fresh process each "
+            "run, the three commands alternated; "
+            f"median of {pair['rounds']}; CPU = user + sys seconds of the process; load average at "
+            f"the end {' '.join(f'{x:.2f}' for x in pair['loadavg'])} on {os.cpu_count()} cores.",
+            "",
+            "| measure | `-o all` (table) | `-o all --json` | `-o adam --json` | target |",
+            "|---|---|---|---|---|",
+            f"| optimizers planned | {a['optimizers']} | {a['optimizers']} | {one['optimizers']} | |",
+            f"| whole process, wall | {table['wall'] * 1000:.0f} ms | {a['wall'] * 1000:.0f} ms | "
+            f"{one['wall'] * 1000:.0f} ms | < 500 ms |",
+            f"| whole process, CPU | {table['cpu'] * 1000:.0f} ms | {a['cpu'] * 1000:.0f} ms | "
+            f"{one['cpu'] * 1000:.0f} ms | |",
+            f"| torch imported | {'yes' if table['torch'] else 'no'} | {'yes' if a['torch'] else 'no'} | "
+            f"{'yes' if one['torch'] else 'no'} | no |",
+            f"| planning alone ({plan_all['tensors']} tensors), in-process median of 7, wall / CPU | | "
+            f"{plan_all['median'] * 1000:.1f} ms / {plan_all['cpu'] * 1000:.1f} ms | | |",
+            "",
+            f"Planning every entry instead of one costs {(a['cpu'] - one['cpu']) * 1000:.0f} ms of CPU "
+            f"({a['cpu'] / one['cpu']:.2f}× the `-o adam` run); the rest is the interpreter, imports "
+            "and reading the cache, which `-o adam` pays too.",
+        ]
+    lines.append(ALL_END)
+    return "\n".join(lines)
+
+
+def write_dist(section: str, start: str = DIST_START, end: str = DIST_END) -> None:
+    """Replace only one subsection (``--dist-only``, ``--only-all``), inside the planner section."""
     text = REPORT.read_text()
-    pat = re.compile(re.escape(DIST_START) + r".*?" + re.escape(DIST_END), re.S)
+    pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if pat.search(text):
         text = pat.sub(lambda _: section, text)
     else:
@@ -397,6 +508,13 @@ def write_section(section: str) -> None:
 
 
 def main() -> None:
+    if "--only-all" in sys.argv[1:]:
+        with tempfile.TemporaryDirectory(prefix="smmf-bench-") as tmp:
+            cache = Path(tmp) / "cache"
+            section = render_all(bench_all_vs_one(cache), bench_plan_all(cache))
+        write_dist(section, ALL_START, ALL_END)
+        print(section)
+        return
     if "--dist-only" in sys.argv[1:]:
         with tempfile.TemporaryDirectory(prefix="smmf-bench-") as tmp:
             (Path(tmp) / "llama70b").mkdir()
@@ -412,7 +530,9 @@ def main() -> None:
         cli = bench_cli(tmp / "cache-cli")
         (tmp / "llama70b-dist").mkdir()
         rd = bench_dist(tmp / "llama70b-dist", tmp / "cache-dist")
-    section = render(r70, rn, cli, rd)
+        pair = bench_all_vs_one(tmp / "cache-cli")
+        plan_all = bench_plan_all(tmp / "cache-cli")
+    section = render(r70, rn, cli, rd, pair, plan_all)
     write_section(section)
     print(section)
 

@@ -13,7 +13,7 @@ import torch
 from smmf_plan.cli import main
 from smmf_plan.errors import PlanError
 from smmf_plan.model import SPEC_FORMAT, ModelSpec
-from smmf_plan.optimizers import parse
+from smmf_plan.optimizers import Unsupported, parse
 from smmf_plan.plan import plan_model, plan_state
 from smmf_plan.shapes import ParamSpec
 from smmf_plan.sources import load_model
@@ -207,3 +207,22 @@ def test_a_check_naming_an_optimizer_that_cannot_run_fails_with_the_reason(tmp_p
     code, out, err = _check(tmp_path, monkeypatch, capsys, 'optimizer = ["adam-mini"]\n', shapes)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
     assert "adam-mini cannot train" in err and "attention.output.LayerNorm.weight" in err
+
+
+# --------------------------------------------------------------------------- distributed plans
+def test_zoo_optimizers_under_sharding():
+    """Under FSDP2 a shard keeps the facts of its parameter (a GaLore-targeted weight's shard is
+    still GaLore's, with its local shape); ZeRO's flat partitions keep neither shapes nor names,
+    so shape- and name-based optimizers are not planned there, with the reason."""
+    from smmf_plan.dist import Context, Sharding, plan_ranks
+
+    specs = (ParamSpec("layers.0.mlp.up.weight", (64, 32), linear=True), ParamSpec("norm.weight", (64,)))
+    ctx = Context(specs)
+    (fsdp,) = plan_ranks(ctx, Sharding("fsdp2", 2), parse("galore:rank=4"))
+    # each rank: rows 32 of the 64×32 weight (32 ≥ 32: Vh[:4] of the fp32 32×32 Vh, moments 32×4)
+    # and 32 elements of the norm (GaLoreAdamW's plain group: two moments, a Python-int step)
+    assert fsdp.figures.state_bytes == 4 * (32 * 32 + 2 * 32 * 4) + 2 * 4 * 32
+    for oid in ("galore", "apollo", "coap", "muon", "adam-mini", "adalayer"):
+        with pytest.raises(Unsupported, match="not planned under ZeRO"):
+            plan_ranks(ctx, Sharding("zero2", 2), parse(oid))
+    assert plan_ranks(ctx, Sharding("zero3", 2), parse("lion"))  # flat tensors are fine for it

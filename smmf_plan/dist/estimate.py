@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from ..breakdown import Breakdown, StepMemory
 from ..memory import MemoryEstimate, StepBasis, act_temp, step_basis
 from ..model import ModelSpec
-from ..optimizers import OptimizerVariant
+from ..optimizers import OptimizerVariant, Unsupported
 from . import ddp, fsdp2, zero
 from .context import Context
 from .ranks import RankClass, RankFigures, RankRanges, group
@@ -177,9 +177,15 @@ def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
     ctx = Context(tuple(basis.specs), basis.allocator, basis.buffer_bytes, basis.amp)
     from ..memory import TEMPORARIES_ASSUMPTION
 
+    classes, skipped = {}, []
+    for v in layouts:
+        try:
+            classes[v.id] = plan_ranks(ctx, sharding, v)
+        except Unsupported as e:
+            skipped.append(f"{v.id}: not estimated: {e}")
+    layouts = [v for v in layouts if v.id in classes]
     assumptions = (basis.assumptions + assumptions_for(sharding, ctx) + caveats(sharding, layouts)
-                   + [TEMPORARIES_ASSUMPTION])
-    classes = {v.id: plan_ranks(ctx, sharding, v) for v in layouts}
+                   + skipped + [TEMPORARIES_ASSUMPTION])
     est = DistEstimate(
         model=name, batch_size=basis.batch_size, allocator=basis.allocator,
         breakdowns={}, activation_model=basis.activation_model, assumptions=assumptions,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .. import dtypes
-from ..optimizers import OptimizerVariant
+from ..optimizers import OptimizerVariant, Unsupported
 from ..shapes import ParamSpec
 from .context import Context, nbytes
 from .ranks import RankClass, RankFigures, state_sum
@@ -143,6 +143,12 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
 
 
 def components(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Components:
+    if optimizer.info.target_rule or optimizer.info.named_params:
+        # GaLore, APOLLO, COAP, Muon treat each 2-D weight by its shape, Adam-mini and Adalayer by
+        # its name: neither survives DeepSpeed's flattening, and no measured layout exists there
+        raise Unsupported(f"{optimizer.id} is not planned under ZeRO: it treats each weight by its "
+                          "shape or name, which DeepSpeed's flat 1-D partitions do not keep; "
+                          "plan it with --dist ddp or fsdp2")
     if sharding.zero_stage == 3:
         return _stage3(ctx, sharding, optimizer)
     return _stage12(ctx, sharding, optimizer)

@@ -72,26 +72,38 @@ def plan_state(specs: Sequence[ParamSpec], optimizer: OptimizerVariant) -> State
             memo[key] = optimizer.state(spec, group)
         lists.append(memo[key])
     total, alloc, count = state_totals(lists, ALLOCATORS)
-    return StatePlan(optimizer.id, total, alloc, count, [sum(t.nbytes for t in ts) for ts in lists],
-                     groups)
+    per_key = {id(ts): sum(t.nbytes for t in ts) for ts in memo.values()}
+    return StatePlan(optimizer.id, total, alloc, count, [per_key[id(ts)] for ts in lists], groups)
 
 
 def state_totals(per_param: Iterable[Sequence[StateTensor]], allocators: Sequence[str]
                  ) -> tuple[int, dict[str, int], int]:
     """(logical bytes, allocated bytes per allocator, tensor count) of the state tensors listed
-    per parameter; a tensor shared by several parameters (``shared=True``) counts once."""
+    per parameter; a tensor shared by several parameters (``shared=True``) counts once. A list
+    given again (the same object: planners memoize one per kind of tensor) is summed once."""
     total, alloc, count = 0, {a: 0 for a in allocators}, 0
     shared: set = set()
+    sums: dict[int, tuple] = {}  # id(list) → (the list, kept alive so its id stays its own, sums)
     for tensors in per_param:
-        for t in tensors:
-            if t.shared:
-                if t in shared:
-                    continue
-                shared.add(t)
+        hit = sums.get(id(tensors))
+        if hit is None:
+            own = [t for t in tensors if not t.shared]
+            hit = sums[id(tensors)] = (
+                tensors, sum(t.nbytes for t in own), [sum(t.allocated(a) for t in own) for a in allocators],
+                len(own), [t for t in tensors if t.shared])
+        _, own_bytes, own_alloc, own_count, shared_here = hit
+        total += own_bytes
+        count += own_count
+        for a, b in zip(allocators, own_alloc):
+            alloc[a] += b
+        for t in shared_here:
+            if t in shared:
+                continue
+            shared.add(t)
             total += t.nbytes
+            count += 1
             for a in allocators:
                 alloc[a] += t.allocated(a)
-            count += 1
     return total, alloc, count
 
 

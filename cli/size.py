@@ -29,18 +29,35 @@ def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_opti
     return est.steps()
 
 
+def allocators_for(devices: Sequence, allocator: str | None) -> dict[str, str]:
+    """device id → allocator model id: ``allocator`` (``--allocator``) on the devices it can
+    describe, each other device's default; a model that describes none of them is a
+    :class:`PlanError`."""
+    from smmf_plan.allocators import models
+
+    chosen = models.get_model(allocator) if allocator is not None else None
+    out = {}
+    for d in devices:
+        out[d.id] = (chosen if chosen in models.applicable(d) else models.default_for(d)).id
+    if chosen is not None and devices and chosen.id not in out.values():
+        models.for_device(devices[0], chosen.id)  # raises, naming what applies
+    return out
+
+
 def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
-               estimate_options: dict[str, Any] | None = None, sharding=None) -> dict:
-    """Everything ``size`` shows, computed once: steps per allocator, the device × optimizer grid,
-    the optimizer order (least memory first), the devices by usable memory and, per optimizer,
-    the smallest device that fits (PyTorch running there, and on memory alone)."""
+               estimate_options: dict[str, Any] | None = None, sharding=None,
+               allocator: str | None = None) -> dict:
+    """Everything ``size`` shows, computed once: steps per allocator model, the device × optimizer
+    grid, the optimizer order (least memory first), the devices by usable memory and, per
+    optimizer, the smallest device that fits (PyTorch running there, and on memory alone)."""
     from smmf_plan import fit
 
+    model_of = allocators_for(devices, allocator)
     steps = {a: step_memory(spec, layouts, a, batch_size=batch_size,
                             estimate_options=estimate_options or {}, sharding=sharding)
-             for a in sorted({d.allocator for d in devices})}
-    grid = fit.grid(steps, devices, batch_size)
-    ref = steps.get("cpu") or next(iter(steps.values()))
+             for a in sorted(set(model_of.values()))}
+    grid = fit.grid(steps, devices, batch_size, allocator_of=lambda d: model_of[d.id])
+    ref = steps.get("glibc") or next(iter(steps.values()))
     order = sorted(ref, key=lambda oid: (ref[oid].total_bytes, oid))
     by_memory = sorted(devices, key=lambda d: (d.usable_bytes, d.id))
     smallest = {}
@@ -49,7 +66,8 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
         smallest[oid] = (fit.smallest_device(pairs), fit.smallest_device(pairs, require_pytorch=False))
     complete = all(s.complete for per in steps.values() for s in per.values())
     return {"steps": steps, "grid": grid, "order": order, "devices": by_memory,
-            "smallest": smallest, "complete": complete, "sharding": sharding}
+            "smallest": smallest, "complete": complete, "sharding": sharding,
+            "allocators": model_of}
 
 
 @o.shared_options()
@@ -90,7 +108,7 @@ def size(
     options = step.estimate_kwargs(dt)
     with o.status("Estimating training memory (tracing one step on meta tensors)…", json_out):
         result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options,
-                            sharding=sharding)
+                            sharding=sharding, allocator=step.allocator)
     if json_out:
         from smmf_plan.report.step_json import size_document
 
@@ -107,7 +125,7 @@ def size(
 def _bar_rows(result: dict, device) -> list:
     from smmf_plan.report.bars import BarRow
 
-    steps = result["steps"][device.allocator]
+    steps = result["steps"][result["allocators"][device.id]]
     return [BarRow(oid, steps[oid].breakdown) for oid in result["order"]]
 
 
@@ -142,12 +160,13 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
         from smmf_plan.report.fit_table import device_report
 
         d = devices[0]
-        console.print(device_report(result["steps"][d.allocator], d, batch, grid[d.id],
+        steps = result["steps"][result["allocators"][d.id]]
+        console.print(device_report(steps, d, batch, grid[d.id],
                                     note=" · the largest rank" if sharding is not None else ""))
         if sharding is not None:
             from smmf_plan.report.rank_table import rank_table
 
-            console.print(rank_table(result["steps"][d.allocator], sharding, batch))
+            console.print(rank_table(steps, sharding, batch))
         return
     console.print(size_table(devices, result["order"], grid, batch))
     lines = Text(f"Smallest device that fits at batch {batch} (and runs PyTorch):\n", style="bold")

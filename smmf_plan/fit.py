@@ -215,11 +215,19 @@ def recommendation(device: Device, fits: Mapping[str, Fit], *, batch_known: bool
 # --------------------------------------------------------------------------- many devices
 
 def grid(steps_by_allocator: Mapping[str, Mapping[str, StepMemory]], devices: Sequence[Device],
-         batch_size: int) -> dict[str, dict[str, Fit]]:
-    """device id → optimizer id → :class:`Fit`, each device judged with its allocator's totals."""
+         batch_size: int, allocator_of: Callable[[Device], str] | None = None
+         ) -> dict[str, dict[str, Fit]]:
+    """device id → optimizer id → :class:`Fit`, each device judged with the totals of its
+    allocator model (``allocator_of(device)``; default: the device's own,
+    :func:`smmf_plan.allocators.models.default_for`)."""
+    if allocator_of is None:
+        from .allocators.models import default_for
+
+        def allocator_of(d: Device) -> str:
+            return default_for(d).id
     out: dict[str, dict[str, Fit]] = {}
     for device in devices:
-        steps = steps_by_allocator[device.allocator]
+        steps = steps_by_allocator[allocator_of(device)]
         out[device.id] = {oid: fit(s.total_at, device.usable_bytes, batch_size)
                           for oid, s in steps.items()}
     return out

@@ -16,7 +16,11 @@ The model of a step (every term is a stated assumption, listed in ``MemoryEstima
   temporaries (each optimizer's rule in :mod:`smmf_plan.optimizers`, plus what the caller still holds, e.g. logits) add
   to the total only where they exceed the activation term: ``max(0, retained + step_temp -
   activations)``. The sum of the terms is then the larger of the backward peak and the step peak.
-* **runtime**: a documented constant per allocator (:data:`RUNTIME`), see below.
+* **allocator**: memory the allocator holds beyond the live tensors at the peak - glibc's retained
+  heap, the CUDA caching allocator's reserved but unallocated segments - per the allocator model
+  (:mod:`smmf_plan.allocators.models`, ``--allocator``), from the traced allocation sequence.
+* **runtime**: the process itself (PyTorch and the model library on CPU and unified memory), and
+  the cuBLAS workspaces on CUDA, as the allocator model states them.
 
 The parts are :data:`smmf_plan.breakdown.PARTS`; each optimizer's
 :class:`~smmf_plan.breakdown.Breakdown` has ``total_bytes`` = the exact sum of its parts.
@@ -32,30 +36,14 @@ from . import dtypes
 from .breakdown import Breakdown, StepMemory
 from .errors import PlanError
 from .optimizers import OptimizerVariant, Unsupported
-from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, round_up
+from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, models as allocator_models, round_up
+from .allocators.sequence import OptimizerStep, StepLog
 from .model import ModelSpec
 from .plan import plan_state, with_dtype
 from .shapes import ParamSpec
-from .units import format_bytes
 from .trace import DEFAULT_SEQ_LEN, IMAGE_CLASSIFICATION
 
 MiB = 1 << 20
-
-#: CPU runtime, stated. ``pytorch``: RSS of a process after ``import torch`` for a CPU-only build,
-#: taken as this machine's measurement (508 MiB, CUDA build, x86-64, torch 2.14) minus the 161 MiB
-#: resident in CUDA libraries: an upper bound for a CPU-only build, not measured on ARM (a
-#: Raspberry Pi's aarch64 wheel is CPU-only). ``library``: what importing the model's library
-#: added here (timm 196 MiB, transformers with a model's code 220 MiB). ``step_overhead``: RSS
-#: growth beyond the tensor-level peak of a step with ``MALLOC_MMAP_THRESHOLD_=131072``, measured
-#: 24-43 MiB on resnet50/resnet18/mobilenetv2/vit-tiny/tiny GPT-2 (Python objects, kernel code
-#: pages, small-allocation heaps): the upper end, rounded up.
-CPU_RUNTIME = {"pytorch": 350 * MiB, "step_overhead": 44 * MiB}
-LIBRARY_RUNTIME = {"timm": 196 * MiB, "transformers": 220 * MiB}
-#: CUDA runtime, stated: the CUDA context is NOT included (a device's usable memory already
-#: subtracts it); counted are cuBLAS/cuBLASLt workspaces the caching allocator holds (8 × 4 MiB,
-#: torch's default ``CUBLAS_WORKSPACE_CONFIG=:4096:8``). Caching-allocator slack (reserved but not
-#: allocated) is not modelled.
-CUDA_RUNTIME = {"cublas_workspace": 32 * MiB}
 
 AMP_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
@@ -64,6 +52,7 @@ AMP_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "fl
 class MemoryEstimate:
     model: str
     batch_size: int
+    #: the allocator model's id (:data:`smmf_plan.allocators.models.IDS`).
     allocator: str
     #: per optimizer id: the step's parts at ``batch_size``.
     breakdowns: dict[str, Breakdown]
@@ -80,13 +69,21 @@ class MemoryEstimate:
     persistent: dict[str, bool] = field(default_factory=dict)
     #: per optimizer id: the logical optimizer-state bytes (``StatePlan.state_bytes``).
     state_bytes: dict[str, int] = field(default_factory=dict)
+    #: per optimizer id: ``batch -> bytes`` of the allocator part.
+    _slack: dict[str, Callable[[int], int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def rounding(self) -> str:
+        """The block rounding of every part ("cpu" or "cuda")."""
+        return allocator_models.resolve(self.allocator).rounding
 
     def breakdown_at(self, optimizer: str, batch: int) -> Breakdown:
         """The breakdown at another batch size, from the affine activation model (no re-trace)."""
         w, g, s = self._fixed[optimizer]
-        act, temp = act_temp(self.activation_model, batch, self.allocator,
-                              self.step_temp[optimizer], self.persistent.get(optimizer, False))
-        return _breakdown(w, g, s, act, temp, sum(self.runtime_parts.values()))
+        act, temp = act_temp(self.activation_model, batch, self.rounding,
+                             self.step_temp[optimizer], self.persistent.get(optimizer, False))
+        slack = self._slack[optimizer](batch) if optimizer in self._slack else 0
+        return _breakdown(w, g, s, act, temp, slack, sum(self.runtime_parts.values()))
 
     def total_at(self, optimizer: str) -> Callable[[int], int]:
         """``batch -> total bytes`` for the fit stage's largest-batch search (non-decreasing)."""
@@ -113,8 +110,8 @@ class MemoryEstimate:
             "runtime_parts": dict(self.runtime_parts),
             "activation_model": None if am is None else {
                 "traced_batches": list(am.batches),
-                "fixed_bytes": am.activation[self.allocator].fixed,
-                "per_sample_bytes": am.activation[self.allocator].per_sample,
+                "fixed_bytes": am.activation[self.rounding].fixed,
+                "per_sample_bytes": am.activation[self.rounding].per_sample,
                 "saved_bytes": am.saved_at(self.batch_size),
             },
             "assumptions": list(self.assumptions),
@@ -122,20 +119,21 @@ class MemoryEstimate:
         }
 
 
-def _breakdown(weights: int, grads: int, state: int, act: int, temp: int, runtime: int) -> Breakdown:
+def _breakdown(weights: int, grads: int, state: int, act: int, temp: int, slack: int,
+               runtime: int) -> Breakdown:
     return Breakdown(weights=weights, grads=grads, state_allocated=state, activations=act,
-                     temporaries=temp, runtime=runtime)
+                     temporaries=temp, allocator=slack, runtime=runtime)
 
 
-def act_temp(am, batch: int, allocator: str, step_temp: int, persistent: bool = False) -> tuple[int, int]:
+def act_temp(am, batch: int, rounding: str, step_temp: int, persistent: bool = False) -> tuple[int, int]:
     """Activations at ``batch`` and the temporaries counted beyond them: the step's peak over
     what backward leaves alive, or all of it when the optimizer keeps its scratch between steps."""
     if am is None:
         return 0, step_temp
-    act = am.bytes_at(batch, allocator)
+    act = am.bytes_at(batch, rounding)
     if persistent:
         return act, step_temp
-    retained = am.retained_at(batch, allocator)
+    retained = am.retained_at(batch, rounding)
     return act, max(0, retained + step_temp - act)
 
 
@@ -143,14 +141,21 @@ def _sum_rounded(specs: Sequence[ParamSpec], q: int, trainable_only: bool = Fals
     return sum(round_up(s.nbytes, q) for s in specs if s.nbytes and (s.trainable or not trainable_only))
 
 
-def runtime_parts(allocator: str, library: str | None) -> dict[str, int]:
-    if allocator == "cuda":
-        return dict(CUDA_RUNTIME)
-    parts = {"pytorch": CPU_RUNTIME["pytorch"]}
-    if library in LIBRARY_RUNTIME:
-        parts["library"] = LIBRARY_RUNTIME[library]
-    parts["step_overhead"] = CPU_RUNTIME["step_overhead"]
-    return parts
+def _optimizer_step(layout: OptimizerVariant, trainable: Sequence[ParamSpec], rounding: str) -> OptimizerStep:
+    """What ``layout``'s step allocates per trainable parameter (for the allocator replay): its
+    device-resident state tensors, and its temporaries as blocks of the parameter's size (the
+    count from the optimizer's own temporaries rule applied to that parameter alone)."""
+    groups = layout.group_names(trainable)
+    state = tuple(tuple(t.nbytes for t in layout.state(spec, g) if not (rounding == "cuda" and t.on_host))
+                  for spec, g in zip(trainable, groups))
+    path = layout.code_path(rounding)
+    temps = []
+    for spec in trainable:
+        n = spec.nbytes
+        t = layout.step_temp_bytes([spec], rounding, path=path) if n else 0
+        full, rest = divmod(t, n) if n else (0, 0)
+        temps.append((n,) * full + ((rest,) if rest else ()))
+    return OptimizerStep(state, tuple(temps), path, layout.keeps_scratch)
 
 
 def _library_of(model_spec: ModelSpec, module) -> str | None:
@@ -181,6 +186,7 @@ class StepBasis:
     model, buffers, runtime and the assumptions stated so far (:func:`step_basis`)."""
 
     specs: list[ParamSpec]
+    #: the allocator model's id (:data:`smmf_plan.allocators.models.IDS`).
     allocator: str
     batch_size: int
     activation_model: Any  # ActivationModel | None
@@ -191,16 +197,23 @@ class StepBasis:
     assumptions: list[str]
     amp: str | None
     t0: float
+    #: traced batch -> the allocation sequence of its forward + backward (for the allocator part).
+    logs: dict[int, StepLog] = field(default_factory=dict)
 
     @property
     def runtime_bytes(self) -> int:
         return sum(self.runtime_parts.values())
 
+    @property
+    def rounding(self) -> str:
+        """The block rounding of every part ("cpu" or "cuda")."""
+        return allocator_models.resolve(self.allocator).rounding
+
 
 def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batch_size: int = 1,
              input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
              dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
-             allocator: str = "cpu", module_factory: Callable[[], Any] | None = None,
+             allocator: str = "glibc", module_factory: Callable[[], Any] | None = None,
              trace: bool = True, runtime_bytes: int | None = None) -> MemoryEstimate:
     """Estimate one training step's memory for each optimizer in ``layouts``.
 
@@ -209,17 +222,25 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
     weights (pure low-precision training); ``amp`` ("bf16"/"fp16") keeps fp32 master weights and
     traces forward under autocast. Without a buildable module (weights without a config) or with
     ``trace=False`` the activation term is 0 and the estimate says so. ``runtime_bytes`` replaces
-    the stated runtime baseline with one the user measured on the device (``--runtime``)."""
+    the stated runtime baseline with one the user measured on the device (``--runtime``).
+    ``allocator`` is an allocator model id (:mod:`smmf_plan.allocators.models`; a device's
+    allocator, "cpu" or "cuda", means its default model): it sets the block rounding, the runtime
+    terms and the ``allocator`` part."""
     basis = step_basis(model_spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len,
                        dtype=dtype, amp=amp, grad_checkpointing=grad_checkpointing,
                        allocator=allocator, module_factory=module_factory, trace=trace,
                        runtime_bytes=runtime_bytes)
-    specs, am, q = basis.specs, basis.activation_model, _QUANTUM[allocator]
+    model = allocator_models.resolve(basis.allocator)
+    specs, am, rounding = basis.specs, basis.activation_model, model.rounding
+    q = _QUANTUM[rounding]
     weights = _sum_rounded(specs, q) + basis.buffer_bytes
     grads = _sum_rounded(specs, q, trainable_only=True)
     runtime = basis.runtime_bytes
     assumptions = basis.assumptions
-    breakdowns, temps, fixed, logical = {}, {}, {}, {}
+    workspaces = sum(allocator_models.workspace_blocks(model))
+    weight_blocks = ([s.nbytes for s in specs if s.nbytes]
+                     + ([basis.buffer_bytes] if basis.buffer_bytes else []))
+    breakdowns, temps, fixed, logical, slack = {}, {}, {}, {}, {}
     trainable = [s for s in specs if s.trainable]
     runnable, rules = [], []
     for layout in layouts:
@@ -234,20 +255,36 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
         rule = layout.info.target_rule
         if rule and rule not in rules:
             rules.append(rule)
-        state = planned.allocated_bytes[allocator]
+        state = planned.allocated_bytes[rounding]
         logical[layout.id] = planned.state_bytes
-        st = layout.step_temp_bytes(trainable, allocator)
+        st = layout.step_temp_bytes(trainable, rounding)
         temps[layout.id] = st
         fixed[layout.id] = (weights, grads, state)
         keeps = layout.keeps_scratch
-        act, temp = act_temp(am, basis.batch_size, allocator, st, keeps)
-        breakdowns[layout.id] = _breakdown(weights, grads, state, act, temp, runtime)
+
+        def parts_at(batch: int, st=st, keeps=keeps) -> tuple[int, int]:
+            return act_temp(am, batch, rounding, st, keeps)
+
+        def tensors_at(batch: int, state=state, parts_at=parts_at) -> int:
+            return weights + grads + state + sum(parts_at(batch)) + workspaces
+
+        def churn_at(batch: int, parts_at=parts_at, keeps=keeps) -> int:
+            act, temp = parts_at(batch)  # a scratch kept between steps is not churned
+            return grads + act + (0 if keeps else temp)
+
+        slack[layout.id] = allocator_models.allocator_part(
+            model, weights=weight_blocks, logs=basis.logs,
+            step=_optimizer_step(layout, trainable, rounding), tensors_at=tensors_at,
+            churn_at=churn_at)
+        act, temp = parts_at(basis.batch_size)
+        breakdowns[layout.id] = _breakdown(weights, grads, state, act, temp,
+                                           slack[layout.id](basis.batch_size), runtime)
     layouts = runnable
     assumptions += rules
     assumptions.append(TEMPORARIES_ASSUMPTION)
-    est = MemoryEstimate(model_spec.name, basis.batch_size, allocator, breakdowns, am, assumptions,
-                         temps, basis.runtime_parts, basis.input, 0.0, fixed,
-                         {layout.id: layout.keeps_scratch for layout in layouts}, logical)
+    est = MemoryEstimate(model_spec.name, basis.batch_size, basis.allocator, breakdowns, am,
+                         assumptions, temps, basis.runtime_parts, basis.input, 0.0, fixed,
+                         {layout.id: layout.keeps_scratch for layout in layouts}, logical, slack)
     est.seconds = time.perf_counter() - basis.t0
     return est
 
@@ -265,7 +302,7 @@ TEMPORARIES_ASSUMPTION = (
 def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
                input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
                dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
-               allocator: str = "cpu", module_factory: Callable[[], Any] | None = None,
+               allocator: str = "glibc", module_factory: Callable[[], Any] | None = None,
                trace: bool = True, runtime_bytes: int | None = None,
                amp_trace: str = "autocast") -> StepBasis:
     """Everything :func:`estimate` shares between optimizers: the inputs validated, the specs in
@@ -280,8 +317,8 @@ def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
 
     t0 = time.perf_counter()
     batch_size = check_batch_size(batch_size)
-    if allocator not in ALLOCATORS:
-        raise PlanError(f"unknown allocator {allocator!r}: use one of {', '.join(ALLOCATORS)}")
+    model = allocator_models.resolve(allocator)
+    allocator, rounding = model.id, model.rounding
     if amp is not None and str(amp).lower() not in AMP_DTYPES:
         raise PlanError(f"--amp {amp!r} is not a mixed-precision dtype: use bf16 or fp16")
     if amp is not None and dtype is not None and dtypes.canonical(dtype) != "float32":
@@ -294,6 +331,7 @@ def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
             raise PlanError(f"--dtype {dtype!r} is not a dtype: use e.g. float32, bfloat16") from None
     specs = with_dtype(model_spec.params, dtype)
     assumptions: list[str] = []
+    logs: dict[int, StepLog] = {}
     cast = amp_name is not None and amp_trace == "cast"
     trace_dtype, trace_amp = (amp_name, None) if cast else (dtype, amp_name)
 
@@ -308,7 +346,8 @@ def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
             assumptions.append(f"activations not estimated: {facts['error']}")
         else:
             am = _model_from_facts(facts)
-            buffer_bytes = facts["buffer_bytes"][allocator]
+            buffer_bytes = facts["buffer_bytes"][rounding]
+            logs = {int(b): StepLog.from_json(log) for b, log in zip(facts["batches"], facts["logs"])}
             in_desc = facts["input"]
             b1, b2 = am.batches
             how = (f"meta tensors in {amp_name} (the engine casts the parameters; no autocast)"
@@ -326,45 +365,24 @@ def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
     else:
         assumptions.append("activations not estimated (tracing off)")
 
-    rparts = runtime_parts(allocator, library) if runtime_bytes is None else {"given": int(runtime_bytes)}
+    rparts = (allocator_models.runtime_parts(model, library) if runtime_bytes is None
+              else {"given": int(runtime_bytes)})
     assumptions.append(
         f"weights: {len(specs)} parameter tensors" + (f" + buffers ({buffer_bytes:,} B)" if buffer_bytes else "")
         + (f", fp32 master weights; {amp_name} copies made by autocast counted in activations"
            if amp_name and not cast else f", fp32 master weights, {amp_name} compute" if cast
            else f", dtype {dtypes.canonical(dtype)}" if dtype else "")
         + "; gradients for trainable parameters only")
-    if allocator == "cpu":
-        assumptions.append(
-            "allocator cpu: 64-B aligned tensors; RSS modelled with MALLOC_MMAP_THRESHOLD_=131072 "
-            "(deterministic, measured = tensor peak + 24-43 MiB); under default glibc RSS measured "
-            "up to 1.35x the tensor-level peak - set that variable in the training process")
-    if runtime_bytes is not None:
-        assumptions.append(f"runtime baseline: {format_bytes(runtime_bytes, unit='MiB')} as given "
-                           "with --runtime")
-    elif allocator == "cpu":
-        assumptions.append(
-            "runtime baseline (stated, not measured on the device; measure yours and pass "
-            "--runtime): PyTorch CPU-only process "
-            f"{format_bytes(rparts['pytorch'], 0, unit='MiB')} (x86-64 import RSS minus CUDA "
-            "libraries; ARM builds not measured; this machine's CUDA build is 508 MiB)"
-            + (f" + {library} import {format_bytes(rparts['library'], 0, unit='MiB')}"
-               if "library" in rparts else "")
-            + f" + {format_bytes(rparts['step_overhead'], 0, unit='MiB')} step overhead (Python "
-              "objects, kernel pages)")
-    else:
-        assumptions.append("runtime baseline: 32 MiB cuBLAS workspaces; the CUDA context is not "
-                           "counted because a device's usable memory already excludes it")
-    if allocator == "cuda":
-        assumptions.append("allocator cuda: every tensor rounded up to 512 B (memory_allocated); "
-                           "caching-allocator slack not modelled")
+    assumptions += allocator_models.assumptions(model, rparts, library, runtime_bytes is not None)
     return StepBasis(specs, allocator, batch_size, am, buffer_bytes, in_desc, library, rparts,
-                     assumptions, amp_name, t0)
+                     assumptions, amp_name, t0, logs)
 
 
 # --------------------------------------------------------------------------- traced facts + cache
 
-#: bump when the cached trace facts change meaning (2: "task" in the one task vocabulary).
-FACTS_VERSION = 2
+#: bump when the cached trace facts change meaning (2: "task" in the one task vocabulary;
+#: 3: "logs", the allocation sequence of each traced batch).
+FACTS_VERSION = 3
 
 
 def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, amp_name, input_size,
@@ -415,6 +433,7 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, am
         "activation": {k: [v.fixed, v.per_sample] for k, v in am.activation.items()},
         "retained": {k: [v.fixed, v.per_sample] for k, v in am.retained.items()},
         "saved": [am.saved.fixed, am.saved.per_sample],
+        "logs": [t.log.to_json() for t in am.traces],
         "buffer_bytes": buffers,
         "input": spec_in.describe(),
         "task": spec_in.task,
@@ -467,7 +486,7 @@ def _cached_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, module_f
     try:
         with open(path, "rb") as f:
             facts = json.load(f)
-        if facts.get("error") is None and {"batches", "activation", "retained", "saved"} <= set(facts):
+        if facts.get("error") is None and {"batches", "activation", "retained", "saved", "logs"} <= set(facts):
             return facts
     except (OSError, ValueError):
         pass

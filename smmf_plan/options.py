@@ -89,13 +89,25 @@ class StepOptions:
     grad_checkpointing: bool = False
     #: a runtime baseline measured on the device, instead of the stated one.
     runtime_bytes: int | None = None
+    #: the allocator model (:data:`smmf_plan.allocators.models.IDS`); None: the device's default.
+    allocator: str | None = None
 
     @property
     def given(self) -> bool:
         """Whether any step option was set (``plan`` then estimates the whole step)."""
         return self.grad_checkpointing or any(
             v is not None for v in (self.batch_size, self.input_size, self.seq_len, self.amp,
-                                    self.runtime_bytes))
+                                    self.runtime_bytes, self.allocator))
+
+    def allocator_for(self, device=None) -> str:
+        """The allocator model id to estimate with on ``device``: :attr:`allocator` checked
+        against it, else the device's default (``glibc`` without a device); a model that cannot
+        describe the device is a :class:`~smmf_plan.errors.PlanError`."""
+        from .allocators import models
+
+        if device is None:
+            return models.get_model(self.allocator or models.GLIBC.id).id
+        return models.for_device(device, self.allocator).id
 
     @property
     def batch(self) -> int:

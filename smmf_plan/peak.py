@@ -201,9 +201,11 @@ def _measure(recipe: dict, model, opt, batch_size: int, baseline: int, t0: float
 
 def measure_in_subprocess(recipe: dict, *, env: dict[str, str] | None = None,
                           timeout: float = 600) -> StepMeasurement | list[StepMeasurement]:
-    """:func:`measure_step` in a fresh Python process (``env`` adds to the environment; default
-    :data:`DETERMINISTIC_ENV`)."""
-    full_env = dict(os.environ)
+    """:func:`measure_step` in a fresh Python process. ``env`` sets the malloc environment
+    (default :data:`DETERMINISTIC_ENV`; ``{}``: glibc's defaults): the variables of
+    :data:`DETERMINISTIC_ENV` are never inherited from this process, so ``env={}`` measures what
+    a user who sets nothing gets."""
+    full_env = {k: v for k, v in os.environ.items() if k not in DETERMINISTIC_ENV}
     full_env.update(DETERMINISTIC_ENV if env is None else env)
     proc = subprocess.run([sys.executable, "-m", "smmf_plan.peak", json.dumps(recipe)],
                           capture_output=True, text=True, env=full_env, timeout=timeout)

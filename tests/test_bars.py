@@ -88,7 +88,7 @@ def test_svg_geometry_is_proportional():
     assert float(line.get("x1")) - 120 == pytest.approx(383, abs=0.01)
     texts = " ".join(t.text or "" for t in root.iter(SVG + "text"))
     assert "usable 383 MiB" in texts and "✗ 88 MiB over" in texts
-    # every part these rows have in the legend; the distributed-only parts are absent
+    # every part these rows have in the legend; the optional ones (distributed, allocator) absent
     assert all((p.label in texts) is not p.optional for p in PARTS)
 
 

@@ -25,9 +25,10 @@ def plain(renderable, width=120) -> str:
 
 def test_the_parts_in_order_each_distinct():
     assert [p.key for p in PARTS] == ["weights", "master", "grads", "state_allocated",
-                                      "activations", "temporaries", "comm", "runtime"]
-    # the parts only distributed plans have are shown only where some row has bytes in them
-    assert [p.key for p in PARTS if p.optional] == ["master", "comm"]
+                                      "activations", "temporaries", "comm", "allocator", "runtime"]
+    # the parts only some plans have (distributed ones, the allocator's) are shown only where
+    # some row has bytes in them
+    assert [p.key for p in PARTS if p.optional] == ["master", "comm", "allocator"]
     for attr in ("key", "heading", "label", "glyph", "colour"):
         values = [getattr(p, attr) for p in PARTS]
         assert len(set(values)) == len(values), attr
@@ -42,8 +43,10 @@ def test_total_is_the_exact_sum_and_missing_parts_are_zero():
     assert list(bd) == [p.key for p in PARTS] and dict(bd)["activations"] == 11
     only = Breakdown({"weights": 10**15})
     assert only.total_bytes == 10**15 and only["runtime"] == 0 and len(only) == len(PARTS)
+    # an optional part (the allocator's) is left out of JSON where it has no bytes
     assert only.to_dict() == {"weights": 10**15, "grads": 0, "state_allocated": 0, "activations": 0,
                               "temporaries": 0, "runtime": 0}
+    assert Breakdown(weights=1, allocator=2).to_dict()["allocator"] == 2
     assert bd.replace(runtime=0).total_bytes == 39 and bd["runtime"] == 17  # values are immutable
     assert Breakdown(weights=1) == {"weights": 1, **{p.key: 0 for p in PARTS[1:]}}
 

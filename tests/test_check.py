@@ -290,6 +290,10 @@ def test_table_reads_in_monochrome(tiny, capsys, monkeypatch):
      ["check 1", "unknown optimizer 'adamm'", "adam"]),
     ('[[tool.smmf-plan.checks]]\nmodel = "tiny.safetensors"\nbatch-size = 0\n',
      ["batch-size = 0 must be a positive integer"]),
+    ('[[tool.smmf-plan.checks]]\nmodel = "tiny.safetensors"\nallocator = "tcmalloc"\n',
+     ["check 1", "allocator: unknown allocator 'tcmalloc'", "glibc-mmap"]),
+    ('[[tool.smmf-plan.checks]]\nmodel = "tiny.safetensors"\ndevice = "t4"\nallocator = "glibc"\n',
+     ["check 1", "--allocator glibc does not apply to t4", "use cuda"]),
     ('[[tool.smmf-plan.checks]]\nmodel = "tiny.safetensors"\n[[tool.smmf-plan.checks]]\n'
      'model = "tiny.safetensors"\n', ["duplicate check name 'tiny.safetensors'"]),
     ('[[tool.smmf-plan.checks]]\nmodel = "no-such-model-xyz"\n',
@@ -435,7 +439,7 @@ def test_json_carries_the_step_breakdown_behind_each_total(tiny, capsys):
     checks = {c["id"]: c for c in doc["checks"]}
     assert checks["state-only"]["training"] is None
     training = checks["tiny"]["training"]
-    assert training["allocator"] == "cpu" and training["batch_size"] == 1 and training["assumptions"]
+    assert training["allocator"] == "glibc" and training["batch_size"] == 1 and training["assumptions"]
     assert set(training["optimizers"]) == set(totals) == {"adam", "smmf"}
     for oid, entry in training["optimizers"].items():
         bd = entry["breakdown"]
@@ -453,3 +457,14 @@ def test_json_carries_the_step_breakdown_behind_each_total(tiny, capsys):
     code, out, _ = run_cli(capsys)
     flat = " ".join(out.split())
     assert code == 0 and "Training step behind each total" in flat and "tiny [smmf]" in flat
+
+
+def test_a_check_can_name_its_allocator(tiny, capsys):
+    """``allocator`` in a check gates the footprint under that model (here the one a training
+    job with MALLOC_MMAP_THRESHOLD_=131072 runs under), and says so in the JSON."""
+    write_pyproject(tiny, TINY.format(budget="1 MiB") + 'max-total = "1 GiB"\nallocator = "glibc-mmap"\n')
+    code, out, err = run_cli(capsys, "--json")
+    assert code == 0, err
+    check = json.loads(out)["checks"][0]
+    assert check["allocator"] == "glibc-mmap" and check["training"]["allocator"] == "glibc-mmap"
+    assert any("MALLOC_MMAP_THRESHOLD_=131072" in a for a in check["training"]["assumptions"])

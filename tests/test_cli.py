@@ -187,7 +187,7 @@ def test_console_script_and_module_entry_points(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["schema_version"] == 2
 
 
-PARTS = ["weights", "grads", "state_allocated", "activations", "temporaries", "runtime"]
+PARTS = ["weights", "grads", "state_allocated", "activations", "temporaries", "allocator", "runtime"]
 
 
 def _aligned(tensors, q: int = 64) -> int:
@@ -201,7 +201,7 @@ def test_plan_with_device_adds_the_training_step_and_the_fit(capsys, tmp_path):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["device"]["name"] and doc["device"]["usable_bytes"] == 372_244_480
-    assert doc["training"]["batch_size"] == 2 and doc["training"]["allocator"] == "cpu"
+    assert doc["training"]["batch_size"] == 2 and doc["training"]["allocator"] == "glibc"
     assert doc["training"]["assumptions"] and "3×96×96" in doc["training"]["input"]
     import timm
     import torch
@@ -241,8 +241,9 @@ def test_plan_human_output_names_every_term_and_assumption(capsys):
     code, out, _ = run(["mobilenetv2_050", "-d", "rpi-zero", "--input-size", "3,64,64", "-o", "adam,smmf"], capsys)
     flat = " ".join(out.split())
     assert code == 0
-    for word in ("weights", "grads", "state", "activ.", "temp.", "runtime", "total", "max batch",
-                 "Assumptions:", "PyTorch does not run on rpi-zero"):
+    # (on an 80-column terminal the verdict headings wrap onto two lines: "max" over "batch")
+    for word in ("weights", "grads", "state", "activ.", "temp.", "alloc", "runtime", "total", "max",
+                 "batch", "Assumptions:", "allocator glibc", "PyTorch does not run on rpi-zero"):
         assert word in flat, word
 
 
@@ -255,6 +256,9 @@ def test_plan_human_output_names_every_term_and_assumption(capsys):
     (["resnet18", "-d", "12 parsecs"], "12 parsecs"),
     (["resnet18", "--svg", "/tmp/x.svg"], "--device"),
     (["resnet18", "--amp", "fp8"], "--amp"),
+    (["resnet18", "--allocator", "tcmalloc"], "unknown allocator 'tcmalloc'"),
+    (["resnet18", "-d", "rpi-zero", "--allocator", "cuda"], "does not apply to rpi-zero"),
+    (["resnet18", "-d", "t4", "--allocator", "glibc"], "use cuda"),
 ])
 def test_plan_end_to_end_bad_input(args, needle, capsys):
     code, out, err = run(args, capsys)
@@ -306,23 +310,31 @@ def test_runtime_override_replaces_the_stated_baseline(capsys):
 def test_the_readme_first_command_keeps_its_numbers(capsys):
     """`smmf-plan resnet50 --device rpi-zero` (the README's main job): schema 2 changed how the
     step is written, not one byte of it. The figures are those schema 1 printed (flat
-    ``*_bytes`` fields, the state as allocated_bytes["cpu"]), except SMMF's temporaries, which
+    ``*_bytes`` fields, the state as allocated_bytes["cpu"]), which modelled glibc with
+    MALLOC_MMAP_THRESHOLD_=131072: ``--allocator glibc-mmap`` keeps them to the byte, and the
+    default (glibc as installed) adds only its allocator part. Except SMMF's temporaries, which
     follow its default kernel since it became the fused one on CPU: the column sums of the
     largest parameter's tasks, (1536, 1536) in 32 tasks (4 per thread, 8 threads) x 3 x 1536
     float64 (the eager kernels' row-block buffers were 14,192,640 B)."""
-    code, out, err = run(["resnet50", "--device", "rpi-zero", "-o", "adam,smmf", "--json"], capsys)
-    assert code == 0, err
-    doc = json.loads(out)
     schema_1 = {  # weights, grads, state (cpu-allocated), activations, temporaries, runtime, total
         "adam": (102_444_032, 102_228_160, 204_466_624, 63_909_248, 0, 618_659_840, 1_091_707_904),
         "smmf": (102_444_032, 102_228_160, 3_720_000, 63_909_248, 8 * 3 * 1536 * 32, 618_659_840, 892_140_928),
     }
+    docs = {}
+    for allocator in ("glibc-mmap", "glibc"):
+        code, out, err = run(["resnet50", "--device", "rpi-zero", "-o", "adam,smmf", "--json",
+                              "--allocator", allocator], capsys)
+        assert code == 0, err
+        docs[allocator] = json.loads(out)
+        assert docs[allocator]["training"]["allocator"] == allocator
     for oid, (*parts, total) in schema_1.items():
-        o = doc["optimizers"][oid]
+        o = docs["glibc-mmap"]["optimizers"][oid]
         assert list(o["breakdown"].values()) == parts and o["total_bytes"] == total == sum(parts)
-        assert o["headroom_bytes"] == doc["device"]["usable_bytes"] - total
-    assert doc["optimizers"]["adam"]["state_bytes"] == 204_456_900  # logical, as before
-    assert doc["optimizers"]["smmf"]["state_bytes"] == 3_714_333
+        assert o["headroom_bytes"] == docs["glibc-mmap"]["device"]["usable_bytes"] - total
+        d = docs["glibc"]["optimizers"][oid]["breakdown"]
+        assert d["allocator"] > 0 and {k: v for k, v in d.items() if k != "allocator"} == o["breakdown"]
+    assert docs["glibc"]["optimizers"]["adam"]["state_bytes"] == 204_456_900  # logical, as before
+    assert docs["glibc"]["optimizers"]["smmf"]["state_bytes"] == 3_714_333
 
 
 def test_commands_are_registered_in_one_place_without_an_import_cycle():

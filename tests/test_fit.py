@@ -247,7 +247,7 @@ def test_weights_grads_and_state_are_rounded_per_tensor():
     assert bd["state_allocated"] == plan_state(spec.params, parse_many("adam")[0]).allocated_bytes["cuda"]
     assert adam.total_bytes == sum(bd.values()) and not adam.complete
     assert adam.total_at(1) == adam.total_at(1000) == adam.total_bytes  # no activation model
-    cpu = toy_estimate("cpu", "adam").breakdowns["adam"]
+    cpu = toy_estimate("glibc", "adam").breakdowns["adam"]
     assert cpu["weights"] == 240_000 + 64 + 5056  # 64-B aligned
 
 
@@ -255,7 +255,7 @@ def test_step_json_with_and_without_device():
     from smmf_plan.report.fit_table import judge
     from smmf_plan.report.step_json import optimizer_json
 
-    steps = toy_estimate("cpu").steps()
+    steps = toy_estimate("glibc").steps()
     for oid, s in steps.items():
         o = optimizer_json(s, None)
         assert (o["fits"], o["headroom_bytes"], o["max_batch_size"]) == (None, None, None)
@@ -271,7 +271,7 @@ def test_step_json_with_and_without_device():
 
 
 def test_steps_follow_the_memory_model():
-    est = toy_estimate("cpu")
+    est = toy_estimate("glibc")
     steps = est.steps()
     assert set(steps) == {"adam", "smmf"}
     for oid, s in steps.items():

@@ -46,7 +46,7 @@ def test_probe_mobilenet_batch_2_json_and_report(tmp_path, capsys):
     aligned = lambda ts: sum(-(-t.numel() * t.element_size() // 64) * 64 for t in ts)  # noqa: E731
     for oid, e in doc["optimizers"].items():
         p = e["predicted"]
-        assert p["total_bytes"] == sum(p["breakdown"].values()) and p["allocator"] == "cpu"
+        assert p["total_bytes"] == sum(p["breakdown"].values()) and p["allocator"] == "glibc-mmap"
         assert p["breakdown"]["weights"] == aligned(model.parameters()) + aligned(model.buffers())
         assert p["breakdown"]["grads"] == aligned(model.parameters())
         assert p["breakdown"]["state_allocated"] >= p["state_bytes"]

@@ -49,7 +49,7 @@ def test_size_document_shape(resnet18_doc):
     expected = "end-to-end"
     assert doc["estimate"] == expected
     assert list(doc["optimizers"]) == sorted(
-        doc["optimizers"], key=lambda o: doc["optimizers"][o]["by_allocator"]["cpu"]["total_bytes"])
+        doc["optimizers"], key=lambda o: doc["optimizers"][o]["by_allocator"]["glibc"]["total_bytes"])
     usable = [row["device"]["usable_bytes"] for row in doc["devices"]]
     assert usable == sorted(usable) and len(usable) == 30
 
@@ -57,13 +57,15 @@ def test_size_document_shape(resnet18_doc):
 def test_size_totals_add_up_and_verdicts_follow(resnet18_doc):
     for oid, o in resnet18_doc["optimizers"].items():
         for alloc, b in o["by_allocator"].items():
+            # the allocator part is left out where the model has none (mps: not modelled)
+            allocator = ["allocator"] if alloc != "mps" else []
             assert list(b["breakdown"]) == ["weights", "grads", "state_allocated", "activations",
-                                            "temporaries", "runtime"]
+                                            "temporaries", *allocator, "runtime"]
             assert b["total_bytes"] == sum(b["breakdown"].values())
     for row in resnet18_doc["devices"]:
         d = row["device"]
         for oid, cell in row["optimizers"].items():
-            assert cell["total_bytes"] == resnet18_doc["optimizers"][oid]["by_allocator"][d["allocator"]]["total_bytes"]
+            assert cell["total_bytes"] == resnet18_doc["optimizers"][oid]["by_allocator"][row["allocator"]]["total_bytes"]
             assert cell["headroom_bytes"] == d["usable_bytes"] - cell["total_bytes"]
             assert cell["fits"] == (cell["headroom_bytes"] >= 0)
             assert cell["fits"] == (cell["max_batch_size"] >= 1)
@@ -89,7 +91,7 @@ def test_fixed_parts_are_exact(resnet18_doc):
         assert b["breakdown"]["grads"] == params
     # Adam's logical state, independently: two fp32 moments per element + a 4-B `step` per tensor
     n = sum(s.numel for s in specs)
-    for alloc in ("cpu", "cuda"):
+    for alloc in ("glibc", "cuda"):
         assert resnet18_doc["optimizers"]["adam"]["by_allocator"][alloc]["state_bytes"] == 8 * n + 4 * len(specs)
 
 
@@ -135,6 +137,8 @@ def test_ad_hoc_and_user_devices(capsys, tmp_path):
     (["-d", "0GiB"], "'0GiB'"),
     (["--svg", "x.svg"], "--svg 'x.svg'"),
     (["--seq-len", "0"], "--seq-len 0"),
+    (["--allocator", "jemalloc"], "'jemalloc'"),
+    (["-d", "t4", "--allocator", "glibc-mmap"], "does not apply to t4"),
 ])
 def test_bad_input_exits_2_naming_the_value(capsys, argv, named):
     code, out, err = run(capsys, "size", "resnet18", *argv)
@@ -173,6 +177,21 @@ def test_size_model_library_call_matches_devices():
     spec = ModelSpec("toy", "test", [ParamSpec("w", (1000, 1000), "float32", True),
                                      ParamSpec("b", (1000,), "float32", True)])
     result = size_cli.size_model(spec, parse_many("adam,smmf"), spec_devices, batch_size=2)
-    assert set(result["steps"]) == {"cpu", "cuda"}
+    assert set(result["steps"]) == {"glibc", "cuda"}
     assert result["order"][0] == "smmf"
     assert result["grid"]["t4"]["adam"].total_bytes == result["steps"]["cuda"]["adam"].total_bytes
+
+
+def test_an_allocator_applies_to_the_devices_it_describes():
+    """--allocator glibc-mmap judges the CPU devices under that model; a GPU keeps its own."""
+    from smmf_plan.model import ModelSpec
+    from smmf_plan.shapes import ParamSpec
+
+    spec = ModelSpec("toy", "test", [ParamSpec("w", (1000, 1000), "float32", True)])
+    devices = [get_device("rpi-zero"), get_device("t4")]
+    result = size_cli.size_model(spec, parse_many("adam"), devices, batch_size=1,
+                                 allocator="glibc-mmap")
+    assert result["allocators"] == {"rpi-zero": "glibc-mmap", "t4": "cuda"}
+    assert set(result["steps"]) == {"glibc-mmap", "cuda"}
+    assert (result["grid"]["rpi-zero"]["adam"].total_bytes
+            == result["steps"]["glibc-mmap"]["adam"].total_bytes)

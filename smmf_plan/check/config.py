@@ -21,8 +21,8 @@ from ..units import config_size, parse_size
 CHECK_KEYS = (
     "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
     "num-classes", "task", "trainable", "freeze", "lora-rank", "lora-targets", "target",
-    "grad-checkpointing", "amp", "dist", "world", "nodes", "shard-group", "bucket-cap-mb",
-    "reshard-after-forward", "max-state", "max-total",
+    "grad-checkpointing", "amp", "allocator", "dist", "world", "nodes", "shard-group",
+    "bucket-cap-mb", "reshard-after-forward", "max-state", "max-total",
 )
 #: keys of ``[tool.smmf-plan]`` itself. ``devices`` belongs to :mod:`smmf_plan.devices` (user
 #: device tables) and is accepted here without being read.
@@ -69,7 +69,7 @@ class Check:
             "device": self.device, "batch_size": s.batch,
             "input_size": list(s.input_size) if s.input_size else None,
             "seq_len": s.seq_len, "dtype": m.dtype, "num_classes": m.num_classes, "task": m.task,
-            "grad_checkpointing": s.grad_checkpointing, "amp": s.amp,
+            "grad_checkpointing": s.grad_checkpointing, "amp": s.amp, "allocator": s.allocator,
             "dist": self.dist.sharding().to_dict() if self.dist.given else None,
             "max_state_bytes": self.max_state, "max_total_bytes": self.max_total,
         }
@@ -184,6 +184,15 @@ def _amp(value: Any, where: str) -> str:
     return text
 
 
+def _allocator(value: Any, where: str) -> str:
+    from ..allocators.models import get_model
+
+    try:
+        return get_model(_string(value, where, "allocator")).id
+    except PlanError as e:
+        raise PlanError(f"{where}: allocator: {e}") from None
+
+
 def _bool(value: Any, where: str, key: str) -> bool:
     if not isinstance(value, bool):
         raise PlanError(f"{where}: {key} = {value!r} must be true or false")
@@ -286,6 +295,7 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         seq_len=_positive_int(table["seq-len"], label, "seq-len") if "seq-len" in table else None,
         amp=_amp(table["amp"], label) if "amp" in table else None,
         grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),
+        allocator=_allocator(table["allocator"], label) if "allocator" in table else None,
     )
     dist = _dist(table, label)
     return Check(

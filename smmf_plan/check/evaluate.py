@@ -105,7 +105,7 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
     if check.max_total is not None or device is not None:
         try:
             est = step_estimate(spec, layouts, sharding, batch_size=check.step.batch,
-                                allocator=device.allocator if device is not None else "cpu",
+                                allocator=check.step.allocator_for(device),
                                 **check.step.estimate_kwargs(options.dtype))
         except PlanError as e:
             raise PlanError(f"{check.where}: {e}") from None

@@ -75,7 +75,7 @@ class DistEstimate(MemoryEstimate):
 
     def _class_breakdown(self, oid: str, c: RankClass, batch: int) -> Breakdown:
         f = c.figures
-        act, temp = act_temp(self.activation_model, batch, self.allocator, f.step_temp,
+        act, temp = act_temp(self.activation_model, batch, self.rounding, f.step_temp,
                              self.persistent.get(oid, False))
         return breakdown_of(f, act, temp, sum(self.runtime_parts.values()))
 
@@ -174,7 +174,7 @@ def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
                sharding: Sharding) -> DistEstimate:
     """The per-rank estimate of every optimizer from a computed basis (no trace)."""
     t0 = time.perf_counter()
-    ctx = Context(tuple(basis.specs), basis.allocator, basis.buffer_bytes, basis.amp)
+    ctx = Context(tuple(basis.specs), basis.rounding, basis.buffer_bytes, basis.amp)
     from ..memory import TEMPORARIES_ASSUMPTION
 
     classes, skipped = {}, []

@@ -73,7 +73,16 @@ def _pct(measured, predicted) -> float | None:
 BASELINE_PARTS = ("pytorch", "library", "cublas_workspace")
 
 
-def predict(spec: ModelSpec, layouts: Sequence, inp: dict, device_type: str) -> dict[str, dict]:
+def probe_allocator(device_type: str, deterministic_malloc: bool = True) -> str:
+    """The allocator model a probe child runs under: ``cuda`` on a GPU; on CPU ``glibc-mmap``
+    (the child gets ``MALLOC_MMAP_THRESHOLD_=131072``) or ``glibc`` (the default malloc)."""
+    if device_type == "cuda":
+        return "cuda"
+    return "glibc-mmap" if deterministic_malloc else "glibc"
+
+
+def predict(spec: ModelSpec, layouts: Sequence, inp: dict, device_type: str,
+            allocator: str | None = None) -> dict[str, dict]:
     """The plan for each layout, as the dict the probe sets beside the measurement.
 
     ``state_bytes`` is the planner's exact logical figure (what ``optimizer.state`` holds, the
@@ -82,7 +91,7 @@ def predict(spec: ModelSpec, layouts: Sequence, inp: dict, device_type: str) -> 
     ``total_bytes`` minus the runtime parts present before the baseline (:data:`BASELINE_PARTS`)."""
     from ..memory import estimate
 
-    allocator = "cuda" if device_type == "cuda" else "cpu"
+    allocator = allocator or probe_allocator(device_type)
     est = estimate(spec, list(layouts), batch_size=inp["batch_size"],
                    input_size=inp.get("input_size"), seq_len=inp.get("seq_len"), allocator=allocator)
     before = sum(v for k, v in est.runtime_parts.items() if k in BASELINE_PARTS)
@@ -179,9 +188,10 @@ def run_probe(spec: ModelSpec, layouts: Sequence, *, steps: int = 10, batch_size
     """Probe ``spec`` with every layout, each in a fresh subprocess; returns the JSON document
     described in the module docstring. ``device`` (a :class:`~smmf_plan.devices.Device`) sets
     the cap to its usable bytes unless ``cap_bytes`` is given. ``deterministic_malloc`` runs the
-    CPU children with ``MALLOC_MMAP_THRESHOLD_=131072``, the allocator behaviour the estimate
-    models (RSS then equals the tensor-level peak plus a few tens of MiB, run to run); without it
-    glibc's default keeps freed memory resident and RSS runs up to ~1.35× the tensor peak."""
+    CPU children with ``MALLOC_MMAP_THRESHOLD_=131072`` and compares them with the ``glibc-mmap``
+    estimate (RSS then equals the tensor-level peak plus a few tens of MiB, run to run); without
+    it the children run glibc's default, which keeps freed heap blocks resident, and the
+    comparison is with the ``glibc`` estimate."""
     if steps < 1:
         raise PlanError(f"--steps must be at least 1, got {steps}")
     from ..fit import check_batch_size
@@ -195,7 +205,8 @@ def run_probe(spec: ModelSpec, layouts: Sequence, *, steps: int = 10, batch_size
         cap_bytes = int(device.usable_bytes)
     inp = resolve_input(spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len)
     try:
-        predicted, assumptions = predict(spec, layouts, inp, device_type)
+        predicted, assumptions = predict(spec, layouts, inp, device_type,
+                                         probe_allocator(device_type, deterministic_malloc))
     except Exception as e:  # noqa: BLE001 - the measurement is still worth having
         predicted = _state_only(spec, layouts)
         assumptions = [f"end-to-end estimate failed ({type(e).__name__}: {e}); state only"]
@@ -234,7 +245,7 @@ def run_probe(spec: ModelSpec, layouts: Sequence, *, steps: int = 10, batch_size
                      "cap_method": None if cap_bytes is None else
                      ("cuda_memory_fraction" if device_type == "cuda" else "rlimit_as"),
                      "device": device.reference() if device is not None else None,
-                     "allocator": "cuda" if device_type == "cuda" else "cpu",
+                     "allocator": probe_allocator(device_type, deterministic_malloc),
                      "malloc_env": env,
                      "num_threads": num_threads,
                      "timing": "median over steps 2..N (step 1 is a warm-up and excluded)"},

@@ -92,8 +92,8 @@ def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | Non
     for head in (*(p.heading for p in parts), "total"):
         table.add_column(head, justify="right", no_wrap=True)
     if fits is not None:
-        table.add_column("fits (free)", justify="right", no_wrap=True)
-        table.add_column("max batch", justify="right", no_wrap=True)
+        table.add_column("fits (free)", justify="right")
+        table.add_column("max batch", justify="right")  # the heading wraps, not the numbers
     for oid, step in steps.items():
         cells = [format_bytes(step.breakdown[p.key], compact=True) for p in parts]
         row = [Text(oid), *cells, Text(format_bytes(step.total_bytes, compact=True), style="bold")]

@@ -81,7 +81,8 @@ def size_document(spec: ModelSpec, batch_size: int, result: dict) -> dict:
     for d in result["devices"]:
         cells = {oid: {"total_bytes": grid[d.id][oid].total_bytes, **grid[d.id][oid].to_dict()}
                  for oid in result["order"]}
-        rows.append({"device": device_json(d), "optimizers": cells,
+        rows.append({"device": device_json(d), "allocator": result["allocators"][d.id],
+                     "optimizers": cells,
                      "recommendation": recommendation(d, grid[d.id], batch_known=result["complete"])})
     return {
         "schema_version": SCHEMA_VERSION,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..allocators import QUANTUM as ROUNDING
+from ..allocators.sequence import StepLog
 from ..errors import PlanError
 from .inputs import InputSpec, default_loss
 from .storage import StorageTracker, storage_bytes
@@ -27,6 +28,8 @@ class ActivationTrace:
     ops: int
     seconds: float
     mode: str
+    #: every block the step allocated and freed, in order (for allocator models to replay).
+    log: StepLog | None = None
 
     def activation_bytes(self, allocator: str = "raw") -> int:
         """The step's peak beyond the parameter gradients (what a breakdown adds to weights +
@@ -123,7 +126,7 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
         fake_ctx = fake
         mode_name = "fake"
     params = list(module.parameters())
-    tracker = StorageTracker()
+    tracker = StorageTracker(log=True)
     tracker.ignore(params)
     tracker.ignore(module.buffers())
     for t in list(args) + list(kwargs.values()) + [target]:
@@ -137,6 +140,7 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
                 out = module(*args, **kwargs)
                 loss = loss_fn(out, target)
             forward = dict(tracker.live)
+            forward_end = len(tracker.log)
             saved_bytes = forward["raw"]
             loss.backward()
             del loss
@@ -144,6 +148,9 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
             grads = [p.grad for p in params if p.grad is not None]
             grad_bytes = {k: storage_bytes(grads, q) for k, q in ROUNDING.items()}
             retained = {k: max(0, tracker.live[k] - grad_bytes[k]) for k in ROUNDING}
+            grad_ids = {tracker.block_id(g) for g in grads} - {None}
+            log = StepLog(tuple(tracker.log), tuple(sorted(grad_ids)),
+                          tuple(sorted(tracker.live_blocks() - grad_ids)), forward_end)
     except PlanError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure is "cannot trace this model"
@@ -155,5 +162,5 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
         for p in params:
             p.grad = None
     return ActivationTrace(batch, saved_bytes, dict(tracker.peak), grad_bytes, retained, forward,
-                           tracker.ops, time.perf_counter() - t0, mode_name)
+                           tracker.ops, time.perf_counter() - t0, mode_name, log)
 

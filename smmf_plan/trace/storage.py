@@ -15,14 +15,22 @@ class StorageTracker:
     A ``TorchDispatchMode`` sees each operator's outputs; a storage not seen before is an
     allocation, and a weakref finalizer on its Python object (which PyTorch keeps alive exactly as
     long as the storage) is its free. Storages registered with :meth:`ignore` (parameters,
-    buffers, pre-existing state) are never counted. Works on meta, fake and real tensors."""
+    buffers, pre-existing state) are never counted. Works on meta, fake and real tensors.
 
-    def __init__(self) -> None:
+    With ``log=True`` every allocation and free is also recorded in order in :attr:`log`, in the
+    encoding of :mod:`smmf_plan.allocators.sequence` (``n >= 0``: a block of ``n`` bytes, ``~i``:
+    block ``i`` freed), for an allocator model to replay; :meth:`block_id` names a live storage's
+    block."""
+
+    def __init__(self, log: bool = False) -> None:
         self.live = {k: 0 for k in ROUNDING}
         self.peak = {k: 0 for k in ROUNDING}
         self._sizes: dict[int, int] = {}
         self._ignored: set[int] = set()
         self.ops = 0
+        self.log: list[int] | None = [] if log else None
+        self._ids: dict[int, int] = {}
+        self._blocks = 0
 
     def ignore(self, tensors) -> None:
         for t in tensors:
@@ -48,6 +56,10 @@ class StorageTracker:
         self._sizes[key] = n
         for k, q in ROUNDING.items():
             self.live[k] += _round(n, q)
+        if self.log is not None:
+            self._ids[key] = self._blocks
+            self._blocks += 1
+            self.log.append(n)
         weakref.finalize(st, self._free, key, n)
 
     def _free(self, key: int, n: int) -> None:
@@ -55,6 +67,16 @@ class StorageTracker:
             return
         for k, q in ROUNDING.items():
             self.live[k] -= _round(n, q)
+        if self.log is not None:
+            self.log.append(~self._ids.pop(key))
+
+    def block_id(self, t) -> int | None:
+        """The logged block of ``t``'s storage while it is live (None: not tracked or no log)."""
+        return self._ids.get(t.untyped_storage()._cdata)
+
+    def live_blocks(self) -> set[int]:
+        """The logged blocks still live."""
+        return set(self._ids.values())
 
     def _bump(self) -> None:
         for k in ROUNDING:

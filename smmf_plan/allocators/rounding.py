@@ -1,7 +1,8 @@
-"""Allocators: how a runtime turns a tensor's bytes into the bytes it really takes.
+"""Rounding rules: the bytes one tensor's block takes under each allocator, before any pooling.
 
-The one home of allocation quanta and rounding, used by the state planner, the step temporaries,
-the activation trace, the memory estimate and the fit. Torch-free.
+The one home of allocation quanta, used by the state planner, the step temporaries, the activation
+trace and the memory estimate (what a whole step's blocks cost, pools and segments included, is
+:mod:`smmf_plan.allocators.models`). Torch-free.
 
 * ``cpu``: PyTorch's CPU allocator (``c10::alloc_cpu``) hands out 64-byte aligned blocks.
 * ``cuda``: PyTorch's CUDA caching allocator rounds every block up to a multiple of 512 B (what

@@ -1,0 +1,152 @@
+"""Allocator models: the CUDA caching allocator's rules replayed exactly, the training-step
+allocation sequence, the glibc bound's terms, and which model applies where.
+
+Every expected figure is written out by hand from the rule it checks (c10/cuda/
+CUDACachingAllocator.cpp; glibc malloc), never computed by the code under test."""
+
+import pytest
+
+from smmf_plan.allocators import caching, glibc, models
+from smmf_plan.allocators.sequence import OptimizerStep, StepLog, training_sequence
+from smmf_plan.devices import get_device
+from smmf_plan.errors import PlanError
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+# --------------------------------------------------------------------------- caching allocator
+
+@pytest.mark.parametrize("request_bytes, block", [
+    (1, 512), (512, 512), (513, 1024), (4000, 4096), (MiB + 1, MiB + 512)])
+def test_requests_round_up_to_512_bytes(request_bytes, block):
+    assert caching.round_size(request_bytes) == block
+
+
+@pytest.mark.parametrize("size, segment", [
+    (512, 2 * MiB),              # small pool: 2 MiB segments
+    (MiB, 2 * MiB),              # 1 MiB is still small
+    (MiB + 512, 20 * MiB),       # large, under 10 MiB: a 20 MiB segment
+    (10 * MiB - 512, 20 * MiB),
+    (10 * MiB, 10 * MiB),        # from 10 MiB on: rounded up to 2 MiB
+    (11 * MiB, 12 * MiB),
+    (12 * MiB + 512, 14 * MiB),
+])
+def test_segment_sizes(size, segment):
+    assert caching.allocation_size(size) == segment
+
+
+def _peaks(events):
+    return caching.replay(events)
+
+
+def test_small_blocks_pack_into_2_mib_segments():
+    # three 600 KiB blocks share one 2 MiB segment (each split off, the rest >= 512 B);
+    # the fourth does not fit in the 2048 - 1800 = 248 KiB left: a second segment
+    p = _peaks([600 * KiB] * 4)
+    assert p.reserved == 4 * MiB and p.allocated == 2400 * KiB and p.segments == 2
+
+
+def test_freed_neighbours_merge_and_serve_a_larger_request():
+    # A and B (5 MiB each) are split from one 20 MiB segment; freed, they merge with the free
+    # rest into 20 MiB again, so a 12 MiB request needs no new segment
+    p = _peaks([5 * MiB, 5 * MiB, ~0, ~1, 12 * MiB])
+    assert p.reserved == 20 * MiB and p.segments == 1
+    assert p.allocated == 12 * MiB  # the 8 MiB rest is split off (more than 1 MiB)
+
+
+def test_a_large_block_with_at_most_1_mib_left_is_handed_out_whole():
+    # 11 MiB: a 12 MiB segment; the 1 MiB rest is not split (large pool: only a rest > 1 MiB is),
+    # so the whole 12 MiB block counts as allocated
+    p = _peaks([11 * MiB])
+    assert p.reserved == 12 * MiB and p.allocated == 12 * MiB
+
+
+def test_pools_never_share_blocks():
+    # a freed 20 MiB large segment cannot serve a 4 KiB request: it gets a 2 MiB small segment
+    p = _peaks([12 * MiB, ~0, 4 * KiB])
+    assert p.reserved == 12 * MiB + 2 * MiB and p.segments == 2
+
+
+def test_best_fit_takes_the_smallest_free_block():
+    events = [5 * MiB, 15 * MiB,          # segment 0 (20 MiB): 5 + 15
+              3 * MiB, 17 * MiB,          # segment 1 (20 MiB): 3 + 17
+              ~0, ~2,                     # free: 5 MiB (segment 0), 3 MiB (segment 1)
+              5 * MiB // 2, 5 * MiB]      # 2.5 MiB takes the 3 MiB block (smallest that fits; the
+    p = _peaks(events)                    # 0.5 MiB rest stays in it), so 5 MiB still fits
+    assert p.segments == 2 and p.reserved == 40 * MiB
+    assert p.allocated == 15 * MiB + 17 * MiB + 3 * MiB + 5 * MiB  # the whole 3 MiB counts
+
+
+def test_reserved_never_shrinks_and_the_peak_resets():
+    # reset before the last allocation: the peaks are those from there on, but reserved
+    # includes every segment made before (the freed 30 MiB one stays cached; a 4 KiB block
+    # needs a small-pool segment of its own)
+    p = caching.replay([30 * MiB, ~0, 4 * KiB], reset_at=2)
+    assert p.reserved == 30 * MiB + 2 * MiB and p.allocated == 4 * KiB
+
+
+# --------------------------------------------------------------------------- the step sequence
+
+def test_training_sequence_encodes_three_steps():
+    # forward allocates an activation (id 0 of the log) and the gradient (id 1); backward frees
+    # the activation; the output (id 2) is held until after the optimizer step
+    log = StepLog((100, 8, 30, ~0), grads=(1,), retained=(2,), forward_end=3)
+    step = OptimizerStep(state=((16, 16),), temps=((8,),), path="for-loop")
+    seq = training_sequence([8], log, step, steps=3)
+    w = 0  # the weight's block
+    # step 1: activation 1, grad 2, output 3; free 1; state 4, 5; temp 6 freed; output freed
+    s1 = [100, 8, 30, ~1, 16, 16, 8, ~6, ~3]
+    # step 2: the last step's gradient freed first (zero_grad), then the same without state
+    s2 = [~2, 100, 8, 30, ~7, 8, ~10, ~9]
+    s3 = [~8, 100, 8, 30, ~11, 8, ~14, ~13]
+    assert seq.events == [8] + s1 + s2 + s3 and w == 0
+    # the last step is measured from after its zero_grad, as the measurement resets its peak
+    assert seq.last_step_at == 1 + len(s1) + len(s2) + 1
+
+
+# --------------------------------------------------------------------------- glibc
+
+def test_largest_class_counts_the_largest_heap_block_size():
+    # 24 MiB blocks three times; a 40 MiB block is above glibc's 32 MiB mmap cap (its own mapping,
+    # returned when freed): not a heap block
+    assert glibc.largest_class_bytes([40 * MiB, 24 * MiB, 5, 24 * MiB, 24 * MiB - 10]) == 3 * 24 * MiB
+    assert glibc.largest_class_bytes([40 * MiB]) == 0
+
+
+def test_retained_is_the_larger_term():
+    assert glibc.retained_bytes(100 * MiB, 10 * MiB) == int(glibc.SAME_SIZE * 100 * MiB)
+    assert glibc.retained_bytes(MiB, 1000 * MiB) == int(glibc.CHURN * 1000 * MiB)
+
+
+# --------------------------------------------------------------------------- which model where
+
+@pytest.mark.parametrize("device, default, others", [
+    ("rpi-zero", "glibc", {"glibc-mmap"}),
+    ("512MiB", "glibc", {"glibc-mmap"}),
+    ("t4", "cuda", set()),
+    ("h200", "cuda", set()),
+    ("jetson-orin-nano", "unified", set()),
+    ("apple-m1-8gb", "mps", set()),
+])
+def test_each_device_gets_its_model(device, default, others):
+    d = get_device(device)
+    assert models.default_for(d).id == default == models.for_device(d).id
+    assert {m.id for m in models.applicable(d)} == {default} | others
+
+
+def test_a_model_that_cannot_describe_the_device_is_one_line():
+    with pytest.raises(PlanError) as e:
+        models.for_device(get_device("rpi-zero"), "cuda")
+    assert "\n" not in str(e.value) and "glibc or glibc-mmap" in str(e.value)
+    with pytest.raises(PlanError, match="did you mean glibc"):
+        models.get_model("glibcc")
+
+
+def test_runtime_terms_per_model():
+    cuda = models.runtime_parts(models.CUDA, "timm")
+    assert cuda == {"cublas_workspace": 2 * (32 + 1) * MiB}  # the host process is not on the GPU
+    unified = models.runtime_parts(models.UNIFIED, "timm")
+    assert unified["cublas_workspace"] == cuda["cublas_workspace"]
+    assert unified["pytorch"] > models.runtime_parts(models.GLIBC, None)["pytorch"]  # CUDA build
+    assert models.runtime_parts(models.GLIBC, "transformers") == {
+        "pytorch": 350 * MiB, "library": 220 * MiB, "step_overhead": 44 * MiB}

@@ -52,9 +52,9 @@ MMAP_THRESHOLD_MAX = 32 << 20
 #: the threshold the ``glibc-mmap`` model assumes the user sets (``MALLOC_MMAP_THRESHOLD_``).
 MMAP_THRESHOLD = 131072
 #: share of one same-size class's allocations per step that stays resident as holes.
-SAME_SIZE = 0.7
+SAME_SIZE = 0.75
 #: share of the step's churn (gradients + activations + temporaries) that stays resident as holes.
-CHURN = 0.4
+CHURN = 0.55
 
 
 def largest_class_bytes(blocks: Iterable[int]) -> int:

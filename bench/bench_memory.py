@@ -1,55 +1,300 @@
-"""Estimate vs measured peak memory of one real CPU training step (Adam, fp32), and estimate time.
+"""Estimate vs measured peak memory of real training steps, per allocator model.
 
-Writes reports/memory-accuracy.md. Measured: RSS growth over the post-import baseline in a fresh
-process with MALLOC_MMAP_THRESHOLD_=131072 (and the tensor-level peak from the storage tracker).
-Estimated: smmf_plan.memory.estimate(...) total minus its import terms (pytorch + library)."""
+Usage::
 
+    python bench/bench_memory.py            # CPU: default glibc and glibc-mmap (this machine)
+    python bench/bench_memory.py --cuda     # CUDA: on a GPU machine (max_memory_allocated/reserved)
+    python bench/bench_memory.py --list [--cuda]   # the jobs, nothing run
+
+Each run replaces its own section of ``reports/memory-accuracy.md`` (between
+``<!-- bench:memory:cpu:start/end -->`` or ``<!-- bench:memory:cuda:start/end -->``) and keeps the
+other, so a GPU run adds the CUDA section beside the committed CPU one.
+
+**CPU.** Every configuration is stepped in fresh processes (``smmf_plan.peak``: 1 thread, the
+third step measured, peak RSS growth over the post-import baseline via ``/proc/self/clear_refs``
+and ``VmHWM``): ``--runs`` processes (default 3) with glibc as installed (``MALLOC_MMAP_THRESHOLD_``
+unset; the median is reported with the range) and one with ``MALLOC_MMAP_THRESHOLD_=131072``
+(deterministic; the tensor-level peak too). Each is compared with the ``glibc`` and the
+``glibc-mmap`` estimate minus the estimate's import terms (the baseline is taken after imports).
+
+**CUDA.** Each model × optimizer × recipe (fp32, AMP bf16, LoRA, gradient checkpointing) is
+stepped on ``cuda:0`` in a fresh process (``smmf_plan.peak.measure_cuda_step``: three steps, peaks
+reset before the third) and compared with the ``cuda`` estimate: ``allocated`` = its total minus
+the allocator part, ``reserved`` = its total.
+"""
+
+from __future__ import annotations
+
+import argparse
 import os
+import platform
+import statistics
 import sys
 import time
+from pathlib import Path
 
-import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from test_memory import CASES, _meta_factory  # noqa: E402
-
-from smmf_plan.optimizers import parse_many  # noqa: E402
-from smmf_plan.memory import estimate, spec_of_module  # noqa: E402
-from smmf_plan.peak import measure_in_subprocess  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+REPORT = ROOT / "reports" / "memory-accuracy.md"
 MiB = 1 << 20
-cases = dict(CASES)
-cases["resnet50"] = ({"timm": "resnet50"}, None, None, (1, 8))
-rows = []
-for name, (model, size, seq, batches) in cases.items():
-    recipe = {"model": model, "batch_sizes": list(batches), "optimizer": "adam", "tensor_level": True}
-    if size:
-        recipe["input_size"] = size
-    if seq:
-        recipe["seq_len"] = seq
-    got = measure_in_subprocess(recipe)
+
+GPT2 = {"config_class": "GPT2Config", "model_class": "GPT2LMHeadModel",
+        "config": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256}}
+LLAMA = {"config_class": "LlamaConfig", "model_class": "LlamaForCausalLM",
+         "config": {"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 688,
+                    "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+                    "max_position_embeddings": 256}}
+BERT = {"config_class": "BertConfig", "model_class": "BertForMaskedLM",
+        "config": {"vocab_size": 30522, "hidden_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 2, "intermediate_size": 512}}
+
+#: CPU configurations: name -> (recipe model, input size, seq len, [(batch, optimizer), ...]).
+#: The first three are the models the test suite measures (tests/test_memory.py).
+CPU_CASES = {
+    "resnet18": ({"timm": "resnet18"}, [3, 96, 96], None,
+                 [(2, "adam"), (8, "adam"), (8, "smmf"), (8, "adafactor")]),
+    "vit_tiny": ({"timm": "vit_tiny_patch16_224", "kwargs": {"img_size": 96}}, None, None,
+                 [(2, "adam"), (8, "adam")]),
+    "gpt2_tiny": ({"transformers": GPT2}, None, 64,
+                  [(2, "adam"), (8, "adam"), (8, "smmf"), (8, "adafactor")]),
+    "resnet50": ({"timm": "resnet50"}, None, None, [(1, "adam"), (8, "adam")]),
+    "mobilenetv2_100": ({"timm": "mobilenetv2_100"}, [3, 128, 128], None, [(8, "adam")]),
+    "efficientnet_b0": ({"timm": "efficientnet_b0"}, [3, 160, 160], None, [(4, "adam")]),
+    "llama_tiny": ({"transformers": LLAMA}, None, 128, [(2, "adam"), (8, "adam")]),
+    "bert_tiny": ({"transformers": BERT}, None, 128, [(8, "adam")]),
+}
+
+#: CUDA jobs: (model, batch, input size, seq len, optimizer, recipe) - five models, four recipes.
+CUDA_JOBS = [
+    ("resnet50", 64, None, None, "adam", "fp32"),
+    ("resnet50", 64, None, None, "smmf", "fp32"),
+    ("resnet50", 64, None, None, "adam", "amp-bf16"),
+    ("resnet50", 64, None, None, "adam", "checkpointing"),
+    ("vit_base_patch16_224", 32, None, None, "adam", "fp32"),
+    ("vit_base_patch16_224", 32, None, None, "adafactor", "amp-bf16"),
+    ("gpt2", 8, None, 512, "adam", "fp32"),
+    ("gpt2", 8, None, 512, "smmf", "fp32"),
+    ("gpt2", 8, None, 512, "adam", "amp-bf16"),
+    ("gpt2", 8, None, 512, "adam", "lora"),
+    ("gpt2", 8, None, 512, "adam", "checkpointing"),
+    ("bert-base-uncased", 32, None, 128, "adam", "fp32"),
+    ("bert-base-uncased", 32, None, 128, "came", "amp-bf16"),
+    ("t5-small", 16, None, 256, "adam", "fp32"),
+    ("t5-small", 16, None, 256, "sm3", "fp32"),
+    ("llama-2-7b", 1, None, 512, "adam", "lora"),
+]
+LORA_TARGETS = {"gpt2": ["c_attn"], "llama-2-7b": ["q_proj", "v_proj"]}
+
+
+def machine() -> str:
+    """One line: CPU, cores, memory, kernel, glibc, Python, torch, load."""
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kib = int(next(ln for ln in open("/proc/meminfo") if ln.startswith("MemTotal")).split()[1])
+        mem = f", {kib / (1 << 20):.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    libc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else "libc ?"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores{mem}; Linux {platform.release()}; {libc}; "
+            f"Python {platform.python_version()}; torch {torch.__version__}; load average {load}")
+
+
+def replace_section(name: str, body: str) -> None:
+    start, end = f"<!-- bench:memory:{name}:start -->", f"<!-- bench:memory:{name}:end -->"
+    text = REPORT.read_text() if REPORT.exists() else ""
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+    header = "# Training-step memory: estimate vs measured\n"
+    if not text.startswith(header):
+        text = header + "\n" + text
+    REPORT.write_text(text)
+
+
+# --------------------------------------------------------------------------- CPU
+
+def cpu_jobs():
+    for name, (model, size, seq, runs) in CPU_CASES.items():
+        for batch, opt in runs:
+            yield name, model, size, seq, batch, opt
+
+
+def estimate_cpu(name, model, size, seq, batch, opt, allocator) -> tuple[int, int]:
+    """(the estimate without its import terms, its allocator part) under ``allocator``."""
+    from test_memory import _meta_factory
+
+    from smmf_plan.memory import estimate, spec_of_module
+    from smmf_plan.optimizers import parse_many
+
     make = _meta_factory(model)
-    spec = spec_of_module(make(), name)
-    for b, m in zip(batches, got):
+    est = estimate(spec_of_module(make(), name), parse_many(opt), batch_size=batch,
+                   input_size=size, seq_len=seq, module_factory=make, allocator=allocator)
+    bd, rp = est.breakdowns[opt], est.runtime_parts
+    return bd.total_bytes - rp["pytorch"] - rp.get("library", 0), bd["allocator"]
+
+
+def run_cpu(runs: int) -> str:
+    from smmf_plan.peak import measure_in_subprocess
+
+    began = machine()
+    rows = []
+    for name, model, size, seq, batch, opt in cpu_jobs():
+        recipe = {"model": model, "batch_size": batch, "optimizer": opt, "threads": 1}
+        if size:
+            recipe["input_size"] = size
+        if seq:
+            recipe["seq_len"] = seq
+        default = [measure_in_subprocess(recipe, env={}).rss_growth for _ in range(runs)]
+        mmap = measure_in_subprocess({**recipe, "tensor_level": True})
+        est, slack = estimate_cpu(name, model, size, seq, batch, opt, "glibc")
+        est_mmap, _ = estimate_cpu(name, model, size, seq, batch, opt, "glibc-mmap")
+        med = statistics.median(default)
+        rows.append((name, batch, opt, med, min(default), max(default), est, slack,
+                     mmap.rss_growth, est_mmap, mmap.tensor_peak_bytes))
+        print(name, batch, opt, f"default {med / MiB:.1f} ({min(default) / MiB:.1f}-{max(default) / MiB:.1f})"
+              f" est {est / MiB:.1f}; mmap {mmap.rss_growth / MiB:.1f} est {est_mmap / MiB:.1f}",
+              flush=True)
+    lines = [
+        "## CPU", "",
+        f"Machine: {began} (at the start); {machine().rsplit('; ', 1)[-1]} at the end.",
+        "",
+        f"Measured: peak RSS growth of the third training step over the post-import baseline, 1 "
+        f"thread, in fresh processes (`smmf_plan.peak`): **glibc** = glibc as installed "
+        f"(`MALLOC_MMAP_THRESHOLD_` unset), median of {runs} processes (range in brackets); "
+        "**glibc-mmap** = `MALLOC_MMAP_THRESHOLD_=131072`, one process (deterministic). "
+        "Estimated: `smmf_plan.memory.estimate` with `allocator=\"glibc\"` / `\"glibc-mmap\"`, "
+        "minus its import terms (PyTorch and the model library: the baseline is taken after "
+        "them). The glibc estimate's allocator part is in its own column.", "",
+        "| model | batch | optimizer | glibc measured MiB | glibc estimate MiB (allocator part) "
+        "| estimate / median | glibc-mmap measured MiB | glibc-mmap estimate MiB | error "
+        "| tensor-level peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, b, opt, med, lo, hi, est, slack, mm, est_mm, tensor) in rows:
+        lines.append(
+            f"| {name} | {b} | {opt} | {med / MiB:.1f} ({lo / MiB:.1f}-{hi / MiB:.1f}) "
+            f"| {est / MiB:.1f} ({slack / MiB:.1f}) | {est / med:.2f} | {mm / MiB:.1f} "
+            f"| {est_mm / MiB:.1f} | {(est_mm / mm - 1) * 100:+.1f}% | {tensor / MiB:.1f} |")
+    ratios = [r[6] / r[3] for r in rows]
+    lines += ["", f"glibc estimate / measured median: {min(ratios):.2f} to {max(ratios):.2f} over "
+              f"{len(rows)} configurations (the model's claim: at or above the median, at most "
+              "1.25x it; the coefficients in `smmf_plan/allocators/glibc.py` were fitted on the "
+              "resnet18, vit_tiny, gpt2_tiny and resnet50 rows; the others were held out)."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CUDA
+
+NOT_MEASURED = ("## CUDA\n\nCUDA: not measured, no GPU was available. `python bench/bench_memory.py "
+                "--cuda` on a machine with one measures every job below against the `cuda` "
+                "estimate (caching-allocator replay) and replaces this section.\n")
+
+
+def cuda_recipe(model, batch, size, seq, opt, recipe) -> dict:
+    r = {"device": "cuda", "source": model, "optimizer": opt, "batch_size": batch, "steps": 3}
+    if size:
+        r["input_size"] = size
+    if seq:
+        r["seq_len"] = seq
+    if recipe == "amp-bf16":
+        r["amp"] = "bf16"
+    elif recipe == "checkpointing":
+        r["grad_checkpointing"] = True
+    elif recipe == "lora":
+        r["lora_rank"], r["lora_targets"] = 8, LORA_TARGETS[model]
+    return r
+
+
+def estimate_cuda(r: dict) -> tuple[int, int]:
+    """(allocated, reserved) the ``cuda`` estimate predicts for a CUDA recipe."""
+    from smmf_plan.memory import estimate
+    from smmf_plan.options import ModelOptions
+
+    m = ModelOptions(model=r["source"], optimizers=(r["optimizer"],), dtype=r.get("dtype"),
+                     lora_rank=r.get("lora_rank"), lora_targets=tuple(r.get("lora_targets", ())))
+    est = estimate(m.load(), m.layouts(), batch_size=r["batch_size"], input_size=r.get("input_size"),
+                   seq_len=r.get("seq_len"), dtype=r.get("dtype"), amp=r.get("amp"),
+                   grad_checkpointing=bool(r.get("grad_checkpointing")), allocator="cuda")
+    bd = est.breakdowns[r["optimizer"]]
+    return bd.total_bytes - bd["allocator"], bd.total_bytes
+
+
+def run_cuda() -> str:
+    from smmf_plan.peak import measure_in_subprocess
+
+    began = machine()
+    rows, device = [], "?"
+    for model, batch, size, seq, opt, recipe in CUDA_JOBS:
+        r = cuda_recipe(model, batch, size, seq, opt, recipe)
         t0 = time.perf_counter()
-        est = estimate(spec, parse_many("adam"), batch_size=b, input_size=size, seq_len=seq,
-                       module_factory=make)
-        secs = time.perf_counter() - t0
-        rp = est.runtime_parts
-        bd = est.breakdowns["adam"]
-        pred = bd.total_bytes - rp["pytorch"] - rp.get("library", 0)
-        tensor_pred = pred - rp["step_overhead"]
-        rows.append((name, b, m.rss_growth / MiB, pred / MiB, (pred / m.rss_growth - 1) * 100,
-                     m.tensor_peak_bytes / MiB, tensor_pred / MiB, secs))
-        print(rows[-1], flush=True)
-lines = ["# Training-step memory: estimate vs measured (CPU, Adam, fp32)", "",
-         f"torch {torch.__version__}; measured RSS with MALLOC_MMAP_THRESHOLD_=131072, 1 thread, "
-         "3rd step; estimate excludes the import terms of the runtime baseline.", "",
-         "| model | batch | measured RSS growth MiB | estimate MiB | error | measured tensor peak MiB "
-         "| estimated tensor peak MiB | estimate s |", "|---|---|---|---|---|---|---|---|"]
-for r in rows:
-    lines.append(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:+.1f}% | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.2f} |")
-out = os.path.join(os.path.dirname(__file__), "..", "reports", "memory-accuracy.md")
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
-print("\n".join(lines))
+        try:
+            m = measure_in_subprocess(r, env={}, timeout=1800)
+        except RuntimeError as e:
+            rows.append((model, batch, opt, recipe, None, None, None, None, str(e).splitlines()[-1][:80]))
+            print(model, opt, recipe, "failed:", rows[-1][-1], flush=True)
+            continue
+        device = f"{m.device_name}, torch {m.torch_version}"
+        alloc, reserved = estimate_cuda(r)
+        rows.append((model, batch, opt, recipe, m.peak_allocated - m.baseline_allocated,
+                     m.peak_reserved, alloc, reserved, ""))
+        print(model, opt, recipe, f"allocated {rows[-1][4] / MiB:.0f} vs {alloc / MiB:.0f}; reserved "
+              f"{m.peak_reserved / MiB:.0f} vs {reserved / MiB:.0f} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    lines = [
+        "## CUDA", "",
+        f"Device: {device}. Host: {began}.", "",
+        "Measured on `cuda:0`, one fresh process per row: `torch.cuda.max_memory_allocated()` (minus "
+        "what was allocated before the model existed) and `max_memory_reserved()` over the third "
+        "step (`reset_peak_memory_stats()` before it). Estimated: `allocator=\"cuda\"`, "
+        "allocated = total minus the allocator part, reserved = total (the CUDA context is in "
+        "neither).", "",
+        "| model | batch | optimizer | recipe | allocated MiB | estimate | error | reserved MiB "
+        "| estimate | error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, b, opt, recipe, ma, mr, ea, er, err in rows:
+        if ma is None:
+            lines.append(f"| {model} | {b} | {opt} | {recipe} | failed: {err} | | | | | |")
+            continue
+        lines.append(f"| {model} | {b} | {opt} | {recipe} | {ma / MiB:.0f} | {ea / MiB:.0f} "
+                     f"| {(ea / ma - 1) * 100:+.1f}% | {mr / MiB:.0f} | {er / MiB:.0f} "
+                     f"| {(er / mr - 1) * 100:+.1f}% |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cuda", action="store_true", help="measure on cuda:0 (the CUDA section)")
+    ap.add_argument("--runs", type=int, default=3, help="default-glibc processes per CPU configuration")
+    ap.add_argument("--list", action="store_true", help="print the jobs and exit")
+    args = ap.parse_args()
+    if args.list:
+        for job in (CUDA_JOBS if args.cuda else cpu_jobs()):
+            print(*job)
+        return
+    if args.cuda:
+        replace_section("cuda", run_cuda())
+        return
+    replace_section("cpu", run_cpu(args.runs))
+    text = REPORT.read_text()
+    if "<!-- bench:memory:cuda:start -->" not in text:
+        replace_section("cuda", NOT_MEASURED)
+    print(REPORT.read_text())
+
+
+if __name__ == "__main__":
+    main()

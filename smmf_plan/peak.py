@@ -1,5 +1,6 @@
-"""Measure the peak memory of a real training step on the CPU (the ground truth the estimate is
-checked against; the probe reuses it).
+"""Measure the peak memory of a real training step (the ground truth the estimate is checked
+against; the probe reuses it): on the CPU (below), and on a CUDA device
+(:func:`measure_cuda_step`: the caching allocator's peak ``allocated`` and ``reserved``).
 
 Two measurements of the same step, taken in a fresh process so nothing else lives in it:
 
@@ -199,8 +200,102 @@ def _measure(recipe: dict, model, opt, batch_size: int, baseline: int, t0: float
         env={k: os.environ.get(k, "") for k in DETERMINISTIC_ENV})
 
 
-def measure_in_subprocess(recipe: dict, *, env: dict[str, str] | None = None,
-                          timeout: float = 600) -> StepMeasurement | list[StepMeasurement]:
+@dataclass
+class CudaStepMeasurement:
+    """A real step on a CUDA device: the caching allocator's peaks over the measured step
+    (``torch.cuda.reset_peak_memory_stats()`` just before it), weights, gradients, state and
+    workspaces included; the CUDA context is in neither."""
+
+    peak_allocated: int
+    peak_reserved: int
+    #: ``torch.cuda.memory_allocated()`` before the model existed (after a warm-up op).
+    baseline_allocated: int
+    state_bytes: int
+    seconds: float
+    device_name: str
+    torch_version: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_cuda_step(recipe: dict) -> CudaStepMeasurement:
+    """One model and optimizer stepped on ``cuda:0`` (call it in a fresh process).
+
+    ``recipe``: ``{"source": NAME (anything smmf-plan resolves), "optimizer": ID, "batch_size": B,
+    "input_size": [C, H, W] | None, "seq_len": S | None, "dtype": "bfloat16" | None (pure
+    low-precision), "amp": "bf16" | "fp16" | None, "grad_checkpointing": bool, "lora_rank": R |
+    None, "lora_targets": [...], "steps": 3}``: the same options the planner reads, so the
+    estimate and the measurement describe one run."""
+    import torch
+
+    from .memory import AMP_DTYPES, _apply_trainable
+    from .options import ModelOptions
+    from .sources import build_module
+    from .sources.lora import attach_lora
+    from .trace import default_loss, input_spec_for
+    from .trace.step import _enable_checkpointing
+
+    t0 = time.perf_counter()
+    dev = torch.device(recipe.get("cuda_device", "cuda:0"))
+    torch.manual_seed(0)
+    x = torch.randn(64, 64, device=dev)
+    (x @ x).sum().item()  # CUDA context and cuBLAS up before the baseline
+    del x
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated(dev)
+    options = ModelOptions(model=recipe["source"], optimizers=(recipe.get("optimizer", "adam"),),
+                           dtype=recipe.get("dtype"), lora_rank=recipe.get("lora_rank"),
+                           lora_targets=tuple(recipe.get("lora_targets", ())))
+    spec = options.load()
+    module = build_module(spec, device="cpu")
+    if recipe.get("dtype"):
+        module = module.to(getattr(torch, recipe["dtype"]))
+    _apply_trainable(module, spec.params)
+    if recipe.get("lora_rank"):
+        module = attach_lora(module, spec.params)
+    if recipe.get("grad_checkpointing"):
+        _enable_checkpointing(module)
+    module = module.to(dev).train()
+    opt = options.layouts()[0].build([p for p in module.parameters() if p.requires_grad])
+    inputs = input_spec_for(module, int(recipe["batch_size"]), recipe.get("input_size"),
+                            recipe.get("seq_len"))
+    amp = recipe.get("amp")
+    autocast = torch.autocast("cuda", dtype=getattr(torch, AMP_DTYPES[amp])) if amp else None
+    steps = int(recipe.get("steps", 3))
+    for i in range(steps):
+        opt.zero_grad(set_to_none=True)
+        args, kwargs, target = inputs.make("cpu", getattr(torch, recipe["dtype"]) if recipe.get("dtype") else None)
+        args = tuple(a.to(dev) for a in args)
+        kwargs = {k: v.to(dev) for k, v in kwargs.items()}
+        target = target.to(dev) if isinstance(target, torch.Tensor) else target
+        if i == steps - 1:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
+        if autocast is not None:
+            with autocast:
+                out = module(*args, **kwargs)
+                loss = default_loss(out, target)
+        else:
+            out = module(*args, **kwargs)
+            loss = default_loss(out, target)
+        loss.backward()
+        opt.step()
+        del out, loss, args, kwargs, target
+    torch.cuda.synchronize()
+    return CudaStepMeasurement(
+        peak_allocated=torch.cuda.max_memory_allocated(dev),
+        peak_reserved=torch.cuda.max_memory_reserved(dev),
+        baseline_allocated=baseline,
+        state_bytes=_storage_set_bytes(_state_tensors(opt)),
+        seconds=time.perf_counter() - t0,
+        device_name=torch.cuda.get_device_name(dev),
+        torch_version=torch.__version__,
+    )
+
+
+def measure_in_subprocess(recipe: dict, *, env: dict[str, str] | None = None, timeout: float = 600
+                          ) -> StepMeasurement | list[StepMeasurement] | CudaStepMeasurement:
     """:func:`measure_step` in a fresh Python process. ``env`` sets the malloc environment
     (default :data:`DETERMINISTIC_ENV`; ``{}``: glibc's defaults): the variables of
     :data:`DETERMINISTIC_ENV` are never inherited from this process, so ``env={}`` measures what
@@ -214,13 +309,15 @@ def measure_in_subprocess(recipe: dict, *, env: dict[str, str] | None = None,
     doc = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))][-1])
     if isinstance(doc, list):
         return [StepMeasurement(**d) for d in doc]
+    if recipe.get("device") == "cuda":
+        return CudaStepMeasurement(**doc)
     return StepMeasurement(**doc)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     recipe = json.loads(argv[0])
-    got = measure_step(recipe)
+    got = measure_cuda_step(recipe) if recipe.get("device") == "cuda" else measure_step(recipe)
     doc = [g.to_dict() for g in got] if isinstance(got, list) else got.to_dict()
     print(json.dumps(doc), flush=True)
     return 0

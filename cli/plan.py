@@ -53,6 +53,14 @@ def plan(
                                 **step.estimate_kwargs(dt))
         steps = est.steps()
         fits = judge(steps, dev, batch) if dev else None
+    would = None  # what would fit: single-process plans (a --dist plan's changes are its own)
+    if fits and sharding is None and not all(f.fits for f in fits.values()):
+        from smmf_plan.alternatives import search
+        from smmf_plan.devices import list_devices
+
+        with o.status("Planning what would fit (each change estimated for real)…", json_out):
+            would = search(m, step, dev, fits, steps, spec,
+                           devices=list_devices(tuple(devices_file or ())))
     if svg is not None:
         from smmf_plan.report.bars import BarRow, write_svg
 
@@ -61,7 +69,8 @@ def plan(
     if json_out:
         from smmf_plan.report.state_json import plan_document
 
-        o.emit_json(plan_document(spec, plans, adam, estimate=est, device=dev, fits=fits))
+        o.emit_json(plan_document(spec, plans, adam, estimate=est, device=dev, fits=fits,
+                                  would_fit=would))
         return
     from smmf_plan.report.console import console as make_console
 
@@ -84,7 +93,8 @@ def plan(
         console.print(sharding_header(sharding))
     if dev is not None:
         console.print(device_report({oid: steps[oid] for oid in order}, dev, batch, fits,
-                                    note=" · the largest rank" if sharding is not None else ""))
+                                    note=" · the largest rank" if sharding is not None else "",
+                                    would_fit=would))
     else:
         console.print(verdict_table({oid: steps[oid] for oid in order},
                                     title=f"Training step at batch {batch} ({est.allocator} allocator)"

@@ -165,10 +165,12 @@ def _pytorch_caveat(device: Device, any_fits: bool) -> str:
     return ""
 
 
-def recommendation(device: Device, fits: Mapping[str, Fit], *, batch_known: bool = True) -> str:
+def recommendation(device: Device, fits: Mapping[str, Fit], *, batch_known: bool = True,
+                   would_fit: Mapping | None = None) -> str:
     """One line: which optimizers fit ``device``, at what cost, and what the others need.
     ``batch_known=False`` (no activation model: totals do not grow with the batch) leaves out the
-    largest-batch clauses.
+    largest-batch clauses. ``would_fit`` (optimizer id → :class:`~smmf_plan.alternatives.WouldFit`)
+    adds what would make the others fit: ``; to fit: adam --grad-checkpointing``.
 
     ``Only smmf fits rpi-zero (383 MiB usable): 318 MiB at batch 1; adam needs 698 MiB — fits in
     memory, but PyTorch does not run on rpi-zero (ARMv6: no PyTorch wheels)``"""
@@ -209,7 +211,11 @@ def recommendation(device: Device, fits: Mapping[str, Fit], *, batch_known: bool
                      + f" at batch {batch}")
         others = ", ".join(f"{o} needs {format_bytes(f.total_bytes, 0)}{_upto(f)}" for o, f in no)
         line = f"Only {names} fit{'s' if len(yes) == 1 else ''} {where}: {needs}; {others}"
-    return line + _pytorch_caveat(device, bool(yes))
+    line += _pytorch_caveat(device, bool(yes))
+    found = [w for o, _ in no for w in [(would_fit or {}).get(o)] if w is not None and w.found]
+    if found:
+        line += "; to fit: " + ", ".join(f"{w.optimizer} {w.found.args}" for w in found)
+    return line
 
 
 # --------------------------------------------------------------------------- many devices

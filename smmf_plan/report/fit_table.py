@@ -149,11 +149,35 @@ def judge(steps: Mapping[str, StepMemory], device: Device, batch_size: int) -> d
     return {oid: fit(s.total_at, device.usable_bytes, batch_size) for oid, s in steps.items()}
 
 
+def would_fit_table(would_fit: Mapping, device: Device) -> Table:
+    """One row per optimizer that does not fit: the smallest change that would (planned for real,
+    see :mod:`smmf_plan.alternatives`), its total, what it leaves free and its largest batch."""
+    from rich import box
+
+    table = Table(title=f"What would fit on {device.id} (smallest change first: batch, "
+                        "checkpointing, AMP, SMMF, bf16, LoRA, several, another device)",
+                  title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col, just in (("optimizer", "left"), ("change", "left"), ("total", "right"),
+                      ("free", "right"), ("max batch", "right")):
+        table.add_column(col, justify=just)
+    for oid, w in would_fit.items():
+        if w.found is None:
+            table.add_row(oid, Text("none of them fits", style="red"), "", "", "")
+            continue
+        f = w.found
+        where = f" on {w.device}" if w.device != device.id and f.change != "device" else ""
+        table.add_row(oid, Text(f.args + where, style="green"), format_bytes(f.total_bytes, 0),
+                      format_bytes(w.headroom_bytes, 0),
+                      f"{f.max_batch_size:,}" if f.max_batch_size else "")
+    return table
+
+
 def device_report(steps: Mapping[str, StepMemory], device: Device, batch_size: int,
-                  fits: Mapping[str, Fit] | None = None, note: str = ""):
-    """Device line, step table with verdicts, stacked bars and the one-line recommendation, as one
-    rich renderable (what ``smmf-plan MODEL --device X`` shows below the model line); ``note`` is
-    appended to the step table's title."""
+                  fits: Mapping[str, Fit] | None = None, note: str = "",
+                  would_fit: Mapping | None = None):
+    """Device line, step table with verdicts, stacked bars, what would fit (``would_fit``) and the
+    one-line recommendation, as one rich renderable (what ``smmf-plan MODEL --device X`` shows
+    below the model line); ``note`` is appended to the step table's title."""
     from rich.console import Group
 
     from ..fit import recommendation
@@ -162,10 +186,14 @@ def device_report(steps: Mapping[str, StepMemory], device: Device, batch_size: i
     fits = dict(fits) if fits is not None else judge(steps, device, batch_size)
     complete = all(s.complete for s in steps.values())
     order = sorted(steps, key=lambda o: (steps[o].total_bytes, o))
-    return Group(
+    parts = [
         device_header(device),
         verdict_table({o: steps[o] for o in order}, fits,
                       title=f"Training step at batch {batch_size} on {device.id}{note}"),
         render_bars([BarRow(o, steps[o].breakdown) for o in order], device.usable_bytes),
-        Text("→ " + recommendation(device, fits, batch_known=complete), style="bold"),
-    )
+    ]
+    if would_fit:
+        parts.append(would_fit_table({o: would_fit[o] for o in order if o in would_fit}, device))
+    parts.append(Text("→ " + recommendation(device, fits, batch_known=complete,
+                                            would_fit=would_fit), style="bold"))
+    return Group(*parts)

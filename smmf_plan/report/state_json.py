@@ -12,11 +12,13 @@ from . import SCHEMA_VERSION
 
 
 def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int,
-                  *, estimate=None, device=None, fits=None) -> dict:
+                  *, estimate=None, device=None, fits=None, would_fit=None) -> dict:
     """The ``plan`` document: each optimizer's state plan and, given the step ``estimate`` (a
     :class:`~smmf_plan.memory.MemoryEstimate`), its step entry, the device and the verdicts
-    (:func:`smmf_plan.report.step_json.add_training`). ``model.dtype`` is the dtype planned
-    (``--dtype`` already applied to ``model.params``)."""
+    (:func:`smmf_plan.report.step_json.add_training`), with ``would_fit`` (optimizer id →
+    :class:`~smmf_plan.alternatives.WouldFit`) the smallest change that makes each optimizer that
+    does not fit do so. ``model.dtype`` is the dtype planned (``--dtype`` already applied to
+    ``model.params``)."""
     doc = {
         "schema_version": SCHEMA_VERSION,
         "model": model.summary(),
@@ -25,7 +27,7 @@ def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int
     if estimate is not None:
         from .step_json import add_training
 
-        add_training(doc, estimate, device, fits)
+        add_training(doc, estimate, device, fits, would_fit)
     return doc
 
 

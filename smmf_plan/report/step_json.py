@@ -46,9 +46,10 @@ def training_json(estimate) -> dict:
 
 
 def add_training(doc: dict, estimate, device: Device | None,
-                 fits: Mapping[str, Fit] | None) -> dict:
+                 fits: Mapping[str, Fit] | None, would_fit: Mapping | None = None) -> dict:
     """Add a step estimate to a ``plan`` document: ``device``, ``training``, per optimizer its step
-    entry and verdict (beside its state plan), and with a device the one-line recommendation."""
+    entry and verdict (beside its state plan) and, with a device, ``would_fit`` (null where the
+    optimizer fits) and the one-line recommendation."""
     steps = estimate.steps()
     doc["device"] = device_json(device)
     doc["training"] = training_json(estimate)
@@ -59,8 +60,12 @@ def add_training(doc: dict, estimate, device: Device | None,
             # state_bytes below is the largest rank's
             entry["model_state_bytes"] = entry.get("state_bytes")
         entry.update(optimizer_json(step, None if fits is None else fits[oid]))
+        if device is not None:
+            w = (would_fit or {}).get(oid)
+            entry["would_fit"] = None if w is None else w.to_dict()
     if device is not None:
-        doc["recommendation"] = recommendation(device, fits, batch_known=estimate.complete)
+        doc["recommendation"] = recommendation(device, fits, batch_known=estimate.complete,
+                                               would_fit=would_fit)
     return doc
 
 

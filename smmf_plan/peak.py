@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from .probe import rss  # /proc/self/status and clear_refs, one home
 
@@ -219,8 +220,10 @@ class CudaStepMeasurement:
         return asdict(self)
 
 
-def measure_cuda_step(recipe: dict) -> CudaStepMeasurement:
-    """One model and optimizer stepped on ``cuda:0`` (call it in a fresh process).
+def run_steps(recipe: dict, device, before_last: Callable[[], None] = lambda: None):
+    """Build the run a recipe describes on ``device`` (a ``torch.device``) and train it for
+    ``recipe["steps"]`` steps, calling ``before_last()`` just before the last one; returns the
+    optimizer. :func:`measure_cuda_step` measures it on a GPU; on the CPU it checks the recipe.
 
     ``recipe``: ``{"source": NAME (anything smmf-plan resolves), "optimizer": ID, "batch_size": B,
     "input_size": [C, H, W] | None, "seq_len": S | None, "dtype": "bfloat16" | None (pure
@@ -236,52 +239,62 @@ def measure_cuda_step(recipe: dict) -> CudaStepMeasurement:
     from .trace import default_loss, input_spec_for
     from .trace.step import _enable_checkpointing
 
-    t0 = time.perf_counter()
-    dev = torch.device(recipe.get("cuda_device", "cuda:0"))
     torch.manual_seed(0)
-    x = torch.randn(64, 64, device=dev)
-    (x @ x).sum().item()  # CUDA context and cuBLAS up before the baseline
-    del x
-    torch.cuda.synchronize()
-    baseline = torch.cuda.memory_allocated(dev)
     options = ModelOptions(model=recipe["source"], optimizers=(recipe.get("optimizer", "adam"),),
                            dtype=recipe.get("dtype"), lora_rank=recipe.get("lora_rank"),
                            lora_targets=tuple(recipe.get("lora_targets", ())))
     spec = options.load()
     module = build_module(spec, device="cpu")
-    if recipe.get("dtype"):
-        module = module.to(getattr(torch, recipe["dtype"]))
+    dtype = getattr(torch, recipe["dtype"]) if recipe.get("dtype") else None
+    if dtype is not None:
+        module = module.to(dtype)
     _apply_trainable(module, spec.params)
     if recipe.get("lora_rank"):
         module = attach_lora(module, spec.params)
     if recipe.get("grad_checkpointing"):
         _enable_checkpointing(module)
-    module = module.to(dev).train()
+    module = module.to(device).train()
     opt = options.layouts()[0].build([p for p in module.parameters() if p.requires_grad])
     inputs = input_spec_for(module, int(recipe["batch_size"]), recipe.get("input_size"),
                             recipe.get("seq_len"))
     amp = recipe.get("amp")
-    autocast = torch.autocast("cuda", dtype=getattr(torch, AMP_DTYPES[amp])) if amp else None
     steps = int(recipe.get("steps", 3))
     for i in range(steps):
         opt.zero_grad(set_to_none=True)
-        args, kwargs, target = inputs.make("cpu", getattr(torch, recipe["dtype"]) if recipe.get("dtype") else None)
-        args = tuple(a.to(dev) for a in args)
-        kwargs = {k: v.to(dev) for k, v in kwargs.items()}
-        target = target.to(dev) if isinstance(target, torch.Tensor) else target
+        args, kwargs, target = inputs.make("cpu", dtype)
+        args = tuple(a.to(device) for a in args)
+        kwargs = {k: v.to(device) for k, v in kwargs.items()}
+        target = target.to(device) if isinstance(target, torch.Tensor) else target
         if i == steps - 1:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(dev)
-        if autocast is not None:
-            with autocast:
-                out = module(*args, **kwargs)
-                loss = default_loss(out, target)
-        else:
+            before_last()
+        with torch.autocast(device.type, dtype=getattr(torch, AMP_DTYPES[amp]) if amp else None,
+                            enabled=bool(amp)):
             out = module(*args, **kwargs)
             loss = default_loss(out, target)
         loss.backward()
         opt.step()
         del out, loss, args, kwargs, target
+    return opt
+
+
+def measure_cuda_step(recipe: dict) -> CudaStepMeasurement:
+    """One model and optimizer stepped on ``cuda:0`` (call it in a fresh process): the recipe of
+    :func:`run_steps`, the caching allocator's peaks over its last step."""
+    import torch
+
+    t0 = time.perf_counter()
+    dev = torch.device(recipe.get("cuda_device", "cuda:0"))
+    x = torch.randn(64, 64, device=dev)
+    (x @ x).sum().item()  # CUDA context and cuBLAS up before the baseline
+    del x
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated(dev)
+
+    def reset() -> None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    opt = run_steps(recipe, dev, reset)
     torch.cuda.synchronize()
     return CudaStepMeasurement(
         peak_allocated=torch.cuda.max_memory_allocated(dev),

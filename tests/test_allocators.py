@@ -150,3 +150,28 @@ def test_runtime_terms_per_model():
     assert unified["pytorch"] > models.runtime_parts(models.GLIBC, None)["pytorch"]  # CUDA build
     assert models.runtime_parts(models.GLIBC, "transformers") == {
         "pytorch": 350 * MiB, "library": 220 * MiB, "step_overhead": 44 * MiB}
+
+
+def test_the_gpu_measurement_builds_and_steps_each_recipe_on_the_cpu(tmp_path, monkeypatch):
+    """bench_memory.py --cuda measures runs that peak.run_steps builds; no GPU is available here,
+    so the same code path runs on the CPU: only the LoRA adapters are handed to the optimizer,
+    and two steps run with gradient checkpointing and bf16 autocast."""
+    import json
+
+    import torch
+
+    from smmf_plan.peak import run_steps
+
+    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path / "cache"))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                                  "vocab_size": 128, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                                  "n_positions": 64}))
+    calls = []
+    opt = run_steps({"source": str(config), "optimizer": "adam", "batch_size": 2, "seq_len": 16,
+                     "lora_rank": 4, "lora_targets": ["c_attn"], "grad_checkpointing": True,
+                     "amp": "bf16", "steps": 2}, torch.device("cpu"), lambda: calls.append(1))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert calls == [1] and len(params) == 4  # A and B of c_attn in each of the 2 layers
+    assert all(p.requires_grad and 4 in p.shape for p in params)
+    assert all(len(opt.state[p]) == 3 for p in params)  # step, exp_avg, exp_avg_sq: it stepped

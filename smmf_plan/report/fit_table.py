@@ -154,8 +154,7 @@ def would_fit_table(would_fit: Mapping, device: Device) -> Table:
     see :mod:`smmf_plan.alternatives`), its total, what it leaves free and its largest batch."""
     from rich import box
 
-    table = Table(title=f"What would fit on {device.id} (smallest change first: batch, "
-                        "checkpointing, AMP, SMMF, bf16, LoRA, several, another device)",
+    table = Table(title=f"What would fit on {device.id} (the smallest change that fits)",
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
     for col, just in (("optimizer", "left"), ("change", "left"), ("total", "right"),
                       ("free", "right"), ("max batch", "right")):

@@ -71,7 +71,7 @@ PARTS: tuple[Part, ...] = (
          "distributed training's buffers and gathered copies at the step's peak: DDP gradient "
          "buckets; FSDP2 gathered units, unsharded gradients and reduce-scatter buffers; ZeRO "
          "buckets and gathered parameters", optional=True),
-    Part("allocator", "alloc", "allocator", "╳", "red", "#D55E00", "",
+    Part("allocator", "alloc", "allocator", "╳", "bright_red", "#882255", "",
          "memory the allocator holds beyond the live tensors at the peak: glibc's freed heap "
          "blocks still resident, the CUDA caching allocator's reserved but unallocated segments",
          optional=True),

@@ -29,7 +29,9 @@ to measurements rather than a replay. Two terms, the larger counts (:func:`retai
   step, leaves up to :data:`SAME_SIZE` × ``n`` × size resident (the holes those blocks cannot
   refill);
 * **churn**: :data:`CHURN` × the bytes freed and allocated again every step (gradients,
-  activations, step temporaries) stay resident as holes.
+  activations, step temporaries) in blocks the heap serves stay resident as holes; blocks above
+  32 MiB (a large model's logits) are mapped and unmapped every time and hold nothing
+  (:func:`heap_share`).
 
 The coefficients are the smallest round values that put the estimate at or above the median peak
 RSS growth of fresh processes (``MALLOC_MMAP_THRESHOLD_`` unset) on every configuration measured
@@ -65,6 +67,14 @@ def largest_class_bytes(blocks: Iterable[int]) -> int:
         return 0
     size = max(counts)
     return size * counts[size]
+
+
+def heap_share(blocks: Iterable[int]) -> float:
+    """The share of a step's allocated bytes in blocks the heap serves (at most
+    :data:`MMAP_THRESHOLD_MAX`): larger ones are always their own mapping, returned when freed."""
+    sizes = [n for n in blocks if n > 0]
+    total = sum(sizes)
+    return sum(n for n in sizes if n <= MMAP_THRESHOLD_MAX) / total if total else 1.0
 
 
 def retained_bytes(same_size_class: int, churn: int) -> int:

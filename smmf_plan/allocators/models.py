@@ -207,9 +207,20 @@ def allocator_part(model: AllocatorModel, *, weights: Sequence[int], logs: Mappi
         return lambda batch: 0
     (b1, l1), (b2, l2) = sorted(logs.items())[:2] if len(logs) > 1 else (sorted(logs.items()) * 2)[:2]
     if model is GLIBC:
-        same = [glibc.largest_class_bytes(_blocks(log, step)) for log in (l1, l2)]
+        blocks = [_blocks(log, step) for log in (l1, l2)]
+        same = [glibc.largest_class_bytes(b) for b in blocks]
         line = Affine.through(b1, same[0], b2, same[1]) if b2 != b1 else Affine(same[0], 0)
-        return lambda batch: glibc.retained_bytes(line.at(batch), churn_at(batch))
+        s1, s2 = (glibc.heap_share(b) for b in blocks)
+
+        def share(batch: int) -> float:
+            """Exact at the traced batches, linear between and clamped beyond them; every
+            block counts as heap below the first (smaller blocks there, never fewer)."""
+            if batch < b1:
+                return 1.0
+            t = min(1.0, (batch - b1) / (b2 - b1)) if b2 != b1 else 0.0
+            return s1 + (s2 - s1) * t
+
+        return lambda batch: glibc.retained_bytes(line.at(batch), int(churn_at(batch) * share(batch)))
     # the caching allocator: reserved beyond the allocated blocks at the peak
     pre = list(weights) + workspace_blocks(model)
     slack = []
@@ -246,7 +257,8 @@ def assumptions(model: AllocatorModel, parts: Mapping[str, int], library: str | 
             "glibc default: blocks up to 32 MiB come from the heap once the first step has freed "
             "its activations (dynamic mmap threshold) and the heap keeps freed blocks resident; the "
             f"allocator part is the larger of {glibc.SAME_SIZE:g} x the step's largest same-size "
-            f"blocks and {glibc.CHURN:g} x its gradients + activations + temporaries, fitted to "
+            f"blocks and {glibc.CHURN:g} x its gradients + activations + temporaries in blocks of "
+            "at most 32 MiB (larger ones are unmapped when freed), fitted to "
             "measured peak RSS (reports/memory-accuracy.md); set MALLOC_MMAP_THRESHOLD_=131072 and "
             "plan with --allocator glibc-mmap for the tighter, deterministic figure")
     elif model is GLIBC_MMAP:

@@ -182,10 +182,40 @@ def run_cpu(runs: int, workers: int) -> str:
     return cpu_section(began, runs, rows, len(jobs))
 
 
-def cpu_section(began: str, runs: int, rows: list, total: int) -> str:
+def reestimate() -> None:
+    """Recompute the estimate columns of the committed CPU section with the current model, keeping
+    every measured figure (for a model change without a new hour of measurements); the section
+    says so."""
+    import re
+
+    text = REPORT.read_text()
+    began = re.search(r"Machine: (.*?) \(at the start\)", text).group(1)
+    runs = int(re.search(r"median of (\d+) processes", text).group(1))
+    jobs = {(n, b, o): (n, m, size, seq, b, o) for n, m, size, seq, b, o in cpu_jobs()}
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 10 or not cells[1].isdigit():
+            continue
+        name, b, opt = cells[0], int(cells[1]), cells[2]
+        med, lo, hi = (float(x) * MiB for x in re.match(r"([\d.]+) \(([\d.]+)-([\d.]+)\)", cells[3]).groups())
+        mm, tensor = float(cells[6]) * MiB, float(cells[9]) * MiB
+        job = jobs[(name, b, opt)]
+        est, slack = estimate_cpu(*job, "glibc")
+        est_mmap, _ = estimate_cpu(*job, "glibc-mmap")
+        rows.append((name, b, opt, med, lo, hi, est, slack, mm, est_mmap, tensor))
+    section = cpu_section(began, runs, rows, len(jobs), machine_now=re.search(
+        r"\(at the start\); (.*?) when written", text).group(1))
+    replace_section("cpu", section + "\n\nThe estimate columns were recomputed with the current "
+                    "model after the measurements (`bench_memory.py --reestimate`); every measured "
+                    "figure is the run's.")
+
+
+def cpu_section(began: str, runs: int, rows: list, total: int, machine_now: str | None = None) -> str:
     lines = [
         "## CPU", "",
-        f"Machine: {began} (at the start); {machine().rsplit('; ', 1)[-1]} when written."
+        f"Machine: {began} (at the start); {machine_now or machine().rsplit('; ', 1)[-1]} when "
+        "written."
         + ("" if len(rows) == total else f" **{len(rows)} of {total} configurations measured.**"),
         "",
         f"Measured: peak RSS growth of the third training step over the post-import baseline, 1 "
@@ -309,6 +339,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="default-glibc processes per CPU configuration")
     ap.add_argument("--workers", type=int, default=2, help="CPU processes measured at once")
     ap.add_argument("--list", action="store_true", help="print the jobs and exit")
+    ap.add_argument("--reestimate", action="store_true",
+                    help="recompute the CPU section's estimates, keeping its measurements")
     args = ap.parse_args()
     if args.list:
         for job in (CUDA_JOBS if args.cuda else cpu_jobs()):
@@ -316,6 +348,10 @@ def main() -> None:
         return
     if args.cuda:
         replace_section("cuda", run_cuda())
+        return
+    if args.reestimate:
+        reestimate()
+        print(REPORT.read_text())
         return
     run_cpu(args.runs, args.workers)
     text = REPORT.read_text()

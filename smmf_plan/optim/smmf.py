@@ -69,6 +69,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from . import _cpp, _triton
+from . import sharded as _sharded
 from ._kernels import Hyper, Workspace, dense_update, factorized_update, is_fake
 from ._layout import SIGN_STORAGES, is_factorized, smmf_state, square_matricize
 
@@ -160,6 +161,7 @@ class SMMF(torch.optim.Optimizer):
             if group["fused"]:
                 for p in group["params"]:
                     self._kernel(group, p)  # fused=True: fail now, not at the first step
+        _sharded.install(self)  # FSDP2: checkpoints hold DTensor state (see .sharded)
 
     # ------------------------------------------------------------------ state
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
@@ -214,6 +216,9 @@ class SMMF(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if _sharded.applies(self):  # FSDP2/DTensor parameters: the exact sharded step (.sharded)
+            _sharded.step(self)
+            return loss
         for group in self.param_groups:
             self._group_step(group)
         return loss
@@ -335,6 +340,7 @@ class SMMF(torch.optim.Optimizer):
             p = id_to_param.get(pid)
             if p is None:
                 continue
+            entry = _sharded.local_entry(self, p, entry)  # DTensor (DCP) forms -> this rank's
             self.state[p] = {
                 k: (v.detach().to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v)
                 for k, v in entry.items()

@@ -31,6 +31,17 @@ GlibcDefault = Annotated[bool, typer.Option(
                             "MALLOC_MMAP_THRESHOLD_=131072 (what the estimate assumes; the default "
                             "keeps freed memory resident, so RSS reads up to ~1.35x higher).")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads in each run (default: torch's).", min=1)]
+Dist = Annotated[Optional[str], typer.Option(
+    "--dist", help="Launch --world ranks through torch.distributed.run (gloo on CPU) and train "
+                   "under fsdp2 (fully_shard) or ddp; each rank measured beside the plan.",
+    show_default=False)]
+World = Annotated[Optional[int], typer.Option("--world", help="Ranks to launch with --dist.",
+                                             show_default=False)]
+Nodes = Annotated[int, typer.Option("--nodes", help="Hosts the --launcher command spreads the "
+                                                   "world over (it must divide --world).")]
+Launcher = Annotated[bool, typer.Option(
+    "--launcher", help="Print the torchrun command that runs this probe on a real cluster (NCCL, "
+                       "--nnodes, c10d rendezvous) instead of running it here.")]
 Timeout = Annotated[Optional[float], typer.Option("--timeout", help="Seconds allowed per optimizer run (default: no limit).", min=1)]
 
 
@@ -57,12 +68,27 @@ def probe(
     timeout: Timeout = None,
     glibc_default: GlibcDefault = False,
     threads: Threads = None,
+    dist: Dist = None,
+    world: World = None,
+    nodes: Nodes = 1,
+    launcher: Launcher = False,
 ) -> None:
     """Train MODEL (random weights, synthetic batch) a few steps with each optimizer, each in a fresh
     subprocess, and show measured state, peak memory and step times beside the plan."""
     from smmf_plan.probe.runner import run_probe
 
     layouts = m.layouts()
+    if dist is not None or world is not None or launcher:
+        given = [flag for flag, v in (("--device", device), ("--report", report),
+                                      ("--glibc-default", glibc_default)) if v]
+        if given:
+            raise PlanError(f"{given[0]} is not available with --dist yet: drop it (the ranks run "
+                            "uncapped on CPU under glibc's default malloc)")
+        if device_type != "cpu" and not launcher:
+            raise PlanError("--dist runs its ranks on this host's CPU (gloo); for GPUs print the "
+                            "cluster command with --launcher")
+        return _probe_dist(m, step, layouts, dist, world, nodes, launcher, steps=steps, lr=lr,
+                           json_out=json_out, threads=threads, timeout=timeout)
     if device_type not in ("cpu", "cuda"):
         raise PlanError(f"--device-type {device_type!r}: use cpu or cuda")
     dev = None
@@ -109,4 +135,52 @@ def probe(
         err.print(f"error: {line}", highlight=False, soft_wrap=True)
     if failed:
         # an optimizer that could not run is not a measurement: fail like a test would
+        raise typer.Exit(1)
+
+
+def _probe_dist(m: ModelOptions, step: StepOptions, layouts, scheme, world, nodes: int,
+                launcher: bool, *, steps: int, lr, json_out: bool, threads, timeout) -> None:
+    """``--dist``: one torchrun per optimizer; ``--launcher``: the cluster command, not run."""
+    from smmf_plan.probe import dist as d
+
+    if scheme is None and launcher:
+        raise PlanError("--launcher needs --dist and --world: e.g. --dist fsdp2 --world 8 --launcher")
+    d.check(scheme, world)
+    if nodes < 1 or world % nodes:
+        raise PlanError(f"--nodes {nodes} does not divide --world {world}: give a number of nodes "
+                        "that divides the world (each node runs world / nodes ranks)")
+    size = None
+    if step.input_size is not None:
+        from smmf_plan.trace import parse_input_size
+
+        size = list(parse_input_size(step.input_size))
+    if launcher:
+        lines = []
+        for layout in layouts:
+            worker = d._worker_args(m.model, layout.id, scheme, steps, step.batch or 1, size,
+                                    step.seq_len, m.num_classes, m.task, lr, threads, "cuda")
+            lines.append(d.cluster_command(world, nodes, worker))
+        if json_out:
+            o.emit_json({"schema_version": 2, "launcher": lines})
+        else:
+            for line in lines:
+                print(line)
+        return
+    spec = o.load(m, quiet=json_out)
+    doc = d.run_dist_probe(m.model, spec, layouts, scheme=scheme, world=world, steps=steps,
+                           batch_size=step.batch or 1, input_size=size, seq_len=step.seq_len,
+                           num_classes=m.num_classes, task=m.task, lr=lr, threads=threads,
+                           timeout_s=timeout, progress=not json_out and sys.stderr.isatty())
+    from smmf_plan.report.console import console as make_console
+    from smmf_plan.report.probe_report import rank_table
+
+    if json_out:
+        o.emit_json(doc)
+    else:
+        make_console().print(rank_table(doc))
+    failed = [f"{oid}: {e['error']}" for oid, e in doc["optimizers"].items() if e["status"] != "ok"]
+    err = make_console(stderr=True)
+    for line in failed:
+        err.print(f"error: {line}", highlight=False, soft_wrap=True)
+    if failed:
         raise typer.Exit(1)

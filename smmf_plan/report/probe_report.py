@@ -126,6 +126,37 @@ def probe_table(doc: dict):
     return t
 
 
+def rank_table(doc: dict):
+    """A rich table for ``probe --dist``: one row per optimizer and rank (state in bytes, exact)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    st, mo = doc["settings"], doc["model"]
+    title = (f"{mo['name']} · {mo['num_params'] / 1e6:.2f} M params · {st['dist']} over "
+             f"{st['world']} ranks ({st['backend']}) · batch {doc['input']['batch_size']} per rank · "
+             f"{st['steps']} steps")
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for head in ("optimizer", "rank", "status", "state\nplan B", "state\nmeas. B", "state\nerr",
+                 "peak\nMiB", "opt.step\nms", "loss\nfirst → last"):
+        t.add_column(head, justify="left" if head in ("optimizer", "status", "loss\nfirst → last")
+                     else "right", no_wrap=not head.startswith("loss"))
+    for oid, e in doc["optimizers"].items():
+        for row in e["ranks"]:
+            m = row.get("measured") or {}
+            ok = row["status"] == "ok"
+            state = m.get("state_bytes")
+            t.add_row(oid, str(row["rank"]), Text("✓ ok" if ok else "! error",
+                                                  style="green" if ok else "yellow"),
+                      f"{row['predicted']['state_bytes']:,}",
+                      "–" if state is None else f"{state:,}",
+                      _pct(row["error_pct"]["state_bytes"]), mib(m.get("peak_bytes")),
+                      _ms(m.get("optimizer_step_ms")), _losses(m))
+    t.caption = ("state: bytes of optimizer.state on the rank (DTensor state by its local shard) · "
+                 "peak = RSS growth over the rank's baseline · losses: the mean over ranks")
+    return t
+
+
 def _problem(oid: str, e: dict) -> str:
     msg = e.get("error") or ""
     return f"{oid}: {e.get('verdict')}" + (f" — {msg}" if msg and e["status"] == "oom" else "")

@@ -1,0 +1,78 @@
+"""``smmf-plan probe MODEL --dist fsdp2 --world 2``: two real ranks launched by
+torch.distributed.run on CPU (gloo), each rank's optimizer state measured beside the plan; the
+cluster command of ``--launcher``; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+
+import pytest
+import smmf_plan.cli.probe  # noqa: F401  (registers the command)
+from smmf_plan.cli import main
+
+
+def _cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_fsdp2_probe_at_world_2_measures_each_rank_beside_the_plan(capsys):
+    code, out, err = _cli(["probe", "test_vit", "--dist", "fsdp2", "--world", "2", "--steps", "2",
+                           "--optimizer", "smmf", "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["schema_version"] == 2
+    assert doc["settings"]["dist"] == "fsdp2" and doc["settings"]["world"] == 2
+    assert doc["settings"]["backend"] == "gloo"
+    e = doc["optimizers"]["smmf"]
+    assert e["status"] == "ok", e.get("error")
+    assert [r["rank"] for r in e["ranks"]] == [0, 1]
+    for row in e["ranks"]:
+        m = row["measured"]
+        # the real optimizer's state on each rank is exactly the per-rank plan
+        assert m["state_bytes"] == row["predicted"]["state_bytes"]
+        assert row["error_pct"]["state_bytes"] == 0.0
+        assert m["peak_bytes"] > m["state_bytes"] > 0
+        assert len(m["losses"]) == 2 and all(math.isfinite(x) for x in m["losses"])
+    # ranks hold different shards (rank 0 the larger) and see the same mean loss
+    r0, r1 = (r["measured"] for r in e["ranks"])
+    assert r0["param_bytes"] >= r1["param_bytes"] > 0
+    assert r0["losses"] == r1["losses"] == e["measured"]["losses"]
+    # top-level figures are the largest rank's
+    assert e["measured"]["state_bytes"] == max(r0["state_bytes"], r1["state_bytes"])
+
+
+def test_launcher_prints_the_cluster_command_without_running(capsys):
+    code, out, err = _cli(["probe", "test_vit", "--dist", "fsdp2", "--world", "8", "--nodes", "2",
+                           "--optimizer", "smmf,adam", "--launcher"], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2  # one run per optimizer
+    for line, oid in zip(lines, ("smmf", "adam")):
+        words = shlex.split(line.replace("$MASTER_ADDR", "host0"))
+        assert words[0] == "torchrun"
+        assert "--nnodes=2" in words and "--nproc-per-node=4" in words
+        assert "--rdzv-backend=c10d" in words and "--rdzv-endpoint=host0:29500" in words
+        assert words[words.index("-m") + 1] == "smmf_plan.probe.dist_worker"
+        assert words[words.index("--backend") + 1] == "nccl"
+        assert words[words.index("--optimizer") + 1] == oid
+        assert words[words.index("--dist") + 1] == "fsdp2"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dist", "fsdp2", "--world", "0"], "error: --world 0 is not a number of ranks"),
+    (["--dist", "zero2", "--world", "2"], "error: probe --dist 'zero2'"),
+    (["--dist", "fsdp9", "--world", "2"], "error: probe --dist 'fsdp9'"),
+    (["--world", "2"], "error: --world needs --dist"),
+    (["--dist", "fsdp2"], "error: --dist fsdp2 needs --world"),
+    (["--dist", "fsdp2", "--world", "4", "--nodes", "3"], "error: --nodes 3 does not divide"),
+    (["--dist", "ddp", "--world", "2", "--device", "rpi-zero"], "error: --device is not available"),
+])
+def test_bad_dist_input_is_one_line_exit_2(args, message, capsys):
+    code, out, err = _cli(["probe", "test_vit", "--optimizer", "smmf", "--steps", "1", *args], capsys)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert out == ""

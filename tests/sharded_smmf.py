@@ -20,6 +20,9 @@ BATCH = 8  # divisible by every world size tested
 STEPS = 12
 RESUME_AT = 5  # the world-2 run saves a DCP checkpoint after this many steps
 HYPER = dict(lr=1e-2, weight_decay=1e-2)
+#: the other code paths: bool signs, Adam-like moments for vectors (the dense path on local
+#: shards), coupled weight decay
+OTHER = dict(sign="bool", vector_reshape=False, weight_decay_mode="adam")
 
 
 def build_model(seed: int = 0) -> nn.Sequential:
@@ -96,7 +99,7 @@ def _init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def _fsdp_model(mp: bool = False) -> nn.Module:
+def _fsdp_model(mp: bool = False, mesh=None) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     model = build_model()
@@ -104,8 +107,8 @@ def _fsdp_model(mp: bool = False) -> nn.Module:
         else MixedPrecisionPolicy()
     for layer in model:
         if isinstance(layer, nn.Linear):
-            fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+            fully_shard(layer, mp_policy=policy, mesh=mesh)
+    fully_shard(model, mp_policy=policy, mesh=mesh)
     return model
 
 
@@ -198,11 +201,18 @@ def run_rank(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
         counts: list = []
         losses = _train(model, opt, rank, world, 0, RESUME_AT, counts)
         if world == 2:
-            _save(model, opt, ckpt)
+            _save(model, opt, ckpt + "-default")
         losses += _train(model, opt, rank, world, RESUME_AT, STEPS, counts)
         result["fsdp"] = dict(losses=losses, params=_full(model), counts=counts,
                               state_bytes=_state_bytes(opt), rows=_local_rows(opt))
         if world == 2:
+            # bool signs, dense-path vectors and coupled weight decay, checkpointed too
+            model = _fsdp_model()
+            opt = SMMF(model.parameters(), **HYPER, **OTHER)
+            losses = _train(model, opt, rank, world, 0, RESUME_AT)
+            _save(model, opt, ckpt + "-other")
+            losses += _train(model, opt, rank, world, RESUME_AT, STEPS)
+            result["other"] = dict(losses=losses, params=_full(model), state_bytes=_state_bytes(opt))
             # DDP: SMMF itself runs unchanged on whole parameters
             model = DistributedDataParallel(build_model())
             opt = SMMF(model.parameters(), **HYPER)
@@ -215,12 +225,23 @@ def run_rank(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
             result["bf16"] = dict(losses=_train(model, opt, rank, world, 0, STEPS, grads=grads),
                                   params=_full(model), grads=grads)
         else:
-            # resume the world-2 checkpoint here and finish its run
-            model = _fsdp_model()
+            # resume the world-2 checkpoints here and finish their runs
+            for name, kwargs in (("default", {}), ("other", OTHER)):
+                model = _fsdp_model()
+                opt = SMMF(model.parameters(), **HYPER, **kwargs)
+                _load(model, opt, ckpt + "-" + name)
+                result["resumed-" + name] = dict(
+                    losses=_train(model, opt, rank, world, RESUME_AT, STEPS), params=_full(model),
+                    state_bytes=_state_bytes(opt))
+            # HSDP: 2 replicas of 2 shards
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+            model = _fsdp_model(mesh=mesh)
             opt = SMMF(model.parameters(), **HYPER)
-            _load(model, opt, ckpt)
-            result["resumed"] = dict(losses=_train(model, opt, rank, world, RESUME_AT, STEPS),
-                                     params=_full(model), state_bytes=_state_bytes(opt))
+            counts = []
+            result["hsdp"] = dict(losses=_train(model, opt, rank, world, 0, STEPS, counts),
+                                  params=_full(model), counts=counts, state_bytes=_state_bytes(opt))
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
         dist.barrier()
     finally:

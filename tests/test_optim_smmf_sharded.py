@@ -34,12 +34,15 @@ def _rows(d0: int, world: int, rank: int) -> int:
     return max(0, min(d0, (rank + 1) * chunk) - rank * chunk)
 
 
-def _planned_state_bytes(shape: tuple[int, ...], world: int, rank: int) -> int:
+def _planned_state_bytes(shape: tuple[int, ...], world: int, rank: int, other: bool = False) -> int:
     """The design's per-rank state: fp32 factors of the full (n̂, m̂) matrix for both moments and
-    the packed sign of the local elements (⌈k/8⌉ bytes)."""
+    the packed sign of the local elements (⌈k/8⌉ bytes). ``other`` (:data:`S.OTHER`): a ``bool``
+    sign (k bytes), and vectors keep two fp32 moments of their local shard (8·k bytes)."""
     n, m = square_matricize(shape)
     local = _rows(shape[0], world, rank) * math.prod(shape[1:])
-    return 4 * 2 * (n + m) + -(-local // 8)
+    if not other:
+        return 4 * 2 * (n + m) + -(-local // 8)
+    return 8 * local if len(shape) == 1 else 4 * 2 * (n + m) + local
 
 
 @pytest.fixture(scope="session")
@@ -102,17 +105,43 @@ def test_bf16_mixed_precision_policy(runs):
         assert _max_diff(bf16["params"], S.replay(bf16["grads"])) < TOL
 
 
-def test_dcp_checkpoint_saved_at_world_2_resumes_at_world_4(runs):
+@pytest.mark.parametrize("variant", ["default", "other"])
+def test_dcp_checkpoint_saved_at_world_2_resumes_at_world_4(runs, variant):
+    """Packed signs (as uint8 DTensors where rows are whole bytes, as bool where they are not) and
+    bool signs, dense-path moments and coupled weight decay (``other``)."""
+    other = variant == "other"
+    ref_losses, ref_params = S.reference(**(S.OTHER if other else {}))
+    shapes = [tuple(p.shape) for p in S.build_model().parameters()]
+    names = [n for n, _ in S.build_model().named_parameters()]
+    if other:
+        for rank, res in enumerate(runs[2]):  # the world-2 run that saved it
+            run = res["other"]
+            assert max(abs(a - b) for a, b in zip(run["losses"], ref_losses)) < TOL
+            assert _max_diff(run["params"], ref_params) < TOL
+            assert run["state_bytes"] == {
+                n: _planned_state_bytes(s, 2, rank, other) for n, s in zip(names, shapes)}
+    for rank, res in enumerate(runs[4]):
+        resumed = res["resumed-" + variant]
+        assert max(abs(a - b) for a, b in zip(resumed["losses"], ref_losses[S.RESUME_AT:])) < TOL
+        assert _max_diff(resumed["params"], ref_params) < TOL
+        # loaded state is this rank's local state in the optimizer's storage (not bool or float
+        # where packed, not the world-2 shards)
+        assert resumed["state_bytes"] == {
+            n: _planned_state_bytes(s, 4, rank, other) for n, s in zip(names, shapes)}
+
+
+def test_hsdp_two_replicas_of_two_shards(runs):
+    """A 2-D mesh (replicate, shard): the factors' all-reduce spans the shard group only."""
     ref_losses, ref_params = S.reference()
     shapes = [tuple(p.shape) for p in S.build_model().parameters()]
     names = [n for n, _ in S.build_model().named_parameters()]
     for rank, res in enumerate(runs[4]):
-        resumed = res["resumed"]
-        assert max(abs(a - b) for a, b in zip(resumed["losses"], ref_losses[S.RESUME_AT:])) < TOL
-        assert _max_diff(resumed["params"], ref_params) < TOL
-        # loaded state is this rank's local state, with packed signs (not bool, not float)
-        assert resumed["state_bytes"] == {
-            n: _planned_state_bytes(s, 4, rank) for n, s in zip(names, shapes)}
+        hsdp = res["hsdp"]
+        assert max(abs(a - b) for a, b in zip(hsdp["losses"], ref_losses)) < TOL
+        assert _max_diff(hsdp["params"], ref_params) < TOL
+        assert hsdp["counts"] == [{"c10d.allreduce_": 1}] * S.STEPS
+        assert hsdp["state_bytes"] == {
+            n: _planned_state_bytes(s, 2, rank % 2) for n, s in zip(names, shapes)}
 
 
 @pytest.mark.parametrize("offset,numel,m", [

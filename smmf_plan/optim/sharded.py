@@ -147,16 +147,15 @@ def init_state(opt, p: torch.Tensor, group: dict, where: Shard) -> dict:
     dtype = str(p.dtype).removeprefix("torch.")
     first = group["beta"] is not None
     local_shape = tuple(_local(p).shape)
+    # routed by the whole parameter's shape (a 1-row shard of a vector is still a vector)
+    tensors = smmf_state(tuple(p.shape), dtype, first_moment=first, sign=opt.sign,
+                         vector_reshape=group["vector_reshape"])
+    shapes = {t.name: t.shape for t in tensors}
     if is_factorized(tuple(p.shape), group["vector_reshape"]):
-        tensors = smmf_state(tuple(p.shape), dtype, first_moment=first, sign=opt.sign,
-                             vector_reshape=group["vector_reshape"])
-        shapes = {t.name: t.shape for t in tensors}
         if "sign" in shapes:
             shapes["sign"] = (-(-where.numel // 8),) if opt.sign == "packed" else local_shape
-    else:
-        tensors = smmf_state(local_shape, dtype, first_moment=first, sign=opt.sign,
-                             vector_reshape=group["vector_reshape"])
-        shapes = {t.name: t.shape for t in tensors}
+    else:  # Adam-like moments of the local shard
+        shapes = {name: local_shape for name in shapes}
     for t in tensors:
         state[t.name] = torch.zeros(shapes[t.name], dtype=getattr(torch, t.dtype), device=p.device)
     state["step"] = 0

@@ -71,6 +71,10 @@ def _wrap(model, scheme: str, device, torch):
     return model
 
 
+#: what the rank was doing (for the error it reports)
+PHASE = ["start"]
+
+
 def run_rank(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
@@ -110,11 +114,14 @@ def run_rank(args: argparse.Namespace) -> dict[str, Any]:
         base_rss = rss.rss_bytes()
         window = rss.PeakWindow() if not cuda and rss.available() else None
 
+        PHASE[0] = "building the model"
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         model = build_module(spec, device=device.type)
         model.train()
+        PHASE[0] = f"wrapping the model for {args.dist}"
         model = _wrap(model, args.dist, device, torch)
         params = [p for p in model.parameters() if p.requires_grad]
+        PHASE[0] = "building the optimizer"
         optimizer = layout.build(params, lr=lr)
         torch.manual_seed(args.seed + 1 + rank)  # each rank its own micro-batch
         batch = make_batch(in_spec, device)
@@ -123,6 +130,7 @@ def run_rank(args: argparse.Namespace) -> dict[str, Any]:
         for k in range(1, args.steps + 1):
             if cuda:
                 torch.cuda.synchronize()
+            PHASE[0] = f"forward/backward of step {k}"
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = compute_loss(model, batch)
@@ -130,6 +138,7 @@ def run_rank(args: argparse.Namespace) -> dict[str, Any]:
             if cuda:
                 torch.cuda.synchronize()
             t1 = time.perf_counter()
+            PHASE[0] = f"optimizer.step() of step {k}"
             optimizer.step()
             if cuda:
                 torch.cuda.synchronize()
@@ -176,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_rank(args)
     except Exception as e:  # noqa: BLE001 - written down for the parent, then re-raised
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+        import traceback
+
+        text = str(e).splitlines()[0] if str(e) else ""
+        if not text:  # a bare assert: say where it fired
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            text = f"at {os.path.basename(frame.filename)}:{frame.lineno} ({frame.name})"
+        msg = f"{type(e).__name__} in {PHASE[0]}: {text}"
         result = {"rank": rank, "status": "error", "error": msg[:500]}
         write_text_atomic(os.path.join(args.out, f"rank{rank}.json"), json.dumps(result))
         raise

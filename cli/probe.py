@@ -172,12 +172,15 @@ def _probe_dist(m: ModelOptions, step: StepOptions, layouts, scheme, world, node
                            num_classes=m.num_classes, task=m.task, lr=lr, threads=threads,
                            timeout_s=timeout, progress=not json_out and sys.stderr.isatty())
     from smmf_plan.report.console import console as make_console
-    from smmf_plan.report.probe_report import rank_table
+    from smmf_plan.report.probe_report import rank_table, rank_verdicts
 
     if json_out:
         o.emit_json(doc)
     else:
-        make_console().print(rank_table(doc))
+        console = make_console()
+        console.print(rank_table(doc))
+        for line in rank_verdicts(doc):
+            console.print(line, highlight=False)
     failed = [f"{oid}: {e['error']}" for oid, e in doc["optimizers"].items() if e["status"] != "ok"]
     err = make_console(stderr=True)
     for line in failed:

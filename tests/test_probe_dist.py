@@ -44,6 +44,18 @@ def test_fsdp2_probe_at_world_2_measures_each_rank_beside_the_plan(capsys):
     assert r0["losses"] == r1["losses"] == e["measured"]["losses"]
     # top-level figures are the largest rank's
     assert e["measured"]["state_bytes"] == max(r0["state_bytes"], r1["state_bytes"])
+    # what a person reads: a row per rank, in monochrome, and the verdict
+    from rich.console import Console
+
+    from smmf_plan.report.probe_report import rank_table, rank_verdicts
+
+    console = Console(width=120, no_color=True, record=True)
+    console.print(rank_table(doc))
+    text = console.export_text()
+    for row in e["ranks"]:
+        assert f"{row['measured']['state_bytes']:,}" in text
+    assert text.count("✓ ok") == 2
+    assert rank_verdicts(doc)[0].startswith("smmf: optimizer state equals the plan on all 2 ranks")
 
 
 def test_launcher_prints_the_cluster_command_without_running(capsys):

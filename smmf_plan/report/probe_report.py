@@ -157,6 +157,22 @@ def rank_table(doc: dict):
     return t
 
 
+def rank_verdicts(doc: dict) -> list[str]:
+    """One line per optimizer of ``probe --dist``: does each rank's state equal its plan?"""
+    out = []
+    for oid, e in doc["optimizers"].items():
+        if e["status"] != "ok":
+            continue
+        off = [r for r in e["ranks"] if r["measured"]["state_bytes"] != r["predicted"]["state_bytes"]]
+        if not off:
+            out.append(f"{oid}: optimizer state equals the plan on all {len(e['ranks'])} ranks "
+                       f"(largest {format_bytes(e['measured']['state_bytes'])})")
+        else:
+            ranks = ", ".join(str(r["rank"]) for r in off)
+            out.append(f"{oid}: optimizer state differs from the plan on rank(s) {ranks}")
+    return out
+
+
 def _problem(oid: str, e: dict) -> str:
     msg = e.get("error") or ""
     return f"{oid}: {e.get('verdict')}" + (f" — {msg}" if msg and e["status"] == "oom" else "")

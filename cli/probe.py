@@ -10,7 +10,7 @@ import typer
 
 from smmf_plan.atomic import write_text_atomic
 from smmf_plan.errors import PlanError
-from smmf_plan.options import ModelOptions, StepOptions
+from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 
 from . import options as o
 
@@ -31,17 +31,9 @@ GlibcDefault = Annotated[bool, typer.Option(
                             "MALLOC_MMAP_THRESHOLD_=131072 (what the estimate assumes; the default "
                             "keeps freed memory resident, so RSS reads up to ~1.35x higher).")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads in each run (default: torch's).", min=1)]
-Dist = Annotated[Optional[str], typer.Option(
-    "--dist", help="Launch --world ranks through torch.distributed.run (gloo on CPU) and train "
-                   "under fsdp2 (fully_shard) or ddp; each rank measured beside the plan.",
-    show_default=False)]
-World = Annotated[Optional[int], typer.Option("--world", help="Ranks to launch with --dist.",
-                                             show_default=False)]
-Nodes = Annotated[int, typer.Option("--nodes", help="Hosts the --launcher command spreads the "
-                                                   "world over (it must divide --world).")]
 Launcher = Annotated[bool, typer.Option(
-    "--launcher", help="Print the torchrun command that runs this probe on a real cluster (NCCL, "
-                       "--nnodes, c10d rendezvous) instead of running it here.")]
+    "--launcher", help="With --dist: print the torchrun command that runs this probe on a real "
+                       "cluster (NCCL, --nnodes, c10d rendezvous) instead of running it here.")]
 Timeout = Annotated[Optional[float], typer.Option("--timeout", help="Seconds allowed per optimizer run (default: no limit).", min=1)]
 
 
@@ -59,6 +51,7 @@ def _command_line(model: str, **opts) -> str:
 def probe(
     m: ModelOptions,
     step: StepOptions,
+    dist: DistOptions,
     steps: Steps = 10,
     device_type: DeviceType = "cpu",
     device: DeviceCap = None,
@@ -68,9 +61,6 @@ def probe(
     timeout: Timeout = None,
     glibc_default: GlibcDefault = False,
     threads: Threads = None,
-    dist: Dist = None,
-    world: World = None,
-    nodes: Nodes = 1,
     launcher: Launcher = False,
 ) -> None:
     """Train MODEL (random weights, synthetic batch) a few steps with each optimizer, each in a fresh
@@ -78,7 +68,7 @@ def probe(
     from smmf_plan.probe.runner import run_probe
 
     layouts = m.layouts()
-    if dist is not None or world is not None or launcher:
+    if dist.given or launcher:
         given = [flag for flag, v in (("--device", device), ("--report", report),
                                       ("--glibc-default", glibc_default)) if v]
         if given:
@@ -87,7 +77,7 @@ def probe(
         if device_type != "cpu" and not launcher:
             raise PlanError("--dist runs its ranks on this host's CPU (gloo); for GPUs print the "
                             "cluster command with --launcher")
-        return _probe_dist(m, step, layouts, dist, world, nodes, launcher, steps=steps, lr=lr,
+        return _probe_dist(m, step, layouts, dist, launcher, steps=steps, lr=lr,
                            json_out=json_out, threads=threads, timeout=timeout)
     if device_type not in ("cpu", "cuda"):
         raise PlanError(f"--device-type {device_type!r}: use cpu or cuda")
@@ -138,17 +128,14 @@ def probe(
         raise typer.Exit(1)
 
 
-def _probe_dist(m: ModelOptions, step: StepOptions, layouts, scheme, world, nodes: int,
-                launcher: bool, *, steps: int, lr, json_out: bool, threads, timeout) -> None:
+def _probe_dist(m: ModelOptions, step: StepOptions, layouts, dist: DistOptions, launcher: bool, *,
+                steps: int, lr, json_out: bool, threads, timeout) -> None:
     """``--dist``: one torchrun per optimizer; ``--launcher``: the cluster command, not run."""
     from smmf_plan.probe import dist as d
 
-    if scheme is None and launcher:
+    if not dist.given:
         raise PlanError("--launcher needs --dist and --world: e.g. --dist fsdp2 --world 8 --launcher")
-    d.check(scheme, world)
-    if nodes < 1 or world % nodes:
-        raise PlanError(f"--nodes {nodes} does not divide --world {world}: give a number of nodes "
-                        "that divides the world (each node runs world / nodes ranks)")
+    sharding = d.probe_sharding(dist)
     size = None
     if step.input_size is not None:
         from smmf_plan.trace import parse_input_size
@@ -157,9 +144,9 @@ def _probe_dist(m: ModelOptions, step: StepOptions, layouts, scheme, world, node
     if launcher:
         lines = []
         for layout in layouts:
-            worker = d._worker_args(m.model, layout.id, scheme, steps, step.batch or 1, size,
-                                    step.seq_len, m.num_classes, m.task, lr, threads, "cuda")
-            lines.append(d.cluster_command(world, nodes, worker))
+            worker = d.worker_args(m.model, layout.id, sharding, steps, step.batch or 1, size,
+                                   step.seq_len, m.num_classes, m.task, lr, threads, "cuda")
+            lines.append(d.cluster_command(sharding, worker))
         if json_out:
             o.emit_json({"schema_version": 2, "launcher": lines})
         else:
@@ -167,7 +154,7 @@ def _probe_dist(m: ModelOptions, step: StepOptions, layouts, scheme, world, node
                 print(line)
         return
     spec = o.load(m, quiet=json_out)
-    doc = d.run_dist_probe(m.model, spec, layouts, scheme=scheme, world=world, steps=steps,
+    doc = d.run_dist_probe(m.model, spec, layouts, sharding, steps=steps,
                            batch_size=step.batch or 1, input_size=size, seq_len=step.seq_len,
                            num_classes=m.num_classes, task=m.task, lr=lr, threads=threads,
                            timeout_s=timeout, progress=not json_out and sys.stderr.isatty())

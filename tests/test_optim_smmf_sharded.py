@@ -156,3 +156,15 @@ def test_segments_cover_the_local_range_row_by_row(offset, numel, m):
             flat = (row + i // width) * m + col + i % width
             covered.append((flat, at + i))
     assert covered == [(offset + j, j) for j in range(numel)]
+
+
+@pytest.mark.parametrize("local_rows", [0, 1, 2])
+def test_a_vector_shard_keeps_a_vectors_moments(local_rows):
+    """``vector_reshape=False`` routes by the whole tensor: a 1-row shard of a (3,) bias is not a
+    0-d tensor to factorize (it failed at world 2 before: the dense path found no moments)."""
+    from smmf_plan.optimizers import parse
+    from smmf_plan.shapes import ParamSpec
+
+    state = parse("smmf:vector_reshape=false").shard_state(ParamSpec("b", (3,)), (local_rows,))
+    assert [(t.name, t.shape, t.dtype) for t in state] == [
+        ("exp_avg", (local_rows,), "float32"), ("exp_avg_sq", (local_rows,), "float32")]

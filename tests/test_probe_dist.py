@@ -77,12 +77,13 @@ def test_launcher_prints_the_cluster_command_without_running(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--dist", "fsdp2", "--world", "0"], "error: --world 0 is not a number of ranks"),
-    (["--dist", "zero2", "--world", "2"], "error: probe --dist 'zero2'"),
-    (["--dist", "fsdp9", "--world", "2"], "error: probe --dist 'fsdp9'"),
+    (["--dist", "zero2", "--world", "2"], "error: probe --dist zero2: the probe runs fsdp2 or ddp"),
+    (["--dist", "fsdp9", "--world", "2"], "error: unknown --dist 'fsdp9'; did you mean fsdp2?"),
     (["--world", "2"], "error: --world needs --dist"),
-    (["--dist", "fsdp2"], "error: --dist fsdp2 needs --world"),
+    (["--dist", "fsdp2"], "error: probe --dist fsdp2 needs --world N"),
     (["--dist", "fsdp2", "--world", "4", "--nodes", "3"], "error: --nodes 3 does not divide"),
     (["--dist", "ddp", "--world", "2", "--device", "rpi-zero"], "error: --device is not available"),
+    (["--launcher"], "error: --launcher needs --dist and --world"),
 ])
 def test_bad_dist_input_is_one_line_exit_2(args, message, capsys):
     code, out, err = _cli(["probe", "test_vit", "--optimizer", "smmf", "--steps", "1", *args], capsys)

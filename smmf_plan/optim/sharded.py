@@ -41,10 +41,10 @@ from typing import Any
 
 import torch
 
-from ..optimizers.smmf import is_factorized, smmf_state
-from ..shapes import square_matricize
+from ..optimizers.smmf import is_factorized, shard_state
+from ..shapes import ParamSpec, square_matricize
 from ._kernels import Hyper, _normalize_, dense_update
-from ._signbits import bools_to_bytes, pack_positive, unpack_signs
+from ._signbits import bools_to_bytes, pack_positive
 
 _DTENSOR: list = []  # [DTensor class] once imported, [None] where torch.distributed is absent
 
@@ -141,23 +141,14 @@ def segments(offset: int, numel: int, m: int) -> list[tuple[int, int, int, int, 
 
 # --------------------------------------------------------------------------- state
 def init_state(opt, p: torch.Tensor, group: dict, where: Shard) -> dict:
-    """This rank's state for ``p``: the full matrix's factors and the local sign (factorized
-    path), or moments of the local shape (dense path)."""
+    """This rank's state for ``p``, exactly what the planner's per-rank rule
+    (:func:`smmf_plan.optimizers.smmf.shard_state`) counts: the full matrix's factors and the
+    local sign (factorized path), or moments of the local shard (dense path)."""
     state = opt.state[p]
-    dtype = str(p.dtype).removeprefix("torch.")
-    first = group["beta"] is not None
-    local_shape = tuple(_local(p).shape)
-    # routed by the whole parameter's shape (a 1-row shard of a vector is still a vector)
-    tensors = smmf_state(tuple(p.shape), dtype, first_moment=first, sign=opt.sign,
-                         vector_reshape=group["vector_reshape"])
-    shapes = {t.name: t.shape for t in tensors}
-    if is_factorized(tuple(p.shape), group["vector_reshape"]):
-        if "sign" in shapes:
-            shapes["sign"] = (-(-where.numel // 8),) if opt.sign == "packed" else local_shape
-    else:  # Adam-like moments of the local shard
-        shapes = {name: local_shape for name in shapes}
-    for t in tensors:
-        state[t.name] = torch.zeros(shapes[t.name], dtype=getattr(torch, t.dtype), device=p.device)
+    options = {"beta": group["beta"], "sign": opt.sign, "vector_reshape": group["vector_reshape"]}
+    spec = ParamSpec("", tuple(p.shape), str(p.dtype).removeprefix("torch."))
+    for t in shard_state(options, spec, tuple(_local(p).shape), ""):
+        state[t.name] = torch.zeros(t.shape, dtype=getattr(torch, t.dtype), device=p.device)
     state["step"] = 0
     return state
 
@@ -253,7 +244,7 @@ def _local_update(local: torch.Tensor, g: torch.Tensor, state: dict, shape: tupl
     if first:
         rm, cm, sign = state["row_m"], state["col_m"], state["sign"]
         if packed:
-            mat = unpack_signs(sign, k, vdtype)
+            mat = _unpack(sign, k).to(vdtype).mul_(2.0).sub_(1.0)  # exact ±1
         else:
             mat = sign.reshape(-1).to(vdtype).mul_(2.0).sub_(1.0)  # exact ±1
     for r0, c0, rows, cols, at in pieces:
@@ -352,7 +343,7 @@ def _global_entry(opt, p: torch.Tensor, entry: dict) -> dict:
                 out[name] = _from_local(p, value.view(local_shape[0], per_row // 8),
                                         (shape[0], per_row // 8))
             else:
-                bits = unpack_signs(value, local.numel(), torch.int8) > 0
+                bits = _unpack(value, local.numel()).bool()
                 out[name] = _from_local(p, bits.view(local_shape), shape)
     return out
 
@@ -373,10 +364,18 @@ def local_entry(opt, p: torch.Tensor, entry: dict) -> dict:
             if flat.dtype == torch.bool and opt.sign == "packed":
                 flat = _pack_bools(flat)
             elif flat.dtype == torch.uint8 and opt.sign == "bool":
-                flat = unpack_signs(flat, _local(p).numel(), torch.int8) > 0
+                flat = _unpack(flat, _local(p).numel()).bool()
             local = flat.view(_local(p).shape) if flat.dtype == torch.bool else flat
         out[name] = local
     return out
+
+
+def _unpack(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """The first ``numel`` bits of ``packed`` (uint8, least significant first) as 0/1 ``uint8``.
+    Shifts, not :mod:`._signbits`' cached table, so that it runs under any FakeTensorMode."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = packed.reshape(-1, 1).bitwise_right_shift(shifts).bitwise_and_(1)
+    return bits.reshape(-1)[:numel]
 
 
 def _pack_bools(flags: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ from typing import Iterable, Sequence
 from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec, Shape, square_matricize
-from .base import DOES_NOT_RUN, ZERO_FLAT, VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
+from .base import VERIFIED_BY_TESTS, ZERO_FLAT, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
 
 SIGN_STORAGES = ("packed", "bool")
 
@@ -154,10 +154,10 @@ def state(o: Options, spec: ParamSpec, group: str) -> list[StateTensor]:
 def shard_state(o: Options, spec: ParamSpec, local_shape: Shape, group: str) -> list[StateTensor]:
     """What one rank keeps for its dim-0 shard of ``spec`` (see the module docstring): the full
     matrix's factors, replicated, and the sign of the local elements only."""
-    if not is_factorized(spec.shape, o["vector_reshape"]):
-        return smmf_state(local_shape, spec.dtype, first_moment=o["beta"] is not None,
-                          sign=o["sign"], vector_reshape=o["vector_reshape"])
     full = state(o, spec, group)
+    if not is_factorized(spec.shape, o["vector_reshape"]):
+        # routed by the whole tensor: a 1-row shard of a (3,) vector is still a vector's moments
+        return [StateTensor(t.name, tuple(local_shape), t.dtype) for t in full]
     local_numel = 1
     for d in local_shape:
         local_numel *= d
@@ -266,9 +266,6 @@ INFO = OptimizerInfo(
     keeps_scratch=True,
     probe_lr=1e-3, constructor=constructor,
     dist_caveats={
-        "fsdp2": DOES_NOT_RUN + "the bundled SMMF fails at its first step under fully_shard ('data "
-                 "is not allocated yet'); the plan is the exact sharded design (factors of the "
-                 "full matrix replicated, the local sign)",
         "zero": ZERO_FLAT + "SMMF square-matricizes a block that crosses parameter boundaries",
     },
 )

@@ -5,12 +5,10 @@ Each run is ``python -m torch.distributed.run --standalone --nproc-per-node N -m
 smmf_plan.probe.dist_worker ...`` (:func:`local_command`); :func:`cluster_command` is the same
 run for a real cluster (NCCL, ``--nnodes`` and a c10d rendezvous), printed by ``--launcher``.
 
-Predicted per-rank optimizer state (:func:`rank_state_bytes`): FSDP2 shards every parameter on
-dim 0 with ``torch.chunk`` (rank ``r`` holds rows ``[r·⌈d0/W⌉, min((r+1)·⌈d0/W⌉, d0))``, trailing
-ranks may be empty); an optimizer keeps the state of a parameter of its local shape, except SMMF,
-which keeps the factors of the full square-matricized matrix and the local sign (its exact sharded
-design, :mod:`smmf_plan.optim.sharded`). DDP ranks keep the whole state. The rule is the one the
-per-rank planner (``smmf_plan.dist``) applies.
+Predicted per-rank optimizer state: the per-rank planner's (:func:`smmf_plan.dist.plan_ranks`,
+FSDP2's dim-0 ``torch.chunk`` shards with each optimizer's ``shard_state`` rule; SMMF: the factors
+of the full matrix and the local sign), for the very :class:`~smmf_plan.dist.Sharding` the ranks
+run.
 """
 
 from __future__ import annotations
@@ -30,61 +28,40 @@ from ..shapes import ParamSpec
 from .dist_worker import SCHEMES
 
 
-def check(scheme: str | None, world: int | None) -> None:
-    """The bad-input rules of ``--dist``/``--world`` (one-line :class:`PlanError`)."""
-    if scheme is None:
-        if world is not None:
-            raise PlanError("--world needs --dist: give the scheme too, e.g. --dist fsdp2 --world 2")
-        return
-    if scheme not in SCHEMES:
-        raise PlanError(f"probe --dist {scheme!r}: the probe runs {' or '.join(SCHEMES)} "
-                        "(ZeRO is planned by smmf-plan plan --dist, not probed)")
-    if world is None:
-        raise PlanError(f"--dist {scheme} needs --world N: the number of ranks to launch")
-    if world < 1:
-        raise PlanError(f"--world {world} is not a number of ranks: give a whole number ≥ 1")
+def probe_sharding(dist):
+    """The :class:`~smmf_plan.dist.Sharding` a probe runs, from the validated ``--dist`` options
+    (``DistOptions``): a world is required and only fsdp2/ddp run here (one-line ``PlanError``)."""
+    if dist.scheme not in SCHEMES:
+        raise PlanError(f"probe --dist {dist.scheme}: the probe runs {' or '.join(SCHEMES)} "
+                        "(DeepSpeed ZeRO is planned by smmf-plan plan --dist, not probed)")
+    if dist.world is None:
+        raise PlanError(f"probe --dist {dist.scheme} needs --world N: the number of ranks to launch")
+    return dist.sharding()
 
 
-def rows_on(rank: int, world: int, rows: int) -> int:
-    """Rows of a ``rows``-row tensor on ``rank`` under FSDP2's dim-0 ``torch.chunk`` rule."""
-    chunk = -(-rows // world)
-    return max(0, min(rows, (rank + 1) * chunk) - rank * chunk)
+def rank_state_bytes(params: Sequence[ParamSpec], layout, sharding) -> list[int]:
+    """Each rank's planned optimizer state bytes, rank 0 first."""
+    from ..dist import Context, plan_ranks
+
+    out = [0] * sharding.world
+    for cls in plan_ranks(Context(tuple(params)), sharding, layout):
+        for first, last in cls.ranges:
+            for r in range(first, last + 1):
+                out[r] = cls.figures.state_bytes
+    return out
 
 
-def _local_spec(spec: ParamSpec, rank: int, world: int) -> ParamSpec:
-    if not spec.shape:
-        return spec
-    shape = (rows_on(rank, world, spec.shape[0]),) + tuple(spec.shape[1:])
-    return ParamSpec(spec.name, shape, spec.dtype, spec.trainable, spec.aliases)
-
-
-def rank_state_bytes(params: Sequence[ParamSpec], layout, scheme: str, world: int, rank: int) -> int:
-    """Bytes of optimizer state ``rank`` keeps (see the module docstring)."""
-    from ..optimizers.smmf import is_factorized, packed_sign_bytes
-
-    total = 0
-    for spec in (s for s in params if s.trainable):
-        if scheme == "ddp" or not spec.shape:
-            total += layout.state_bytes(spec)
-            continue
-        local = _local_spec(spec, rank, world)
-        if layout.info.id == "smmf" and is_factorized(spec.shape, layout.options["vector_reshape"]):
-            for t in layout.state(spec):
-                if t.name != "sign":
-                    total += t.nbytes
-                elif t.dtype == "uint8":
-                    total += packed_sign_bytes(local.numel)
-                else:
-                    total += local.numel
-        else:
-            total += layout.state_bytes(local)
-    return total
-
-
-def _worker_args(model: str, optimizer: str, scheme: str, steps: int, batch_size: int,
-                 input_size, seq_len, num_classes, task, lr, threads, device_type: str) -> list[str]:
+def worker_args(model: str, optimizer: str, sharding, steps: int, batch_size: int,
+                input_size, seq_len, num_classes, task, lr, threads, device_type: str) -> list[str]:
+    """``-m smmf_plan.probe.dist_worker ...``: what every rank runs."""
     args = ["-m", "smmf_plan.probe.dist_worker", "--model", model, "--optimizer", optimizer,
-            "--dist", scheme, "--steps", str(steps), "--batch-size", str(batch_size)]
+            "--dist", sharding.scheme, "--steps", str(steps), "--batch-size", str(batch_size)]
+    if sharding.scheme == "fsdp2" and sharding.shard_group is not None:
+        args += ["--shard-group", str(sharding.shard_group)]
+    if sharding.scheme == "fsdp2" and not sharding.reshard_after_forward:
+        args += ["--no-reshard-after-forward"]
+    if sharding.scheme == "ddp":
+        args += ["--bucket-cap-mb", f"{sharding.bucket_cap_mb:g}"]
     if input_size:
         args += ["--input-size", *map(str, input_size)]
     for flag, value in (("--seq-len", seq_len), ("--num-classes", num_classes), ("--task", task),
@@ -102,16 +79,17 @@ def local_command(world: int, worker: list[str], out: str) -> list[str]:
             str(world), *worker, "--out", out]
 
 
-def cluster_command(world: int, nodes: int, worker: list[str]) -> str:
-    """The same run on a cluster: ``torchrun`` on each of ``nodes`` hosts, one rank per GPU, NCCL."""
-    per_node = world // nodes
-    parts = ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={per_node}",
+def cluster_command(sharding, worker: list[str]) -> str:
+    """The same run on a cluster: ``torchrun`` on each of the sharding's nodes, one rank per GPU,
+    NCCL."""
+    per_node = sharding.world // sharding.nodes
+    parts = ["torchrun", f"--nnodes={sharding.nodes}", f"--nproc-per-node={per_node}",
              "--rdzv-backend=c10d", "--rdzv-endpoint=$MASTER_ADDR:29500", "--rdzv-id=smmf-probe",
              *worker, "--device-type", "cuda", "--backend", "nccl", "--out", "probe-ranks"]
     return " ".join(p if p.startswith("--rdzv-endpoint") else shlex.quote(p) for p in parts)
 
 
-def run_dist_probe(model: str, spec: ModelSpec, layouts: Sequence, *, scheme: str, world: int,
+def run_dist_probe(model: str, spec: ModelSpec, layouts: Sequence, sharding, *,
                    steps: int, batch_size: int, input_size=None, seq_len=None, num_classes=None,
                    task=None, lr: float | None = None, threads: int | None = None,
                    timeout_s: float | None = None, progress: bool = False) -> dict[str, Any]:
@@ -119,26 +97,27 @@ def run_dist_probe(model: str, spec: ModelSpec, layouts: Sequence, *, scheme: st
     from .inputs import resolve_input
     from .runner import _cpu_name, _model_summary
 
-    check(scheme, world)
+    world = sharding.world
     inp = resolve_input(spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len)
     optimizers: dict[str, Any] = {}
     versions = set()
     for layout in layouts:
-        worker = _worker_args(model, layout.id, scheme, steps, batch_size, inp.get("input_size"),
-                              inp.get("seq_len"), num_classes, task, lr, threads, "cpu")
+        worker = worker_args(model, layout.id, sharding, steps, batch_size, inp.get("input_size"),
+                             inp.get("seq_len"), num_classes, task, lr, threads, "cpu")
         with tempfile.TemporaryDirectory(prefix="smmf-plan-probe-") as out:
             cmd = local_command(world, worker, out)
             if progress:
                 print(f"probe {layout.id}: {world} ranks …", file=sys.stderr)
             ranks, error = _launch(cmd, out, world, timeout_s)
-        predicted = [rank_state_bytes(spec.params, layout, scheme, world, r) for r in range(world)]
+        predicted = rank_state_bytes(spec.params, layout, sharding)
         optimizers[layout.id] = _entry(ranks, predicted, error)
         versions.update(r.get("torch") for r in ranks if r.get("torch"))
     return {
         "schema_version": SCHEMA_VERSION,
         "model": _model_summary(spec),
         "input": {**inp, "per_rank": True},
-        "settings": {"steps": steps, "device_type": "cpu", "dist": scheme, "world": world,
+        "settings": {"steps": steps, "device_type": "cpu", "dist": sharding.scheme, "world": world,
+                     "shard_group": sharding.shards,
                      "backend": "gloo",
                      "launcher": f"python -m torch.distributed.run --standalone --nproc-per-node {world}",
                      "timing": "median over steps 2..N (step 1 is a warm-up and excluded)"},

@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", required=True)
     ap.add_argument("--optimizer", required=True, help="one optimizer id (with variants)")
     ap.add_argument("--dist", choices=SCHEMES, default="fsdp2")
+    ap.add_argument("--shard-group", type=int, default=None,
+                    help="fsdp2: ranks each parameter is sharded across (HSDP below the world)")
+    ap.add_argument("--no-reshard-after-forward", dest="reshard_after_forward",
+                    action="store_false", help="fsdp2: keep gathered parameters until backward")
+    ap.add_argument("--bucket-cap-mb", type=float, default=25.0, help="ddp: bucket_cap_mb")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=1, help="each rank's micro-batch")
     ap.add_argument("--input-size", type=int, nargs="*", default=None)
@@ -57,17 +62,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _wrap(model, scheme: str, device, torch):
-    if scheme == "ddp":
+def _wrap(model, args: argparse.Namespace, device, world: int):
+    if args.dist == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       bucket_cap_mb=args.bucket_cap_mb)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    group = args.shard_group or world
+    mesh = (init_device_mesh(device.type, (world,)) if group == world else
+            init_device_mesh(device.type, (world // group, group), mesh_dim_names=("replicate", "shard")))
     owners = [m for m in model.modules() if m is not model and any(True for _ in m.parameters(recurse=False))]
     for module in reversed(owners):  # children before parents
-        fully_shard(module)
-    fully_shard(model)
+        fully_shard(module, mesh=mesh, reshard_after_forward=args.reshard_after_forward)
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -119,7 +129,7 @@ def run_rank(args: argparse.Namespace) -> dict[str, Any]:
         model = build_module(spec, device=device.type)
         model.train()
         PHASE[0] = f"wrapping the model for {args.dist}"
-        model = _wrap(model, args.dist, device, torch)
+        model = _wrap(model, args, device, world)
         params = [p for p in model.parameters() if p.requires_grad]
         PHASE[0] = "building the optimizer"
         optimizer = layout.build(params, lr=lr)

@@ -158,7 +158,7 @@ def test_optimizers_command_prints_the_registry(capsys):
         "default": 0.0, "type": "float", "valid": "[0, inf)", "choices": None,
         "help": "weight decay (L2 for Adam, decoupled for AdamW)"}
     assert by_id["smmf"]["keeps_scratch"] is True and by_id["adam"]["keeps_scratch"] is False
-    assert by_id["adam"]["dist_caveats"] == {} and set(by_id["smmf"]["dist_caveats"]) == {"fsdp2", "zero"}
+    assert by_id["adam"]["dist_caveats"] == {} and set(by_id["smmf"]["dist_caveats"]) == {"zero"}  # it runs under fsdp2
     assert by_id["smmf"]["options"]["sign"]["choices"] == ["packed", "bool"]
     assert by_id["sm3"]["options"]["momentum"]["valid"] == "[0, 1)"
     assert by_id["came"]["requires"] == {"distribution": "came-pytorch", "module": "came_pytorch",

@@ -154,12 +154,6 @@ def init_state(opt, p: torch.Tensor, group: dict, where: Shard) -> dict:
 
 
 # --------------------------------------------------------------------------- step
-def _hyper(group: dict, t: int) -> Hyper:
-    beta, growth = group["beta"], group["growth_rate"]
-    beta1 = None if beta is None else beta * (1.0 if growth is None else growth ** (t - 1))
-    return Hyper(lr=group["lr"], eps=group["eps"], beta1=beta1, beta2=1.0 - t ** group["decay_rate"])
-
-
 @dataclass
 class _Pending:
     """A factorized parameter between its local update and the all-reduce of its sums."""
@@ -207,7 +201,7 @@ def step(opt) -> None:
     pending = []
     for key, start, width, local, g, state, group, where, shape in plans:
         sums = buffers[key][start:start + width]
-        _local_update(local, g, state, shape, where, _hyper(group, state["step"]),
+        _local_update(local, g, state, shape, where, opt._hyper(group, state["step"]),
                       opt.sign == "packed", sums)
         pending.append(_Pending(state, shape, sums))
     for (pg, _, _), buf in buffers.items():
@@ -216,7 +210,7 @@ def step(opt) -> None:
     for item in pending:
         _set_factors(item)
     for (_, t, _), items in dense.items():
-        h = _hyper(items[0][3], t)
+        h = opt._hyper(items[0][3], t)
         dense_update([x[0] for x in items], [x[1] for x in items],
                      [x[2]["exp_avg"] for x in items] if h.beta1 is not None else None,
                      [x[2]["exp_avg_sq"] for x in items], h)

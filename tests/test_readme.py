@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,10 @@ def test_check_example_passes_in_an_empty_project(tmp_path):
     toml, commands = check_example()
     assert commands[0].split("#")[0].split() == ["smmf-plan", "check", "--update-baseline"]
     (tmp_path / "pyproject.toml").write_text(toml)
-    env = {**os.environ, "SMMF_PLAN_CACHE_DIR": str(tmp_path / ".cache"),
+    # the commands run as a user's shell would, with this interpreter's scripts on PATH (the suite
+    # may run from a venv that is not activated)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "SMMF_PLAN_CACHE_DIR": str(tmp_path / ".cache"),
            "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
 
     def sh(line):

@@ -24,8 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from .allocators import models
 from .errors import PlanError
-from .fit import Fit, fit as judge_one, smallest_device
+from .fit import Fit, smallest_device
+from .fit import fit as judge_one
+from .memory import estimate
+from .units import format_bytes
 
 #: the changes in the order they are tried (smallest first); see the module docstring.
 ORDER = ("batch", "grad-checkpointing", "amp-bf16", "smmf", "bf16", "lora", "combined", "device")
@@ -86,8 +90,6 @@ class WouldFit:
 
     def text(self) -> str:
         """``adam: --grad-checkpointing (1.4 GiB, 120 MiB to spare)``, or that nothing does."""
-        from .units import format_bytes
-
         if self.found is None:
             return f"{self.optimizer}: no single change or stack of them fits"
         return (f"{self.optimizer}: {self.found.args} ({format_bytes(self.found.total_bytes, 0)}, "
@@ -270,8 +272,6 @@ def _try(change, args, cm, cstep, skipped, todo, out, settle, plan, device, batc
 def planner(allocator: str) -> Planner:
     """Plan a run (model options, step options) under ``allocator``: its steps per optimizer."""
     def plan(mo, so) -> Mapping[str, Any]:
-        from .memory import estimate
-
         est = estimate(mo.load(), mo.layouts(), batch_size=so.batch, allocator=allocator,
                        **so.estimate_kwargs(mo.dtype))
         return est.steps()
@@ -282,8 +282,6 @@ def search(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any], s
            devices: Sequence = ()) -> dict[str, WouldFit]:
     """:func:`would_fit` with the planners of the command line: ``device`` under the run's
     allocator model, each other device under its own (or ``--allocator`` where it applies)."""
-    from .allocators import models
-
     cache: dict[str, Planner] = {}
 
     def plan_for(d) -> Planner:

@@ -33,7 +33,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from .memory import AMP_DTYPES, _apply_trainable
+from .optimizers import parse
+from .options import ModelOptions
 from .probe import rss  # /proc/self/status and clear_refs, one home
+from .sources import build_module, load_model
+from .sources.lora import attach_lora
+from .sources.module import specs_from_module
+from .trace import StorageTracker, default_loss, input_spec_for
+from .trace.step import _enable_checkpointing
 
 #: what :func:`measure_in_subprocess` sets in the child's environment by default.
 DETERMINISTIC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -77,8 +85,6 @@ def _build(recipe: dict):
         config = getattr(transformers, t["config_class"])(**t.get("config", {}))
         return getattr(transformers, t["model_class"])(config)
     if "source" in m:
-        from .sources import build_module, load_model
-
         return build_module(load_model(m["source"]), device="cpu")
     raise ValueError(f"unknown model recipe {m!r}")
 
@@ -126,15 +132,12 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
     _import_for(recipe)
     import torch
 
-    from .optimizers import parse
 
     torch.set_num_threads(int(recipe.get("threads", 1)))
     baseline = rss.rss_bytes()
     t0 = time.perf_counter()
     model = _build(recipe)
     model.train()
-    from .sources.module import specs_from_module
-
     # the specs carry the Linear / output-head facts and names grouped optimizers decide by
     pairs = [(s, p) for s, p in zip(specs_from_module(model), model.parameters()) if p.requires_grad]
     opt = parse(recipe.get("optimizer", "adam")).build(pairs, **recipe.get("hyper", {}))
@@ -147,7 +150,6 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
 def _measure(recipe: dict, model, opt, batch_size: int, baseline: int, t0: float) -> StepMeasurement:
     import torch
 
-    from .trace import StorageTracker, default_loss, input_spec_for
 
     spec = input_spec_for(model, batch_size, recipe.get("input_size"), recipe.get("seq_len"))
     steps = int(recipe.get("steps", 3))
@@ -232,12 +234,6 @@ def run_steps(recipe: dict, device, before_last: Callable[[], None] = lambda: No
     estimate and the measurement describe one run."""
     import torch
 
-    from .memory import AMP_DTYPES, _apply_trainable
-    from .options import ModelOptions
-    from .sources import build_module
-    from .sources.lora import attach_lora
-    from .trace import default_loss, input_spec_for
-    from .trace.step import _enable_checkpointing
 
     torch.manual_seed(0)
     options = ModelOptions(model=recipe["source"], optimizers=(recipe.get("optimizer", "adam"),),

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from ..errors import PlanError
+from ..trace.affine import Affine
 from . import caching, glibc
 from .sequence import OptimizerStep, StepLog, training_sequence
 
@@ -201,8 +202,6 @@ def allocator_part(model: AllocatorModel, *, weights: Sequence[int], logs: Mappi
     gradients + state + activations + temporaries + workspaces); ``churn_at(b)``: the bytes every
     step frees and allocates again (gradients + activations + temporaries). Between and beyond
     the traced batches the part is the line through them (never decreasing)."""
-    from ..trace.affine import Affine
-
     if model in (GLIBC_MMAP, MPS) or not logs:
         return lambda batch: 0
     (b1, l1), (b2, l2) = sorted(logs.items())[:2] if len(logs) > 1 else (sorted(logs.items()) * 2)[:2]

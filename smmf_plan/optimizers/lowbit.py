@@ -35,7 +35,17 @@ from typing import Sequence
 from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Implementation, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    VERIFIED_BY_TESTS,
+    Implementation,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    UnknownOptimizer,
+    param_dtype,
+)
 
 BNB = Requirement("bitsandbytes", "bitsandbytes", extra="compare")
 TORCHAO = Requirement("torchao", "torchao", extra="compare")
@@ -122,8 +132,6 @@ def _adamw8bit_state(o: Options, spec: ParamSpec, group: str) -> list[StateTenso
 def _adamw8bit_constructor(o: Options) -> dict:
     if o["impl"] == "torchao":
         if o["paged"]:
-            from .base import UnknownOptimizer
-
             raise UnknownOptimizer("adamw8bit:paged=true is bitsandbytes' PagedAdamW8bit: drop "
                                    "impl=torchao (torchao pages with its CPU offload instead)")
         return dict(lr=1e-3)

@@ -52,9 +52,18 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from .. import dtypes
-from ..allocators import round_up
+from ..allocators import get, round_up
 from ..shapes import ParamSpec, Shape, square_matricize
-from .base import VERIFIED_BY_TESTS, ZERO_FLAT, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
+from .base import (
+    VERIFIED_BY_TESTS,
+    ZERO_FLAT,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+)
 
 SIGN_STORAGES = ("packed", "bool")
 
@@ -231,8 +240,6 @@ def fused_cuda_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) 
 def fused_temp_bytes(o: Options, specs: Sequence[ParamSpec], quantum: int) -> int:
     """The ``fused`` path's rule on the device the plan is for: CUDA plans round with the CUDA
     allocator's quantum (512 B), every other quantum is a CPU plan."""
-    from ..allocators import get
-
     if quantum == get("cuda").quantum:
         return fused_cuda_temp_bytes(o, specs, quantum)
     return fused_cpu_temp_bytes(o, specs, quantum)

@@ -9,13 +9,12 @@ Importing this package imports no torch.
 """
 
 from .job import ProbeJob, default_lr
+from .runner import run_probe
 
 __all__ = ["ProbeJob", "default_lr", "run_probe"]
 
 
 def __getattr__(name):  # lazy: the runner pulls in rich and the planner
     if name == "run_probe":
-        from .runner import run_probe
-
         return run_probe
     raise AttributeError(name)

@@ -21,11 +21,14 @@ import sys
 import tempfile
 from typing import Any, Sequence
 
+from ..dist import Context, plan_ranks
 from ..errors import PlanError
 from ..model import ModelSpec
 from ..report import SCHEMA_VERSION
 from ..shapes import ParamSpec
 from .dist_worker import SCHEMES
+from .inputs import resolve_input
+from .runner import _cpu_name, _model_summary
 
 
 def probe_sharding(dist):
@@ -41,8 +44,6 @@ def probe_sharding(dist):
 
 def rank_state_bytes(params: Sequence[ParamSpec], layout, sharding) -> list[int]:
     """Each rank's planned optimizer state bytes, rank 0 first."""
-    from ..dist import Context, plan_ranks
-
     out = [0] * sharding.world
     for cls in plan_ranks(Context(tuple(params)), sharding, layout):
         for first, last in cls.ranges:
@@ -94,9 +95,6 @@ def run_dist_probe(model: str, spec: ModelSpec, layouts: Sequence, sharding, *,
                    task=None, lr: float | None = None, threads: int | None = None,
                    timeout_s: float | None = None, progress: bool = False) -> dict[str, Any]:
     """Probe every layout on ``world`` local ranks; the JSON document (README, probe schema 2)."""
-    from .inputs import resolve_input
-    from .runner import _cpu_name, _model_summary
-
     world = sharding.world
     inp = resolve_input(spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len)
     optimizers: dict[str, Any] = {}

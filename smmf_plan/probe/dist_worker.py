@@ -31,6 +31,14 @@ import time
 from typing import Any
 
 from ..atomic import write_text_atomic
+from ..measure import total_state_bytes
+from ..optimizers import parse
+from ..options import ModelOptions
+from ..sources import build_module
+from . import rss
+from .inputs import compute_loss, input_spec, make_batch
+from .job import default_lr
+from .worker import _warm_up
 
 SCHEMES = ("fsdp2", "ddp")
 
@@ -89,14 +97,6 @@ def run_rank(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
-    from ..measure import total_state_bytes
-    from ..optimizers import parse
-    from ..options import ModelOptions
-    from ..sources import build_module
-    from . import rss
-    from .inputs import compute_loss, input_spec, make_batch
-    from .job import default_lr
-    from .worker import _warm_up
 
     cuda = args.device_type == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..optimizers import parse
+
 
 def default_lr(optimizer_id: str) -> float:
     """The registry's probe learning rate for ``optimizer_id``'s family
     (:attr:`smmf_plan.optimizers.OptimizerInfo.probe_lr`): large enough that the loss visibly
     falls within 3-10 steps on a randomly initialised model, small enough not to diverge."""
-    from ..optimizers import parse
-
     return parse(optimizer_id).probe_lr
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from .rss import vm_size_bytes
+
 OOM_MARKERS = ("out of memory", "can't allocate", "cannot allocate", "bad_alloc",
                "not enough memory", "failed to allocate")
 
@@ -62,7 +64,6 @@ def apply_cpu_cap(cap_bytes: int) -> dict[str, Any]:
     """Limit this process's address space to its current size + ``cap_bytes`` (Linux)."""
     import resource
 
-    from .rss import vm_size_bytes
 
     current = vm_size_bytes()
     if current is None:

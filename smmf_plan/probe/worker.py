@@ -28,6 +28,12 @@ import sys
 import time
 from typing import Any, Callable
 
+from ..measure import total_state_bytes
+from ..model import ModelSpec
+from ..optimizers import parse
+from ..sources import build_module
+from . import rss
+from .inputs import compute_loss, input_spec, make_batch
 from .job import ProbeJob
 from .limits import apply_cpu_cap, apply_cuda_cap, is_oom
 
@@ -57,8 +63,6 @@ def run_job(job: ProbeJob, emit: Emit | None = None, *, apply_cap: bool = False)
                               "device_type": job.device_type}
     step = 0
     try:
-        from ..optimizers import parse
-
         layout = parse(job.optimizer)
         missing = layout.missing_requirement()
         if missing:
@@ -80,8 +84,6 @@ def run_job(job: ProbeJob, emit: Emit | None = None, *, apply_cap: bool = False)
 def _train(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool) -> dict[str, Any]:
     import torch
 
-    from ..model import ModelSpec
-    from .inputs import input_spec
 
     spec = ModelSpec.from_dict(job.model)
     layout = layout.bind(spec.facts)
@@ -96,8 +98,6 @@ def _train(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool) -> 
     layout.build([torch.nn.Parameter(torch.zeros(1))], lr=job.learning_rate)
     # building on the meta device imports the modeling code (and what it pulls in lazily, e.g.
     # scipy's OpenBLAS, whose thread init spins forever when malloc fails under RLIMIT_AS)
-    from ..sources import build_module
-
     del_me = build_module(spec, device="meta")
     del del_me
 
@@ -118,11 +118,6 @@ def _train(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool) -> 
 
 def _train_on(job: ProbeJob, layout, emit: Emit, result: dict, apply_cap: bool, torch, spec,
               in_spec, cuda: bool, device) -> dict[str, Any]:
-    from ..measure import total_state_bytes
-    from ..sources import build_module
-    from . import rss
-    from .inputs import compute_loss, make_batch
-
     _warm_up(torch, device)
     gc.collect()
 

@@ -16,6 +16,10 @@ from ..breakdown import StepMemory
 from ..check import FAIL, IMPROVED, NEW, PASS, UPDATED, CheckReport, Evaluated, Result
 from ..units import format_bytes
 from . import SCHEMA_VERSION
+from .breakdown_md import breakdown_table, legend
+from .console import console as make_console
+from .fit_table import verdict_table
+from .step_json import training_json
 
 _STYLE = {PASS: "green", FAIL: "bold red", IMPROVED: "cyan", NEW: "yellow", UPDATED: "yellow"}
 _ICON = {PASS: "✅", FAIL: "❌", IMPROVED: "📉", NEW: "🆕", UPDATED: "📝"}
@@ -81,8 +85,6 @@ def steps(report: CheckReport) -> dict[str, StepMemory]:
 
 def step_table(report: CheckReport):
     """The breakdown behind every ``total`` metric (None when no check estimated the step)."""
-    from .fit_table import verdict_table
-
     rows = steps(report)
     if not rows:
         return None
@@ -102,7 +104,6 @@ def messages(report: CheckReport) -> list[str]:
 def print_table(report: CheckReport, console=None) -> None:
     from rich.text import Text
 
-    from .console import console as make_console
 
     if console is None:
         console = make_console()
@@ -139,8 +140,6 @@ def markdown(report: CheckReport) -> str:
     out.append("")
     rows = {_md_escape(label): step.breakdown for label, step in steps(report).items()}
     if rows:
-        from .breakdown_md import breakdown_table, legend
-
         out += ["**Training step behind each total**", "",
                 *breakdown_table(rows, first="check [optimizer]", fmt=format_bytes), "",
                 *legend(rows), ""]
@@ -191,8 +190,6 @@ def training(ev: Evaluated) -> dict | None:
     its step entry (``state_bytes``, ``breakdown``, ``total_bytes``); None without one."""
     if ev.estimate is None:
         return None
-    from .step_json import training_json
-
     return {**training_json(ev.estimate),
             "optimizers": {oid: s.to_dict() for oid, s in ev.estimate.steps().items()}}
 

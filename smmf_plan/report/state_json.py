@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..optimizers import OptimizerVariant
 from ..model import ModelSpec
+from ..optimizers import OptimizerVariant, Unsupported
 from ..plan import StatePlan
 from ..shapes import square_matricize
 from . import SCHEMA_VERSION
+from .step_json import add_training
 
 
 def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int,
@@ -25,8 +26,6 @@ def plan_document(model: ModelSpec, plans: dict[str, StatePlan], adam_bytes: int
         "optimizers": {oid: p.to_dict(adam_bytes) for oid, p in plans.items()},
     }
     if estimate is not None:
-        from .step_json import add_training
-
         add_training(doc, estimate, device, fits, would_fit)
     return doc
 
@@ -49,8 +48,6 @@ def shapes_document(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> di
 def _param_bytes(layout: OptimizerVariant, spec) -> int | None:
     """One parameter's state bytes (0 when frozen, ``None`` where the implementation cannot
     train it)."""
-    from ..optimizers import Unsupported
-
     if not spec.trainable:
         return 0
     try:

@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from . import recipes as R
+from .reasons import Reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from .report import Row, Summary
@@ -24,8 +25,6 @@ def _num(v: float) -> str:
 
 
 def _category(row: "Row") -> str:
-    from .reasons import Reason
-
     return Reason(row.reason).heading
 
 

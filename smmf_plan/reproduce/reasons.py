@@ -15,6 +15,10 @@ from enum import Enum
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..optimizers import parse
+from ..shapes import ParamSpec
+from . import recipes as R
+
 if TYPE_CHECKING:  # pragma: no cover
     from .report import Row
 
@@ -120,9 +124,6 @@ def _run(rows: Sequence["Row"], row: "Row", kind: str) -> list["Row"]:
 def state_contains(outer: str, inner: str) -> bool:
     """Whether optimizer ``outer`` keeps every state tensor ``inner`` keeps (same name, shape,
     dtype), for parameters of rank 0-4: then its state is never smaller."""
-    from ..optimizers import parse
-    from ..shapes import ParamSpec
-
     a, b = parse(outer), parse(inner)
     for shape in ((), (7,), (12, 5), (8, 3, 3, 3)):
         spec = ParamSpec("p", shape)
@@ -197,8 +198,6 @@ def _straddles_rounding(row, rows, ctx):
 
 
 def _differs_across_tasks(row, rows, ctx):
-    from . import recipes as R
-
     tasks = [r for r in rows if (r.table, r.model, r.optimizer, r.kind) ==
              (row.table, row.model, row.optimizer, row.kind)]
     printed = sorted({Decimal(r.paper_value) for r in tasks})
@@ -216,8 +215,6 @@ def _differs_across_tasks(row, rows, ctx):
 
 
 def _unstated_detail(row, rows, ctx):
-    from . import recipes as R
-
     detail = R.RECIPES[row.recipe].open_detail
     if detail is None or row.agrees_at_precision:
         return None
@@ -238,9 +235,6 @@ def _key(row) -> tuple:
 def _scan(table: str, name: str, rows: Sequence["Row"], ctx: Context) -> dict:
     """For every candidate value of the open detail ``name``: which of ``table``'s figures of
     the recipes sharing it the plan prints (made once per table and detail)."""
-    from . import recipes as R
-    from .report import agrees_at
-
     if (table, name) in ctx.scans:
         return ctx.scans[(table, name)]
     group = [r for r in rows if r.table == table and R.RECIPES[r.recipe].open_detail is not None
@@ -252,7 +246,7 @@ def _scan(table: str, name: str, rows: Sequence["Row"], ctx: Context) -> dict:
         n = 0
         for r in group:
             specs = R.RECIPES[r.recipe].open_detail.build(value)
-            if agrees_at(ctx.figure(specs, r) / UNIT_BYTES[r.paper_unit], r.paper_value):
+            if prints_as(ctx.figure(specs, r) / UNIT_BYTES[r.paper_unit], r.paper_value) == Decimal(r.paper_value):
                 prints[_key(r)].append(value)
                 n += 1
         count[value] = n

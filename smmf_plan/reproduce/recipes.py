@@ -30,6 +30,8 @@ from functools import lru_cache
 from typing import Callable
 
 from ..shapes import ParamSpec
+from ..sources.lora import apply_lora
+from ..sources.module import specs_from_module
 
 #: GLUE task → number of labels of the classification head.
 GLUE_LABELS = {"QNLI": 2, "MNLI": 3, "QQP": 2, "STSB": 1, "MRPC": 2, "COLA": 2, "RTE": 2}
@@ -71,8 +73,6 @@ class Recipe:
 
 # --------------------------------------------------------------------------- builders
 def _specs(module) -> list[ParamSpec]:
-    from ..sources.module import specs_from_module
-
     return specs_from_module(module)
 
 
@@ -285,8 +285,6 @@ def llama7b_lora(num_labels: int) -> tuple[ParamSpec, ...]:
 
 @lru_cache(maxsize=None)
 def _llama7b_lora(num_labels: int, rank: int, targets: tuple[str, ...]) -> tuple[ParamSpec, ...]:
-    from ..sources.lora import apply_lora
-
     base = list(_hf("LlamaForSequenceClassification", "llama-7b", num_labels=num_labels))
     specs = apply_lora(base, rank, targets)
     # PEFT's SEQ_CLS task trains the head (``modules_to_save``): keep it trainable.

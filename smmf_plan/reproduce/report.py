@@ -19,20 +19,22 @@ Definitions (also written into the report):
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import asdict, dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 from ..allocators import CUDA
+from ..atomic import write_json_atomic, write_text_atomic
 from ..optimizers import by_paper_name, parse
 from ..plan import plan_state
+from ..report import SCHEMA_VERSION
 from ..shapes import ParamSpec
 from . import reasons
 from . import recipes as R
+from .markdown import render
 
 MiB = 2**20
 UNIT_BYTES = {"MiB": 2**20, "GiB": 2**30}
@@ -97,9 +99,7 @@ def paper_figures() -> list[dict]:
 
 def agrees_at(planned: float, printed: str) -> bool:
     """``planned`` rounded half-up to the decimals of ``printed`` equals ``printed``."""
-    p = Decimal(printed)
-    q = Decimal(1).scaleb(p.as_tuple().exponent)
-    return Decimal(repr(planned)).quantize(q, rounding=ROUND_HALF_UP) == p
+    return reasons.prints_as(planned, printed) == Decimal(printed)
 
 
 # --------------------------------------------------------------------------- planning
@@ -219,8 +219,6 @@ def summarize(rows: list[Row]) -> Summary:
 
 def json_document(summary: Summary) -> dict:
     """``paper-reproduction.json``."""
-    from ..report import SCHEMA_VERSION
-
     doc = {
         "schema_version": SCHEMA_VERSION,
         "source": "Park & Lee, SMMF (AAAI 2025), Tables 1-4 and 6-13",
@@ -237,9 +235,6 @@ def json_document(summary: Summary) -> dict:
 def reproduce(output_dir: str | os.PathLike = "reports") -> Summary:
     """Plan every paper figure, write ``paper-reproduction.md`` and ``.json`` into ``output_dir``
     (atomically, deterministic content) and return the summary."""
-    from ..atomic import write_json_atomic, write_text_atomic
-    from .markdown import render
-
     rows = build_rows()
     summary = summarize(rows)
     out = Path(output_dir)

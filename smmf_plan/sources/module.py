@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import ParamSpec
+from .roles import module_roles
 
 
 def dtype_name(torch_dtype) -> str:
@@ -25,8 +26,6 @@ def specs_from_module(module) -> list[ParamSpec]:
         first[key] = len(params)
         params.append(p)
         names.append([name])
-    from .roles import module_roles
-
     roles = module_roles(module)
     return [
         ParamSpec(

@@ -7,11 +7,21 @@ from typing import Any, Sequence
 
 from ..errors import PlanError, SourceError
 from ..model import ModelSpec
-from . import cache, registry
-from .checkpoint import (WEIGHT_SUFFIXES, StoredTensor, find_weights, read_weights,
-                         specs_by_architecture, specs_by_heuristics)
+from ..trace.inputs import IMAGE_CLASSIFICATION, check_task
+from . import cache, hf_config, hub, registry, timm_source
+from .checkpoint import (
+    WEIGHT_SUFFIXES,
+    StoredTensor,
+    find_weights,
+    read_weights,
+    specs_by_architecture,
+    specs_by_heuristics,
+)
 from .hf_config import is_timm_config
+from .lora import apply_lora
+from .module import specs_from_module
 from .safetensors_header import read_json
+from .select import select_targets, select_trainable
 
 _META_KEYS = ("library", "architecture", "task", "input_size", "num_classes", "config", "timm_name")
 
@@ -34,31 +44,23 @@ def _build(cfg: dict, *, num_classes: int | None, device: str, where: str,
            task: str | None = None, architecture: str | None = None):
     """``(module, info)`` from a config dict: timm-style or transformers-style."""
     if is_timm_config(cfg):
-        from . import timm_source
-
         _timm_task(task)
 
         nc = num_classes if num_classes is not None else cfg.get("num_classes")
         model, info = timm_source.build(cfg["architecture"], num_classes=nc, device=device)
         info["config"] = cfg
         return model, info
-    from . import hf_config
-
     return hf_config.build(cfg, num_classes=num_classes, device=device, where=where, task=task,
                            architecture=architecture)
 
 
 def _timm_task(task: str | None) -> None:
-    from ..trace.inputs import IMAGE_CLASSIFICATION
-
     if task not in (None, IMAGE_CLASSIFICATION):
         raise PlanError(f"--task {task}: timm models are image classifiers; drop --task "
                         f"or give --task {IMAGE_CLASSIFICATION}")
 
 
 def _from_module(name: str, source: str, model, info: dict) -> ModelSpec:
-    from .module import specs_from_module
-
     n_buf = sum(1 for _ in model.buffers())
     return ModelSpec(name, source, specs_from_module(model), _meta(info, buffers=n_buf))
 
@@ -130,8 +132,6 @@ def _from_path(path: str, num_classes: int | None, task: str | None = None) -> M
 
 
 def _from_hub(repo_id: str, num_classes: int | None, task: str | None = None) -> ModelSpec:
-    from . import hub
-
     kind, got = hub.fetch(repo_id)
     repo_id = repo_id.removeprefix("hf-hub:")
     if kind == "config":
@@ -170,8 +170,6 @@ def resolve(source: str, num_classes: int | None = None, task: str | None = None
         return _from_path(path, num_classes, task)
     bundled = registry.resolve_bundled(source)
     if bundled is not None:
-        from . import hf_config
-
         model, info = hf_config.build(registry.bundled_config(bundled), num_classes=num_classes,
                                       where=f"bundled config {bundled}", task=task)
         spec = _from_module(bundled, "transformers", model, info)
@@ -179,12 +177,8 @@ def resolve(source: str, num_classes: int | None = None, task: str | None = None
         return spec
     if _looks_like_path(source):
         raise SourceError(f"{source}: no such file or directory; check the path")
-    from . import hub
-
     if source.startswith("hf-hub:") or source.lower().startswith("timm/"):
         return _from_hub(source, num_classes, task)
-    from . import timm_source
-
     if timm_source.is_timm_name(source):
         _timm_task(task)
         model, info = timm_source.build(source, num_classes=num_classes)
@@ -201,8 +195,6 @@ def load_model(source: str, *, num_classes: int | None = None, trainable: Sequen
     """Resolve ``source`` to parameter specs without allocating weights; see the package docstring.
     ``task`` (:data:`smmf_plan.trace.inputs.TASKS`) chooses the head built from a transformers
     config."""
-    from ..trace.inputs import check_task
-
     task = check_task(task)
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise PlanError(f"--num-classes must be a positive integer, got {num_classes!r}")
@@ -224,17 +216,11 @@ def load_model(source: str, *, num_classes: int | None = None, trainable: Sequen
     spec = resolve(source, num_classes, task)
     params = spec.params
     if lora_rank is not None:
-        from .lora import apply_lora
-
         params = apply_lora(params, lora_rank, lora_targets)
         spec.meta["lora"] = {"rank": lora_rank, "targets": list(lora_targets)}
     if trainable or freeze:
-        from .select import select_trainable
-
         params = select_trainable(params, trainable, freeze, keep_trainable=lora_rank is not None)
     if targets:
-        from .select import select_targets
-
         params = select_targets(params, targets)
     spec.params = params
     spec.meta["target_globs"] = list(targets)
@@ -262,8 +248,6 @@ def build_module(model: ModelSpec, device: str = "meta"):
     LoRA adapters and trainable selections are not applied to the module."""
     meta = model.meta or {}
     if meta.get("library") == "timm" and meta.get("timm_name"):
-        from . import timm_source
-
         module, _ = timm_source.build(meta["timm_name"], num_classes=meta.get("num_classes"),
                                       device=device)
         return module

@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 from smmf_plan.atomic import write_text_atomic  # noqa: E402
 from smmf_plan.optimizers import ALL_IDS, parse, parse_many  # noqa: E402
-from smmf_plan.plan import plan_model, with_dtype  # noqa: E402
+from smmf_plan.plan import plan_model  # noqa: E402
+from smmf_plan.recipe import Recipe  # noqa: E402
 from smmf_plan.sources import load_model  # noqa: E402
 from smmf_plan.targets import TARGET_RULE  # noqa: E402
 from smmf_plan.units import format_bytes  # noqa: E402
@@ -40,7 +41,7 @@ def collect() -> dict:
     doc: dict = {"optimizers": [v.id for v in layouts], "models": {}}
     for column, source, dtype, options in MODELS:
         spec = load_model(source, **options)
-        spec.params = with_dtype(spec.params, dtype)
+        spec = Recipe(dtype=dtype).apply(spec)
         plans = plan_model(spec, layouts)
         adam = plans["adam"].state_bytes
         trainable = spec.trainable

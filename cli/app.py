@@ -77,12 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["--version"]:
         print(f"smmf-plan {__version__}")
         raise SystemExit(0)
+    from smmf_plan.quiet import quiet_libraries
+
     ex = _click_errors()
     command = typer.main.get_command(app)
     _literal_help(command)
     try:
-        rc = command.main(args=_argv_with_default_command(args), prog_name="smmf-plan",
-                          standalone_mode=False)
+        with quiet_libraries():  # the libraries' chatter while we build and trace is not the user's
+            rc = command.main(args=_argv_with_default_command(args), prog_name="smmf-plan",
+                              standalone_mode=False)
     except PlanError as e:
         _fail(str(e))
     except ex.UsageError as e:

@@ -39,7 +39,9 @@ Optimizers = Annotated[Optional[str], typer.Option(
     help=f"Comma-separated optimizer ids with optional variants ({', '.join(ALL_IDS)}) or 'all' "
          f"(smmf-plan optimizers lists every option). Default: {','.join(DEFAULT_IDS)}.")]
 DType = Annotated[Optional[str], typer.Option(
-    "--dtype", help="Plan parameters in this dtype (fp32, bf16, fp16, fp64). Default: as the source has them.")]
+    "--dtype", help="Store the weights in this dtype (fp32, bf16, fp16, fp64): pure training in it; "
+                    "with --amp, the dtype of a frozen base. Default: as the checkpoint stores them "
+                    "(a config's torch_dtype).")]
 NumClasses = Annotated[Optional[int], typer.Option(
     "--num-classes", help="Classifier size for timm models (default: the architecture's).", min=1)]
 Task = Annotated[Optional[str], typer.Option(
@@ -57,6 +59,13 @@ LoraTargets = Annotated[Optional[str], typer.Option(
 Target = Annotated[Optional[list[str]], typer.Option(
     "--target", help="The 2-D weights GaLore, APOLLO, COAP and Muon treat, as a name glob "
                      "(repeatable); default: Linear weights except the output head.")]
+QuantizeBase = Annotated[Optional[str], typer.Option(
+    "--quantize-base", help="Store the frozen base's Linear layers as bitsandbytes does: nf4, fp4 "
+                            "(4-bit, QLoRA) or int8 (LLM.int8()). Needs a frozen base (--lora-rank, "
+                            "--trainable or --freeze).", show_default=False)]
+DoubleQuant = Annotated[bool, typer.Option(
+    "--double-quant", help="4-bit: quantize the absmax too (bnb_4bit_use_double_quant; off by "
+                           "default, as in BitsAndBytesConfig).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (schema in the README) instead of tables.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Rebuild the parameter specs instead of using the shape cache.")]
 
@@ -71,10 +80,23 @@ SeqLen = Annotated[Optional[int], typer.Option(
     "--seq-len", help="Tokens per sample for text models (default 128, or the model's maximum "
                       "positions if smaller).", show_default=False)]
 Amp = Annotated[Optional[str], typer.Option(
-    "--amp", help="Mixed precision compute dtype (bf16 or fp16) with fp32 master weights.",
+    "--amp", help="Mixed precision compute dtype (bf16 or fp16) with fp32 master weights "
+                  "(trainable weights, gradients and state in fp32).",
     show_default=False)]
 GradCheckpointing = Annotated[bool, typer.Option(
     "--grad-checkpointing", help="Recompute activations in backward instead of keeping them.")]
+GradAccum = Annotated[Optional[int], typer.Option(
+    "--grad-accum", help="Gradient accumulation: micro-steps per optimizer step (--batch-size is "
+                         "the micro-batch; the effective batch is their product).",
+    show_default=False)]
+Offload = Annotated[Optional[str], typer.Option(
+    "--offload", help="Keep the optimizer on the GPU's host: 'optimizer' (state, pinned copies, the "
+                      "step on the CPU, as torchao's CPUOffloadOptimizer) or 'optimizer+grads' (and "
+                      "free each gradient on the GPU once copied).", show_default=False)]
+HostMemory = Annotated[Optional[str], typer.Option(
+    "--host-memory", help="Host RAM beside the GPU (e.g. 64GiB), for --offload; default: the "
+                          "device's (smmf-plan devices --json gives its basis).",
+    show_default=False)]
 Runtime = Annotated[Optional[str], typer.Option(
     "--runtime", help="Runtime baseline you measured on the device (e.g. 180MiB: RSS of a process "
                       "that imported torch and your model library), instead of the stated default.",
@@ -124,12 +146,12 @@ def status(message: str, quiet: bool = False):
         yield
 
 
-def load(m: ModelOptions, quiet: bool = False):
-    """``m.load()`` behind a spinner. What the source had to guess (e.g. the head of a config
-    without ``architectures``) is printed as one ``warning:`` line per fact on stderr, also under
-    ``--json``."""
+def load(m: ModelOptions, quiet: bool = False, recipe=None):
+    """``m.load(recipe)`` behind a spinner (every parameter in the dtype the recipe stores it in).
+    What the source had to guess (e.g. the head of a config without ``architectures``) is printed
+    as one ``warning:`` line per fact on stderr, also under ``--json``."""
     with status(f"Reading {m.model} (no weights are allocated)…", quiet):
-        spec = m.load()
+        spec = m.load(recipe)
     for line in (spec.meta or {}).get("warnings") or ():
         print(f"warning: {line}", file=sys.stderr)
     return spec
@@ -153,6 +175,8 @@ MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("lora_rank", LoraRank, None),
     ("lora_targets", LoraTargets, None),
     ("target", Target, None),
+    ("quantize_base", QuantizeBase, None),
+    ("double_quant", DoubleQuant, False),
     ("no_cache", NoCache, False),
 )
 #: the same for the training-step options.
@@ -162,6 +186,9 @@ STEP_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("seq_len", SeqLen, None),
     ("amp", Amp, None),
     ("grad_checkpointing", GradCheckpointing, False),
+    ("grad_accum", GradAccum, None),
+    ("offload", Offload, None),
+    ("host_memory", HostMemory, None),
     ("runtime", Runtime, None),
     ("allocator", Allocator, None),
 )
@@ -172,6 +199,7 @@ def model_options(model: str, optimizer: str | None = None, dtype: str | None = 
                   trainable: list[str] | None = None, freeze: list[str] | None = None,
                   lora_rank: int | None = None, lora_targets: str | None = None,
                   target: list[str] | None = None,
+                  quantize_base: str | None = None, double_quant: bool = False,
                   no_cache: bool = False) -> ModelOptions:
     """The model options as given on the command line, validated."""
     targets = split_csv(lora_targets)
@@ -190,18 +218,23 @@ def model_options(model: str, optimizer: str | None = None, dtype: str | None = 
                             "or fp64")
     from smmf_plan.trace.inputs import check_task
 
-    return ModelOptions(model=model, optimizers=optimizer, dtype=dt, num_classes=num_classes,
-                        task=check_task(task), trainable=tuple(trainable or ()),
-                        freeze=tuple(freeze or ()), lora_rank=lora_rank,
-                        lora_targets=tuple(targets), targets=tuple(target or ()),
-                        use_cache=not no_cache)
+    m = ModelOptions(model=model, optimizers=optimizer, dtype=dt, num_classes=num_classes,
+                     task=check_task(task), trainable=tuple(trainable or ()),
+                     freeze=tuple(freeze or ()), lora_rank=lora_rank, lora_targets=tuple(targets),
+                     targets=tuple(target or ()), quantize_base=quantize_base,
+                     double_quant=double_quant, use_cache=not no_cache)
+    m.recipe()  # the precision options, validated (a PlanError names the fix)
+    return m
 
 
 def step_options(batch_size: int | None = None, input_size: str | None = None,
                  seq_len: int | None = None, amp: str | None = None,
-                 grad_checkpointing: bool = False, runtime: str | None = None,
-                 allocator: str | None = None) -> StepOptions:
+                 grad_checkpointing: bool = False, grad_accum: int | None = None,
+                 offload: str | None = None, host_memory: str | None = None,
+                 runtime: str | None = None, allocator: str | None = None) -> StepOptions:
     """The training-step options as given on the command line, validated."""
+    from smmf_plan.recipe import Recipe
+
     if batch_size is not None:
         from smmf_plan.fit import check_batch_size  # fit loads the device catalog's code
 
@@ -212,10 +245,19 @@ def step_options(batch_size: int | None = None, input_size: str | None = None,
         from smmf_plan.allocators.models import get_model
 
         allocator = get_model(allocator).id
-    return StepOptions(batch_size=batch_size, input_size=input_size, seq_len=seq_len, amp=amp,
-                       grad_checkpointing=grad_checkpointing,
+    host = None
+    if host_memory is not None:
+        host = parse_size(host_memory, "--host-memory")
+        if host <= 0:
+            raise PlanError(f"--host-memory {host_memory!r}: give a positive size such as 64GiB")
+    step = StepOptions(batch_size=batch_size, input_size=input_size, seq_len=seq_len, amp=amp,
+                       grad_checkpointing=grad_checkpointing, grad_accum=grad_accum,
+                       offload=offload, host_memory_bytes=host,
                        runtime_bytes=None if runtime is None else parse_size(runtime, "--runtime"),
                        allocator=allocator)
+    Recipe(amp=amp, grad_checkpointing=grad_checkpointing, grad_accum=1 if grad_accum is None else grad_accum,
+           offload=offload)  # validated here, before any model is read
+    return step
 
 
 # distributed training (smmf_plan.dist)

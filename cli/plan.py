@@ -3,6 +3,8 @@ with ``--device`` or any training-step option, the end-to-end training memory an
 
 from __future__ import annotations
 
+import sys
+
 from smmf_plan.errors import PlanError
 from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 
@@ -20,27 +22,32 @@ def plan(
     json_out: o.Json = False,
 ) -> None:
     """Optimizer-state bytes of MODEL for each optimizer (logical and allocator-rounded); with
-    --device (or --batch-size, --input-size, --seq-len, --amp, --grad-checkpointing, --allocator)
-    the whole training step: weights, gradients, state, activations, temporaries, allocator,
-    runtime, and the fit. With --dist and --world, the step of every rank (the largest decides the
-    fit)."""
+    --device (or any training-step option: --batch-size, --amp, --grad-checkpointing,
+    --quantize-base, --grad-accum, --offload, --allocator …) the whole training step: weights,
+    gradients, state, activations, temporaries, allocator, runtime (and what an offload keeps on
+    the host), and the fit. With --dist and --world, the step of every rank (the largest decides
+    the fit)."""
     from smmf_plan.plan import adam_reference_bytes, plan_model
 
     layouts = m.layouts()
-    dt = m.dtype
+    recipe = m.recipe(step)
     sharding = dist.sharding() if dist.given else None
-    end_to_end = device is not None or svg is not None or step.given or sharding is not None
+    end_to_end = (device is not None or svg is not None or step.given or sharding is not None
+                  or m.quantize_base is not None)
     dev = None
     if end_to_end:
         batch = step.batch
         if device is not None:
             from smmf_plan.devices import get_device
 
-            dev = get_device(device, tuple(devices_file or ()))
+            dev = step.device(get_device(device, tuple(devices_file or ())))
         elif svg is not None:
             raise PlanError(f"--svg {svg!r} draws the bars against a device's usable memory: add --device ID")
+        elif step.offload is not None:
+            raise PlanError(f"--offload {step.offload} moves the optimizer to a GPU's host: add "
+                            "--device with a GPU (smmf-plan devices lists them)")
         allocator = step.allocator_for(dev)
-    spec = o.load(m, quiet=json_out)
+    spec = o.load(m, quiet=json_out, recipe=recipe)
     plans = plan_model(spec, layouts)
     adam = adam_reference_bytes(spec)
     est = steps = fits = None
@@ -50,7 +57,7 @@ def plan(
 
         with o.status("Estimating the training step (tracing on meta tensors)…", json_out):
             est = step_estimate(spec, layouts, sharding, batch_size=batch, allocator=allocator,
-                                **step.estimate_kwargs(dt))
+                                **step.estimate_kwargs(m))
         steps = est.steps()
         fits = judge(steps, dev, batch) if dev else None
     would = None  # what would fit: single-process plans (a --dist plan's changes are its own)
@@ -66,6 +73,8 @@ def plan(
 
         path = write_svg(svg, [BarRow(oid, s.breakdown) for oid, s in steps.items()],
                          dev.usable_bytes, f"{spec.name} · batch {batch} · {dev.id} ({dev.name})")
+        if not est.complete:
+            print(f"warning: {path}: activations not known, the bars are lower bounds", file=sys.stderr)
     if json_out:
         from smmf_plan.report.state_json import plan_document
 
@@ -74,7 +83,7 @@ def plan(
         return
     from smmf_plan.report.console import console as make_console
 
-    from smmf_plan.report.state_table import model_header, state_table
+    from smmf_plan.report.state_table import model_header, recipe_line, state_table
 
     console = make_console()
     console.print(model_header(spec))
@@ -83,6 +92,7 @@ def plan(
                                                                  if sharding is not None else "")))
     if not end_to_end:
         return
+    console.print(recipe_line(est))
     from smmf_plan.report.fit_table import device_report, verdict_table
     from smmf_plan.report.state_table import assumptions_text
 

@@ -14,9 +14,11 @@ from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 
 from . import options as o
 
-#: shared options the probe cannot honour yet: it trains the checkpoint's dtype in fp32 compute,
-#: without adapters, recomputation or a given runtime (its worker builds the model as the source has it).
-NOT_PROBED = ("dtype", "lora_rank", "lora_targets", "amp", "grad_checkpointing", "runtime")
+#: shared options the probe cannot honour yet: its worker builds the architecture in float32
+#: (``smmf_plan.probe.runner.PROBE_RECIPE``) and trains it without adapters, quantization,
+#: recomputation, accumulation or offload, under the stated runtime.
+NOT_PROBED = ("dtype", "lora_rank", "lora_targets", "quantize_base", "double_quant", "amp",
+              "grad_checkpointing", "grad_accum", "offload", "host_memory", "runtime")
 
 Steps = Annotated[int, typer.Option("--steps", help="Training steps per optimizer (step 1 is a warm-up for timing).", min=1)]
 DeviceType = Annotated[str, typer.Option("--device-type", help="Run on cpu or cuda.")]
@@ -86,7 +88,9 @@ def probe(
         from smmf_plan.devices import get_device
 
         dev = get_device(device)
-    spec = o.load(m, quiet=json_out)
+    from smmf_plan.probe.runner import PROBE_RECIPE
+
+    spec = o.load(m, quiet=json_out, recipe=PROBE_RECIPE)
     size = None
     if step.input_size is not None:
         from smmf_plan.trace import parse_input_size

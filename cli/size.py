@@ -18,15 +18,14 @@ from smmf_plan.units import format_bytes
 from . import options as o
 
 
-def step_memory(spec, layouts, allocator: str, *, batch_size: int, estimate_options: dict[str, Any],
-                sharding=None):
-    """optimizer id → :class:`~smmf_plan.breakdown.StepMemory` under ``allocator`` (the largest
-    rank's under ``sharding``)."""
-    from smmf_plan.dist.estimate import step_estimate
+def step_estimate(spec, layouts, allocator: str, *, batch_size: int, estimate_options: dict[str, Any],
+                  sharding=None):
+    """The :class:`~smmf_plan.memory.MemoryEstimate` under ``allocator`` (the largest rank's under
+    ``sharding``)."""
+    from smmf_plan.dist.estimate import step_estimate as estimate
 
-    est = step_estimate(spec, layouts, sharding, batch_size=batch_size, allocator=allocator,
-                        **estimate_options)
-    return est.steps()
+    return estimate(spec, layouts, sharding, batch_size=batch_size, allocator=allocator,
+                    **estimate_options)
 
 
 def allocators_for(devices: Sequence, allocator: str | None) -> dict[str, str]:
@@ -53,9 +52,10 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
     from smmf_plan import fit
 
     model_of = allocators_for(devices, allocator)
-    steps = {a: step_memory(spec, layouts, a, batch_size=batch_size,
-                            estimate_options=estimate_options or {}, sharding=sharding)
-             for a in sorted(set(model_of.values()))}
+    estimates = {a: step_estimate(spec, layouts, a, batch_size=batch_size,
+                                  estimate_options=estimate_options or {}, sharding=sharding)
+                 for a in sorted(set(model_of.values()))}
+    steps = {a: est.steps() for a, est in estimates.items()}
     grid = fit.grid(steps, devices, batch_size, allocator_of=lambda d: model_of[d.id])
     ref = steps.get("glibc") or next(iter(steps.values()))
     order = sorted(ref, key=lambda oid: (ref[oid].total_bytes, oid))
@@ -65,9 +65,15 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
         pairs = [(d, grid[d.id][oid]) for d in by_memory]
         smallest[oid] = (fit.smallest_device(pairs), fit.smallest_device(pairs, require_pytorch=False))
     complete = all(s.complete for per in steps.values() for s in per.values())
+    first = next(iter(estimates.values()), None)
+    reason = next((e.incomplete_reason for e in estimates.values() if e.incomplete_reason), None)
+    from smmf_plan.report.state_table import recipe_line
+
     return {"steps": steps, "grid": grid, "order": order, "devices": by_memory,
-            "smallest": smallest, "complete": complete, "sharding": sharding,
-            "allocators": model_of}
+            "smallest": smallest, "complete": complete, "incomplete_reason": reason,
+            "sharding": sharding, "allocators": model_of,
+            "recipe": None if first is None else first.recipe_info,
+            "recipe_line": None if first is None else recipe_line(first)}
 
 
 @o.shared_options()
@@ -88,6 +94,7 @@ def size(
     batch = step.batch
     layouts = m.layouts()
     dt = m.dtype
+    recipe = m.recipe(step)
     files = tuple(devices_file or ())
     search = dist.given and dist.world is None
     sharding = dist.sharding() if dist.given and not search else None
@@ -97,6 +104,9 @@ def size(
         chosen = list_devices(files)
         if search:
             chosen = [d for d in chosen if d.allocator == "cuda" and d.runs_pytorch]
+        if step.offload is not None:  # offloading is for GPUs: judge those
+            chosen = [d for d in chosen if d.has_host]
+    chosen = [step.device(d) for d in chosen]
     if search:
         if svg is not None:
             raise PlanError(f"--svg {svg!r} draws one world size: add --world N")
@@ -104,8 +114,8 @@ def size(
     if svg is not None and len(chosen) != 1:
         raise PlanError(f"--svg {svg!r} draws the bars against one device: add --device ID "
                         f"(got {len(chosen)} devices)")
-    spec = o.load(m, quiet=json_out)
-    options = step.estimate_kwargs(dt)
+    spec = o.load(m, quiet=json_out, recipe=recipe)
+    options = step.estimate_kwargs(m)
     with o.status("Estimating training memory (tracing one step on meta tensors)…", json_out):
         result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options,
                             sharding=sharding, allocator=step.allocator)
@@ -146,9 +156,12 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
 
     console = make_console()
     console.print(model_header(spec))
+    if result.get("recipe_line") is not None:
+        console.print(result["recipe_line"])
     if not result["complete"]:
-        console.print(Text("Activations not estimated (no architecture for these weights): "
-                           "the totals are lower bounds.", style="yellow"))
+        why = result.get("incomplete_reason") or "no architecture for these weights"
+        console.print(Text(f"Activations not known ({why}): the totals are lower bounds.",
+                           style="yellow"))
     devices = result["devices"]
     grid = result["grid"]
     sharding = result.get("sharding")
@@ -174,7 +187,10 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
     for oid in result["order"]:
         runs, anywhere = result["smallest"][oid]
         lines.append(f"  {oid:<{width}}  ")
-        if runs is None:
+        if runs is None and not result["complete"] and any(
+                grid[d.id][oid].fits is None for d in devices):
+            lines.append("not known (activations not estimated)", style="yellow")
+        elif runs is None:
             lines.append("none of these devices", style="red")
         else:
             lines.append(runs.id, style="green")
@@ -194,12 +210,12 @@ def _search(m: ModelOptions, step: StepOptions, dist: DistOptions, devices: Sequ
     if dist.nodes is not None:
         raise PlanError("--nodes needs --world: size --dist without --world searches the number "
                         "of ranks; drop --nodes")
-    spec = o.load(m, quiet=json_out)
+    spec = o.load(m, quiet=json_out, recipe=m.recipe(step))
     layouts = m.layouts()
     batch = step.batch
     with o.status("Searching the smallest world size per device…", json_out):
         result = smallest_worlds(spec, layouts, dist.scheme, devices, batch_size=batch,
-                                 shard_group=dist.shard_group_size, **step.estimate_kwargs(m.dtype))
+                                 shard_group=dist.shard_group_size, **step.estimate_kwargs(m))
     order = [v.id for v in layouts]
     if json_out:
         from smmf_plan.report.step_json import size_search_document

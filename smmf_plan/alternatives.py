@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .allocators import models
 from .errors import PlanError
 from .fit import Fit, smallest_device
-from .fit import fit as judge_one
+from .fit import judge as judge_one
 from .memory import estimate
 from .units import format_bytes
 
@@ -212,7 +212,7 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
             for o in pending:
                 s = by_planner[key].get(o)
                 if s is not None:
-                    verdicts[o].append((d, judge_one(s.total_at, d.usable_bytes, batch)))
+                    verdicts[o].append((d, judge_one(s, d, batch)))
         for o in pending:
             best = smallest_device(verdicts[o])
             if best is None:
@@ -263,7 +263,7 @@ def _try(change, args, cm, cstep, skipped, todo, out, settle, plan, device, batc
         s = steps.get("smmf" if cm.optimizers == ("smmf",) else o)
         if s is None:
             continue
-        f = judge_one(s.total_at, device.usable_bytes, batch)
+        f = judge_one(s, device, batch)
         settle(o, Tried(change, args, f.total_bytes, f.fits, f.max_batch_size), f.headroom_bytes)
 
 
@@ -272,8 +272,10 @@ def _try(change, args, cm, cstep, skipped, todo, out, settle, plan, device, batc
 def planner(allocator: str) -> Planner:
     """Plan a run (model options, step options) under ``allocator``: its steps per optimizer."""
     def plan(mo, so) -> Mapping[str, Any]:
-        est = estimate(mo.load(), mo.layouts(), batch_size=so.batch, allocator=allocator,
-                       **so.estimate_kwargs(mo.dtype))
+        # the candidate's recipe (checkpointing, AMP, bf16, LoRA ... as Recipe fields): the model
+        # loaded as that recipe stores it, and the step estimated under it
+        est = estimate(mo.load(mo.recipe(so)), mo.layouts(), batch_size=so.batch,
+                       allocator=allocator, **so.estimate_kwargs(mo))
         return est.steps()
     return plan
 

@@ -8,7 +8,11 @@ description for legends. The step table, the stacked bars and their SVG, and the
 weights or an FSDP all-gather buffer) is one entry that every one of them picks up.
 
 A :class:`Breakdown` holds bytes per part; its ``total_bytes`` is always the exact sum of its
-parts (there is no other total to drift from it). Every part is counted as the training process's
+parts (there is no other total to drift from it). Each part lives in one memory (``Part.where``):
+the device's (what the fit checks against its usable memory, ``device_bytes``) or, for a recipe
+that offloads the optimizer, the host's (``host_bytes``, checked against the host memory). A part
+whose size is not known (activations of weights without an architecture) is listed in
+``unknown``: it counts 0 in the sums, which are then lower bounds, and JSON writes it as ``null``. Every part is counted as the training process's
 allocator allocates it: each tensor rounded up to the allocator's quantum (64 B on CPU, 512 B on
 CUDA, see :mod:`smmf_plan.allocators`). That is why the optimizer state's key is
 ``state_allocated``: the *logical* state bytes (the sum of ``numel × itemsize`` over the state
@@ -48,6 +52,8 @@ class Part:
     #: shown only where some row has bytes in it (a part most steps do not have, such as an
     #: offloaded copy); a part with ``optional=False`` is always a column and a JSON key.
     optional: bool = False
+    #: the memory holding it: "device" (checked against usable memory) or "host" (offload).
+    where: str = "device"
 
 
 #: the parts of a training step, in the order tables, bars and JSON list them.
@@ -77,10 +83,24 @@ PARTS: tuple[Part, ...] = (
          optional=True),
     Part("runtime", "runtime", "runtime", "·", "bright_black", "#999999", "horizontal",
          "the process itself: PyTorch and the model library on CPU, cuBLAS workspaces on CUDA"),
+    Part("host_copies", "h.copies", "host copies", "▦", "bright_blue", "#332288", "vertical",
+         "offload: pinned host copies of the offloaded trainable parameters and of their "
+         "gradients (pinned blocks are powers of two)", optional=True, where="host"),
+    Part("host_state", "h.state", "host state", "▧", "bright_cyan", "#44AA99", "diagonal",
+         "offload: the optimizer state of the offloaded parameters, on the host", optional=True,
+         where="host"),
+    Part("host_temporaries", "h.temp", "host temporaries", "▨", "bright_magenta", "#000000", "cross",
+         "offload: the host optimizer step's temporaries (one parameter at a time)", optional=True,
+         where="host"),
+    Part("host_runtime", "h.runtime", "host runtime", "▩", "white", "#666666", "horizontal",
+         "offload: the training process on the host (PyTorch and the model library)",
+         optional=True, where="host"),
 )
 
 KEYS: tuple[str, ...] = tuple(p.key for p in PARTS)
 BY_KEY: Mapping[str, Part] = {p.key: p for p in PARTS}
+#: the memories a part can live in.
+MEMORIES = ("device", "host")
 
 
 class Breakdown(Mapping[str, int]):
@@ -88,15 +108,20 @@ class Breakdown(Mapping[str, int]):
 
     ``Breakdown(weights=…, grads=…)`` or ``Breakdown({"weights": …})``: parts not given are 0, an
     unknown key or a negative or non-integer byte count is a :class:`ValueError`.
-    ``total_bytes`` is the exact sum of the parts, always."""
+    ``total_bytes`` is the exact sum of the parts, always. ``unknown``: parts whose size is not
+    known (0 here, ``null`` in JSON)."""
 
-    __slots__ = ("_bytes",)
+    __slots__ = ("_bytes", "_unknown")
 
-    def __init__(self, parts: Mapping[str, int] | None = None, /, **more: int) -> None:
+    def __init__(self, parts: Mapping[str, int] | None = None, /, *, unknown: Iterable[str] = (),
+                 **more: int) -> None:
         given = {**(parts or {}), **more}
-        unknown = [k for k in given if k not in BY_KEY]
-        if unknown:
-            raise ValueError(f"unknown step part(s) {unknown}: the parts are {', '.join(KEYS)}")
+        bad = [k for k in [*given, *unknown] if k not in BY_KEY]
+        if bad:
+            raise ValueError(f"unknown step part(s) {bad}: the parts are {', '.join(KEYS)}")
+        self._unknown: frozenset[str] = frozenset(unknown)
+        if any(given.get(k) for k in self._unknown):
+            raise ValueError(f"parts {sorted(self._unknown)} are unknown: they hold no bytes")
         values = []
         for key in KEYS:
             n = given.get(key, 0)
@@ -124,35 +149,63 @@ class Breakdown(Mapping[str, int]):
         return len(KEYS)
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v}" for k, v in zip(KEYS, self._bytes))
+        inner = ", ".join(f"{k}={'?' if k in self._unknown else v}" for k, v in zip(KEYS, self._bytes))
         return f"Breakdown({inner})"
 
     @property
     def total_bytes(self) -> int:
-        """The exact sum of the parts."""
+        """The exact sum of the parts (of the known ones: a lower bound when some are unknown)."""
         return sum(self._bytes)
 
+    def bytes_in(self, where: str) -> int:
+        """The sum of the parts held in ``where`` ("device" or "host")."""
+        return sum(n for p, n in zip(PARTS, self._bytes) if p.where == where)
+
+    @property
+    def device_bytes(self) -> int:
+        """What the device holds: the figure its usable memory is checked against."""
+        return self.bytes_in("device")
+
+    @property
+    def host_bytes(self) -> int:
+        """What an offloading recipe keeps on the host (0 otherwise)."""
+        return self.bytes_in("host")
+
+    @property
+    def unknown(self) -> frozenset[str]:
+        """Parts whose size is not known (their 0 makes every sum a lower bound)."""
+        return self._unknown
+
+    @property
+    def complete(self) -> bool:
+        return not self._unknown
+
     def replace(self, **parts: int) -> "Breakdown":
-        """A copy with the given parts changed."""
-        return Breakdown({**dict(self), **parts})
+        """A copy with the given parts changed (a part given bytes is no longer unknown)."""
+        return Breakdown({**dict(self), **parts}, unknown=self._unknown - set(parts))
 
-    def to_dict(self) -> dict[str, int]:
-        """``{key: bytes}`` in part order: every part, except an optional one with no bytes."""
-        return {p.key: n for p, n in zip(PARTS, self._bytes) if n or not p.optional}
+    def to_dict(self) -> dict[str, int | None]:
+        """``{key: bytes}`` in part order: every part, except an optional one with no bytes; an
+        unknown part is ``None``."""
+        return {p.key: (None if p.key in self._unknown else n) for p, n in zip(PARTS, self._bytes)
+                if n or not p.optional or p.key in self._unknown}
 
 
-def shown(breakdowns: Iterable[Mapping[str, int]]) -> tuple[Part, ...]:
-    """The parts to show for these rows: every part, except an optional one that no row has."""
+def shown(breakdowns: Iterable[Mapping[str, int]], where: str | None = None) -> tuple[Part, ...]:
+    """The parts to show for these rows: every part, except an optional one that no row has;
+    only those held in ``where`` ("device" or "host") when given."""
     rows = list(breakdowns)
-    return tuple(p for p in PARTS if not p.optional or any(r.get(p.key, 0) for r in rows))
+    return tuple(p for p in PARTS if (where is None or p.where == where)
+                 and (not p.optional or any(r.get(p.key, 0) for r in rows)))
 
 
 @dataclass(frozen=True)
 class StepMemory:
     """One optimizer's training step, as the fit layer and the renderers see it: the breakdown at
-    the planned batch, ``total_at(batch)`` for the largest-batch search (non-decreasing), and the
-    logical state bytes shown beside the breakdown. ``complete`` is False when the activation term
-    could not be estimated (the totals are lower bounds), which every renderer must say."""
+    the planned batch, ``total_at(batch)`` — the device's bytes at a batch size, for the
+    largest-batch search (non-decreasing) — and the logical state bytes shown beside the
+    breakdown. ``complete`` is False when the activation term could not be estimated (the totals
+    are lower bounds), which every renderer must say."""
 
     optimizer: str
     breakdown: Breakdown
@@ -168,17 +221,31 @@ class StepMemory:
     def total_bytes(self) -> int:
         return self.breakdown.total_bytes
 
+    @property
+    def device_bytes(self) -> int:
+        return self.breakdown.device_bytes
+
+    @property
+    def host_bytes(self) -> int:
+        """Host bytes (offload): they do not grow with the batch."""
+        return self.breakdown.host_bytes
+
     def to_dict(self) -> dict:
-        """``{"state_bytes", "breakdown", "total_bytes"}``: ``total_bytes`` is the sum of the
-        breakdown; ``state_bytes`` the logical state (``breakdown["state_allocated"]`` is it
-        rounded by the allocator). A distributed plan adds ``ranks``: one entry per group of
-        ranks with identical figures, the same three fields each, the top level being the
-        largest rank's."""
+        """``{"state_bytes", "breakdown", "total_bytes", "device_bytes", "host_bytes"}``:
+        ``total_bytes`` is the sum of the breakdown (of its known parts, ``complete`` false
+        otherwise), ``device_bytes`` + ``host_bytes`` split it by memory; ``state_bytes`` the
+        logical state (``breakdown["state_allocated"]`` is it rounded by the allocator). A
+        distributed plan adds ``ranks``: one entry per group of ranks with identical figures, the
+        same three fields each, the top level being the largest rank's."""
         d: dict = {}
         if self.state_bytes is not None:
             d["state_bytes"] = self.state_bytes
         d["breakdown"] = self.breakdown.to_dict()
         d["total_bytes"] = self.total_bytes
+        d["device_bytes"] = self.device_bytes
+        d["host_bytes"] = self.host_bytes
+        if not (self.complete and self.breakdown.complete):
+            d["complete"] = False
         if self.ranks:
             d["ranks"] = [r.to_dict() for r in self.ranks]
         return d

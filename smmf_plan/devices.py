@@ -9,6 +9,12 @@ allocator, nothing known about PyTorch.
 
 Assumptions: ``usable_bytes`` is what one process can allocate for tensors once the OS / runtime is
 up; sizes in files are bytes (integers) or strings that :func:`smmf_plan.units.parse_size` reads.
+
+A discrete GPU also has a host: the machine's RAM beside it, where a recipe that offloads the
+optimizer keeps its state (``host_bytes``, per GPU, with ``host_basis`` saying where the figure
+comes from; ``--host-memory`` replaces it). A GPU entry without one gets
+:data:`DEFAULT_GPU_HOST_BYTES`, stated. CPU boards and unified-memory devices have no separate host:
+their memory is the host's, and offloading to it is refused.
 """
 
 from __future__ import annotations
@@ -38,8 +44,13 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
 _KEYS = {
     "name", "total_bytes", "usable_bytes", "memory_kind", "memory_detail", "bandwidth_gbps",
     "allocator", "usable_basis", "sourcing", "pytorch_training", "pytorch_reason", "pytorch_note",
-    "sources",
+    "sources", "host_bytes", "host_basis",
 }
+#: the host memory of a GPU whose entry states none: 16 GiB, the RAM of the smallest single-GPU
+#: cloud instances (AWS g4dn.xlarge / g5.xlarge / g6.xlarge), so that a "fits" holds on them too.
+DEFAULT_GPU_HOST_BYTES = 16 * 2**30
+DEFAULT_GPU_HOST_BASIS = ("[assumed] 16 GiB: no host_bytes given; the RAM of the smallest single-GPU "
+                          "cloud instances (AWS g4dn/g5/g6.xlarge); pass --host-memory for yours")
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,44 @@ class Device:
     #: "catalog", "ad-hoc", or the file the entry came from.
     origin: str = "catalog"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: the host RAM beside a discrete GPU (per GPU), where offloaded state goes; None: the default.
+    host_bytes: int | None = None
+    host_basis: str = ""
+
+    @property
+    def has_host(self) -> bool:
+        """Whether the device has a host memory of its own (a discrete GPU)."""
+        return self.memory_kind == "GPU"
+
+    @property
+    def host_memory(self) -> int | None:
+        """Host memory an offloading recipe may fill (None where the device is the host)."""
+        if not self.has_host:
+            return None
+        return self.host_bytes if self.host_bytes is not None else DEFAULT_GPU_HOST_BYTES
+
+    @property
+    def host_memory_basis(self) -> str:
+        if not self.has_host:
+            return ""
+        return self.host_basis if self.host_bytes is not None else DEFAULT_GPU_HOST_BASIS
+
+    def with_host_memory(self, nbytes: int | None, basis: str = "as given with --host-memory") -> "Device":
+        """This device with its host memory replaced (``nbytes`` None: unchanged)."""
+        if nbytes is None:
+            return self
+        from dataclasses import replace
+
+        return replace(self, host_bytes=int(nbytes), host_basis=basis)
+
+    def check_offload(self, offload: str | None) -> None:
+        """:class:`PlanError` when ``offload`` cannot apply here (no host memory of its own)."""
+        if offload is None or self.has_host:
+            return
+        what = {"unified": "unified memory (the host's and the GPU's are one)",
+                "host RAM": "host RAM (a CPU device)"}.get(self.memory_kind, self.memory_kind)
+        raise PlanError(f"--offload {offload} moves the optimizer from a GPU to its host, but {self.id} "
+                        f"is {what}: drop --offload, or plan on a GPU device")
 
     @property
     def runs_pytorch(self) -> bool:
@@ -84,6 +133,7 @@ class Device:
             "memory_kind": self.memory_kind,
             "allocator": self.allocator,
             "pytorch_training": self.pytorch_training,
+            "host_memory_bytes": self.host_memory,
         }
 
     def to_dict(self) -> dict:
@@ -98,6 +148,7 @@ class Device:
             "pytorch_note": self.pytorch_note,
             "sources": list(self.sources),
             "origin": self.origin,
+            "host_basis": self.host_memory_basis,
         }
 
 
@@ -158,6 +209,10 @@ def device_from_table(device_id: str, table: Any, origin: str) -> Device:
                         + " or ".join(repr(k) for k in KINDS_FOR_ALLOCATOR[allocator])
                         + (" (the CUDA allocator hands out GPU memory)" if allocator == "cuda" else
                            " (GPU memory needs allocator = \"cuda\")"))
+    host = config_size(table["host_bytes"], f"{where}.host_bytes") if "host_bytes" in table else None
+    if host is not None and kind != "GPU":
+        raise PlanError(f"{where}.host_bytes: only a GPU has a host memory of its own "
+                        f"(memory_kind = {kind!r}): drop host_bytes")
     return Device(
         id=key_id,
         name=_text(table.get("name", key_id), f"{where}.name"),
@@ -176,6 +231,9 @@ def device_from_table(device_id: str, table: Any, origin: str) -> Device:
         sourcing=_text(table.get("sourcing", ""), f"{where}.sourcing"),
         sources=tuple(sources),
         origin=origin,
+        host_bytes=host,
+        host_basis=_text(table.get("host_basis", "" if origin == "catalog" or host is None else
+                                   f"as given in {origin}"), f"{where}.host_basis"),
     )
 
 

@@ -14,3 +14,8 @@ class SourceError(PlanError):
 
 class OfflineError(SourceError):
     """A hub id was asked for while offline and nothing is cached."""
+
+
+class TraceError(PlanError):
+    """A model's training step could not be traced without data: the estimate goes on without its
+    activations (marked incomplete, with this message as the reason)."""

@@ -3,10 +3,13 @@ weights + gradients + optimizer state + activations + step temporaries + runtime
 
 The model of a step (every term is a stated assumption, listed in ``MemoryEstimate.assumptions``):
 
-* **weights**: every parameter (frozen ones included) and buffer, in the planned dtype. With
-  ``amp`` the weights stay fp32 (master weights); the low-precision copies autocast makes are
-  created by the step, so the trace counts them under activations.
-* **grads**: one gradient per trainable parameter, in its dtype (fp32 under ``amp``).
+* **weights**: every parameter (frozen ones included) and buffer, as the recipe
+  (:class:`~smmf_plan.recipe.Recipe`) stores it: its dtype per role, bitsandbytes' tensors for a
+  quantized base (:mod:`smmf_plan.quantize`). Under ``amp`` the trainable weights stay fp32
+  (master weights); the low-precision copies autocast makes are created by the step, so the trace
+  counts them under activations.
+* **grads**: one gradient per trainable parameter, in its dtype (fp32 under ``amp``); with
+  gradients offloaded only those of the parameters kept on the device.
 * **state** (``state_allocated``): :func:`smmf_plan.plan.plan_state`, each tensor rounded as the
   allocator rounds (the logical bytes, ``state_bytes``, are kept beside the breakdown).
 * **activations**: the traced step's peak beyond the gradients (see
@@ -21,6 +24,12 @@ The model of a step (every term is a stated assumption, listed in ``MemoryEstima
   (:mod:`smmf_plan.allocators.models`, ``--allocator``), from the traced allocation sequence.
 * **runtime**: the process itself (PyTorch and the model library on CPU and unified memory), and
   the cuBLAS workspaces on CUDA, as the allocator model states them.
+* **host parts** (``--offload``): the pinned copies, the offloaded state, the host step's
+  temporaries and the process on the host (:data:`HOST_RUNTIME`), checked against the host memory.
+
+With gradient accumulation the batch is the micro-batch and the trace is a later micro-step. When
+the activations cannot be traced they are unknown (``None``), not zero: every sum is then a lower
+bound and the estimate says why (``incomplete_reason``).
 
 The parts are :data:`smmf_plan.breakdown.PARTS`; each optimizer's
 :class:`~smmf_plan.breakdown.Breakdown` has ``total_bytes`` = the exact sum of its parts.
@@ -33,19 +42,42 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import dtypes
-from .breakdown import Breakdown, StepMemory
-from .errors import PlanError
-from .optimizers import OptimizerVariant, Unsupported
-from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, models as allocator_models, round_up
+from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, pinned_round, round_up
+from .allocators import models as allocator_models
 from .allocators.sequence import OptimizerStep, StepLog
+from .breakdown import Breakdown, StepMemory
+from .errors import PlanError, TraceError
 from .model import ModelSpec
-from .plan import plan_state, with_dtype
+from .optimizers import OptimizerVariant, Unsupported
+from .plan import plan_state
+from .quantize import quantized_weights, stored_tensors
+from .recipe import Recipe
 from .shapes import ParamSpec
 from .trace import DEFAULT_SEQ_LEN, IMAGE_CLASSIFICATION
+from .units import format_bytes
 
 MiB = 1 << 20
 
-AMP_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+#: the training process's own host memory beside a GPU (offload): the import RSS of PyTorch's CUDA
+#: build (:data:`smmf_plan.allocators.models.PYTORCH_CUDA`), plus the model library.
+HOST_RUNTIME = {"pytorch": allocator_models.PYTORCH_CUDA}
+#: torchao ``CPUOffloadOptimizer(minimal_size=4096)``: smaller parameters stay on the device.
+OFFLOAD_MINIMAL_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """One optimizer's parts that do not grow with the batch, and its step temporaries."""
+
+    weights: int
+    grads: int
+    state: int
+    #: the step's raw temporaries on the device (before netting against the activations).
+    step_temp: int
+    #: True when the optimizer keeps its step scratch between steps (never netted).
+    persistent: bool
+    #: host parts (offload): host_copies, host_state, host_temporaries, host_runtime.
+    host: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -64,11 +96,17 @@ class MemoryEstimate:
     runtime_parts: dict[str, int] = field(default_factory=dict)
     input: str | None = None
     seconds: float = 0.0
-    _fixed: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
+    _fixed: dict[str, _Fixed] = field(default_factory=dict, repr=False)
     #: per optimizer id: True when its step scratch is kept between steps (never netted).
     persistent: dict[str, bool] = field(default_factory=dict)
     #: per optimizer id: the logical optimizer-state bytes (``StatePlan.state_bytes``).
     state_bytes: dict[str, int] = field(default_factory=dict)
+    #: the recipe the step was planned with.
+    recipe: Recipe = field(default_factory=Recipe)
+    #: ``Recipe.to_dict`` with the model's resolved dtypes (the JSON ``recipe`` object).
+    recipe_info: dict = field(default_factory=dict)
+    #: why the activations are not known (None when they are).
+    incomplete_reason: str | None = None
     #: per optimizer id: ``batch -> bytes`` of the allocator part.
     _slack: dict[str, Callable[[int], int]] = field(default_factory=dict, repr=False)
 
@@ -79,15 +117,14 @@ class MemoryEstimate:
 
     def breakdown_at(self, optimizer: str, batch: int) -> Breakdown:
         """The breakdown at another batch size, from the affine activation model (no re-trace)."""
-        w, g, s = self._fixed[optimizer]
-        act, temp = act_temp(self.activation_model, batch, self.rounding,
-                             self.step_temp[optimizer], self.persistent.get(optimizer, False))
+        f = self._fixed[optimizer]
+        act, temp = act_temp(self.activation_model, batch, self.rounding, f.step_temp, f.persistent)
         slack = self._slack[optimizer](batch) if optimizer in self._slack else 0
-        return _breakdown(w, g, s, act, temp, slack, sum(self.runtime_parts.values()))
+        return _breakdown(f, act, temp, slack, sum(self.runtime_parts.values()))
 
     def total_at(self, optimizer: str) -> Callable[[int], int]:
-        """``batch -> total bytes`` for the fit stage's largest-batch search (non-decreasing)."""
-        return lambda batch: self.breakdown_at(optimizer, batch).total_bytes
+        """``batch -> device bytes`` for the fit stage's largest-batch search (non-decreasing)."""
+        return lambda batch: self.breakdown_at(optimizer, batch).device_bytes
 
     @property
     def complete(self) -> bool:
@@ -105,7 +142,7 @@ class MemoryEstimate:
         am = self.activation_model
         return {
             "model": self.model, "batch_size": self.batch_size, "allocator": self.allocator,
-            "input": self.input,
+            "input": self.input, "recipe": dict(self.recipe_info),
             "optimizers": {k: s.to_dict() for k, s in self.steps().items()},
             "runtime_parts": dict(self.runtime_parts),
             "activation_model": None if am is None else {
@@ -119,17 +156,20 @@ class MemoryEstimate:
         }
 
 
-def _breakdown(weights: int, grads: int, state: int, act: int, temp: int, slack: int,
-               runtime: int) -> Breakdown:
-    return Breakdown(weights=weights, grads=grads, state_allocated=state, activations=act,
-                     temporaries=temp, allocator=slack, runtime=runtime)
+def _breakdown(f: _Fixed, act: int | None, temp: int, slack: int, runtime: int) -> Breakdown:
+    unknown = ("activations",) if act is None else ()
+    return Breakdown(weights=f.weights, grads=f.grads, state_allocated=f.state, activations=act or 0,
+                     temporaries=temp, allocator=slack, runtime=runtime, unknown=unknown,
+                     **dict(f.host))
 
 
-def act_temp(am, batch: int, rounding: str, step_temp: int, persistent: bool = False) -> tuple[int, int]:
-    """Activations at ``batch`` and the temporaries counted beyond them: the step's peak over
-    what backward leaves alive, or all of it when the optimizer keeps its scratch between steps."""
+def act_temp(am, batch: int, rounding: str, step_temp: int, persistent: bool = False
+             ) -> tuple[int | None, int]:
+    """Activations at ``batch`` (None: not known) and the temporaries counted beyond them: the
+    step's peak over what backward leaves alive, or all of it when the optimizer keeps its scratch
+    between steps (or when the activations are not known: a lower bound)."""
     if am is None:
-        return 0, step_temp
+        return None, step_temp
     act = am.bytes_at(batch, rounding)
     if persistent:
         return act, step_temp
@@ -158,6 +198,11 @@ def _optimizer_step(layout: OptimizerVariant, trainable: Sequence[ParamSpec], ro
     return OptimizerStep(state, tuple(temps), path, layout.keeps_scratch)
 
 
+def host_runtime_bytes(library: str | None) -> int:
+    """The training process's own host memory beside a GPU (offload's ``host_runtime`` part)."""
+    return HOST_RUNTIME["pytorch"] + allocator_models.LIBRARY.get(library or "", 0)
+
+
 def _library_of(model_spec: ModelSpec, module) -> str | None:
     lib = (model_spec.meta or {}).get("library")
     if lib:
@@ -170,20 +215,50 @@ def _library_of(model_spec: ModelSpec, module) -> str | None:
     return None
 
 
-def _apply_trainable(module, specs: Sequence[ParamSpec]) -> None:
-    """Freeze the module's parameters the spec marks frozen (names and aliases)."""
-    frozen = {n for s in specs if not s.trainable for n in (s.name, *s.aliases)}
-    if not frozen:
-        return
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if name in frozen:
-            p.requires_grad_(False)
+def offloaded(specs: Sequence[ParamSpec], recipe: Recipe) -> list[ParamSpec]:
+    """The trainable parameters an offloading recipe moves to the host: those of at least
+    :data:`OFFLOAD_MINIMAL_SIZE` elements (torchao keeps smaller ones on the device)."""
+    if recipe.offload is None:
+        return []
+    return [s for s in specs if s.trainable and s.numel >= OFFLOAD_MINIMAL_SIZE]
+
+
+def _fixed_parts(specs: Sequence[ParamSpec], stored: Sequence[ParamSpec], buffer_bytes: int,
+                 layout: OptimizerVariant, recipe: Recipe, allocator: str, library: str | None
+                 ) -> tuple[_Fixed, int]:
+    """One optimizer's fixed parts under ``recipe`` (device and host) and its logical state;
+    ``allocator`` is the block rounding ("cpu" or "cuda")."""
+    q = _QUANTUM[allocator]
+    weights = _sum_rounded(stored, q) + buffer_bytes
+    moved = offloaded(specs, recipe)
+    moved_names = {s.name for s in moved}
+    kept = [s for s in specs if s.trainable and s.name not in moved_names]
+    planned = plan_state(specs, layout)
+    if not moved:
+        grads = _sum_rounded(specs, q, trainable_only=True)
+        temp = layout.step_temp_bytes([s for s in specs if s.trainable], allocator)
+        return _Fixed(weights, grads, planned.allocated_bytes[allocator], temp,
+                      layout.keeps_scratch), planned.state_bytes
+    # offload (torchao CPUOffloadOptimizer): the device keeps the small parameters' state and, unless
+    # offloaded too, every gradient; the host keeps pinned copies, the state and runs the step
+    on_device = plan_state(kept, layout) if kept else None
+    grads = _sum_rounded(kept if recipe.offloads_grads else [s for s in specs if s.trainable], q)
+    temp = layout.step_temp_bytes(kept, allocator) if kept else 0
+    host_state = plan_state(moved, layout).allocated_bytes["cpu"]
+    per_param = [layout.step_temp_bytes([s], "cpu") for s in moved]
+    host_temp = sum(per_param) if layout.keeps_scratch else max(per_param)
+    copies = 2 * sum(pinned_round(s.nbytes) for s in moved)
+    host = (("host_copies", copies), ("host_state", host_state), ("host_temporaries", host_temp),
+            ("host_runtime", host_runtime_bytes(library)))
+    state = on_device.allocated_bytes[allocator] if on_device else 0
+    return _Fixed(weights, grads, state, temp, layout.keeps_scratch, host), planned.state_bytes
 
 
 @dataclass
 class StepBasis:
-    """What every optimizer's step estimate shares: the planned specs, the traced activation
-    model, buffers, runtime and the assumptions stated so far (:func:`step_basis`)."""
+    """What every optimizer's step estimate shares (:func:`step_basis`): the recipe, the planned
+    specs and the tensors the weights take, the traced activation model, buffers, runtime and
+    the assumptions stated so far."""
 
     specs: list[ParamSpec]
     #: the allocator model's id (:data:`smmf_plan.allocators.models.IDS`).
@@ -199,6 +274,13 @@ class StepBasis:
     t0: float
     #: traced batch -> the allocation sequence of its forward + backward (for the allocator part).
     logs: dict[int, StepLog] = field(default_factory=dict)
+    recipe: Recipe = field(default_factory=Recipe)
+    #: the tensors the weights take (a quantized base's bitsandbytes tensors in place of its weights).
+    stored: list[ParamSpec] = field(default_factory=list)
+    #: ``Recipe.to_dict`` with the model's resolved dtypes.
+    recipe_info: dict = field(default_factory=dict)
+    #: why the activations are not known (None when they are).
+    incomplete_reason: str | None = None
 
     @property
     def runtime_bytes(self) -> int:
@@ -208,85 +290,6 @@ class StepBasis:
     def rounding(self) -> str:
         """The block rounding of every part ("cpu" or "cuda")."""
         return allocator_models.resolve(self.allocator).rounding
-
-
-def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batch_size: int = 1,
-             input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
-             dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
-             allocator: str = "glibc", module_factory: Callable[[], Any] | None = None,
-             trace: bool = True, runtime_bytes: int | None = None) -> MemoryEstimate:
-    """Estimate one training step's memory for each optimizer in ``layouts``.
-
-    ``module_factory()`` returns the model as an ``nn.Module`` on the meta device (default:
-    :func:`smmf_plan.sources.build_module`); it is what gets traced. ``dtype`` re-types the
-    weights (pure low-precision training); ``amp`` ("bf16"/"fp16") keeps fp32 master weights and
-    traces forward under autocast. Without a buildable module (weights without a config) or with
-    ``trace=False`` the activation term is 0 and the estimate says so. ``runtime_bytes`` replaces
-    the stated runtime baseline with one the user measured on the device (``--runtime``).
-    ``allocator`` is an allocator model id (:mod:`smmf_plan.allocators.models`; a device's
-    allocator, "cpu" or "cuda", means its default model): it sets the block rounding, the runtime
-    terms and the ``allocator`` part."""
-    basis = step_basis(model_spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len,
-                       dtype=dtype, amp=amp, grad_checkpointing=grad_checkpointing,
-                       allocator=allocator, module_factory=module_factory, trace=trace,
-                       runtime_bytes=runtime_bytes)
-    model = allocator_models.resolve(basis.allocator)
-    specs, am, rounding = basis.specs, basis.activation_model, model.rounding
-    q = _QUANTUM[rounding]
-    weights = _sum_rounded(specs, q) + basis.buffer_bytes
-    grads = _sum_rounded(specs, q, trainable_only=True)
-    runtime = basis.runtime_bytes
-    assumptions = basis.assumptions
-    workspaces = sum(allocator_models.workspace_blocks(model))
-    weight_blocks = ([s.nbytes for s in specs if s.nbytes]
-                     + ([basis.buffer_bytes] if basis.buffer_bytes else []))
-    breakdowns, temps, fixed, logical, slack = {}, {}, {}, {}, {}
-    trainable = [s for s in specs if s.trainable]
-    runnable, rules = [], []
-    for layout in layouts:
-        layout = layout.bind(model_spec.facts)
-        try:
-            planned = plan_state(specs, layout)
-        except Unsupported as e:
-            assumptions.append(f"{layout.id}: not estimated, its implementation cannot train this "
-                               f"model: {e}")
-            continue
-        runnable.append(layout)
-        rule = layout.info.target_rule
-        if rule and rule not in rules:
-            rules.append(rule)
-        state = planned.allocated_bytes[rounding]
-        logical[layout.id] = planned.state_bytes
-        st = layout.step_temp_bytes(trainable, rounding)
-        temps[layout.id] = st
-        fixed[layout.id] = (weights, grads, state)
-        keeps = layout.keeps_scratch
-
-        def parts_at(batch: int, st=st, keeps=keeps) -> tuple[int, int]:
-            return act_temp(am, batch, rounding, st, keeps)
-
-        def tensors_at(batch: int, state=state, parts_at=parts_at) -> int:
-            return weights + grads + state + sum(parts_at(batch)) + workspaces
-
-        def churn_at(batch: int, parts_at=parts_at, keeps=keeps) -> int:
-            act, temp = parts_at(batch)  # a scratch kept between steps is not churned
-            return grads + act + (0 if keeps else temp)
-
-        slack[layout.id] = allocator_models.allocator_part(
-            model, weights=weight_blocks, logs=basis.logs,
-            step=_optimizer_step(layout, trainable, rounding), tensors_at=tensors_at,
-            churn_at=churn_at)
-        act, temp = parts_at(basis.batch_size)
-        breakdowns[layout.id] = _breakdown(weights, grads, state, act, temp,
-                                           slack[layout.id](basis.batch_size), runtime)
-    layouts = runnable
-    assumptions += rules
-    assumptions.append(TEMPORARIES_ASSUMPTION)
-    est = MemoryEstimate(model_spec.name, basis.batch_size, basis.allocator, breakdowns, am,
-                         assumptions, temps, basis.runtime_parts, basis.input, 0.0, fixed,
-                         {layout.id: layout.keeps_scratch for layout in layouts}, logical, slack)
-    est.seconds = time.perf_counter() - basis.t0
-    return est
 
 
 #: how every estimate counts the optimizer step's temporaries.
@@ -299,136 +302,287 @@ TEMPORARIES_ASSUMPTION = (
     "bound when its fused C++ kernel runs)")
 
 
+def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batch_size: int = 1,
+             input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
+             recipe: Recipe | None = None, dtype: str | None = None, amp: str | None = None,
+             grad_checkpointing: bool = False, allocator: str = "glibc",
+             module_factory: Callable[[], Any] | None = None, trace: bool = True,
+             runtime_bytes: int | None = None) -> MemoryEstimate:
+    """Estimate one training step's memory for each optimizer in ``layouts`` under ``recipe``
+    (:class:`~smmf_plan.recipe.Recipe`: precision, quantized base, checkpointing, accumulation,
+    offload; ``dtype``/``amp``/``grad_checkpointing`` are shorthands for a recipe of those alone).
+
+    ``module_factory()`` returns the model as an ``nn.Module`` on the meta device (default:
+    :func:`smmf_plan.sources.build_module`); it is what gets traced, made into the module the
+    recipe trains (:func:`smmf_plan.trace.prepare.prepare`). ``batch_size`` is the micro-batch.
+    Without a buildable module (weights without a config) the activations are not known: the
+    estimate says so (``complete`` False, activations ``None``) and its totals are lower bounds;
+    ``trace=False`` does the same on purpose. ``runtime_bytes`` replaces the stated runtime
+    baseline with one the user measured on the device (``--runtime``).
+    ``allocator`` is an allocator model id (:mod:`smmf_plan.allocators.models`; a device's
+    allocator, "cpu" or "cuda", means its default model): it sets the block rounding, the runtime
+    terms and the ``allocator`` part."""
+    basis = step_basis(model_spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len,
+                       recipe=recipe, dtype=dtype, amp=amp, grad_checkpointing=grad_checkpointing,
+                       allocator=allocator, module_factory=module_factory, trace=trace,
+                       runtime_bytes=runtime_bytes)
+    model = allocator_models.resolve(basis.allocator)
+    rounding = model.rounding
+    recipe, am, runtime = basis.recipe, basis.activation_model, basis.runtime_bytes
+    assumptions = basis.assumptions
+    workspaces = sum(allocator_models.workspace_blocks(model))
+    weight_blocks = ([s.nbytes for s in basis.stored if s.nbytes]
+                     + ([basis.buffer_bytes] if basis.buffer_bytes else []))
+    moved = {s.name for s in offloaded(basis.specs, recipe)}
+    on_device = [s for s in basis.specs if s.trainable and s.name not in moved]
+    breakdowns, temps, fixed, logical, slack = {}, {}, {}, {}, {}
+    runnable, rules = [], []
+    for layout in layouts:
+        layout = layout.bind(model_spec.facts)
+        try:
+            f, logical[layout.id] = _fixed_parts(basis.specs, basis.stored, basis.buffer_bytes,
+                                                 layout, recipe, rounding, basis.library)
+        except Unsupported as e:
+            assumptions.append(f"{layout.id}: not estimated, its implementation cannot train this "
+                               f"model: {e}")
+            continue
+        runnable.append(layout)
+        rule = layout.info.target_rule
+        if rule and rule not in rules:
+            rules.append(rule)
+        fixed[layout.id] = f
+        temps[layout.id] = f.step_temp
+
+        def parts_at(batch: int, f=f) -> tuple[int | None, int]:
+            return act_temp(am, batch, rounding, f.step_temp, f.persistent)
+
+        def tensors_at(batch: int, f=f, parts_at=parts_at) -> int:
+            act, temp = parts_at(batch)
+            return f.weights + f.grads + f.state + (act or 0) + temp + workspaces
+
+        def churn_at(batch: int, f=f, parts_at=parts_at) -> int:
+            act, temp = parts_at(batch)  # a scratch kept between steps is not churned
+            return f.grads + (act or 0) + (0 if f.persistent else temp)
+
+        slack[layout.id] = allocator_models.allocator_part(
+            model, weights=weight_blocks, logs=basis.logs,
+            step=_optimizer_step(layout, on_device, rounding), tensors_at=tensors_at,
+            churn_at=churn_at)
+        act, temp = parts_at(basis.batch_size)
+        breakdowns[layout.id] = _breakdown(f, act, temp, slack[layout.id](basis.batch_size), runtime)
+    assumptions = assumptions + rules + [TEMPORARIES_ASSUMPTION]
+    est = MemoryEstimate(model_spec.name, basis.batch_size, basis.allocator, breakdowns, am,
+                         assumptions, temps, basis.runtime_parts, basis.input, 0.0, fixed,
+                         {layout.id: layout.keeps_scratch for layout in runnable}, logical,
+                         recipe=recipe, recipe_info=basis.recipe_info,
+                         incomplete_reason=basis.incomplete_reason, _slack=slack)
+    est.seconds = time.perf_counter() - basis.t0
+    return est
+
+
 def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
                input_size: Sequence[int] | str | None = None, seq_len: int | None = None,
-               dtype: str | None = None, amp: str | None = None, grad_checkpointing: bool = False,
-               allocator: str = "glibc", module_factory: Callable[[], Any] | None = None,
-               trace: bool = True, runtime_bytes: int | None = None,
-               amp_trace: str = "autocast") -> StepBasis:
-    """Everything :func:`estimate` shares between optimizers: the inputs validated, the specs in
-    the planned dtype, the traced activation model, buffers, runtime and assumptions.
+               recipe: Recipe | None = None, dtype: str | None = None, amp: str | None = None,
+               grad_checkpointing: bool = False, allocator: str = "glibc",
+               module_factory: Callable[[], Any] | None = None, trace: bool = True,
+               runtime_bytes: int | None = None, amp_trace: str = "autocast") -> StepBasis:
+    """Everything :func:`estimate` shares between optimizers: the inputs validated, the specs as
+    ``recipe`` stores them, the traced activation model, buffers, runtime and assumptions.
 
     ``amp_trace`` says how mixed precision runs: ``"autocast"`` (torch AMP: fp32 parameters,
     forward under autocast, the low-precision weight copies counted in the activations) or
     ``"cast"`` (the engine hands the model low-precision parameters — FSDP2's
     ``MixedPrecisionPolicy``, DeepSpeed's bf16/fp16 modes — so the step is traced in the AMP dtype
-    without autocast, while the specs stay fp32 for the caller to place)."""
+    without autocast, while the specs stay as the recipe stores them for the caller to place)."""
     from .fit import check_batch_size
 
     t0 = time.perf_counter()
     batch_size = check_batch_size(batch_size)
     model = allocator_models.resolve(allocator)
     allocator, rounding = model.id, model.rounding
-    if amp is not None and str(amp).lower() not in AMP_DTYPES:
-        raise PlanError(f"--amp {amp!r} is not a mixed-precision dtype: use bf16 or fp16")
-    if amp is not None and dtype is not None and dtypes.canonical(dtype) != "float32":
-        raise PlanError("--amp keeps fp32 master weights: drop --dtype or set it to float32")
-    amp_name = AMP_DTYPES[str(amp).lower()] if amp is not None else None
-    if dtype is not None:
-        try:
-            dtypes.canonical(dtype)
-        except Exception:  # noqa: BLE001
-            raise PlanError(f"--dtype {dtype!r} is not a dtype: use e.g. float32, bfloat16") from None
-    specs = with_dtype(model_spec.params, dtype)
+    if recipe is None:
+        recipe = Recipe(dtype=dtype, amp=amp, grad_checkpointing=grad_checkpointing)
+    elif dtype is not None or amp is not None or grad_checkpointing:
+        raise TypeError("estimate: give a recipe or dtype/amp/grad_checkpointing, not both")
+    planned = recipe.apply(model_spec)
+    recipe.check(planned)
+    specs = planned.params
     assumptions: list[str] = []
     logs: dict[int, StepLog] = {}
-    cast = amp_name is not None and amp_trace == "cast"
-    trace_dtype, trace_amp = (amp_name, None) if cast else (dtype, amp_name)
+    cast = recipe.amp is not None and amp_trace == "cast"
+    # the engine casts the parameters itself: the step is traced as pure low precision
+    traced_recipe = Recipe(dtype=recipe.amp, grad_checkpointing=recipe.grad_checkpointing) \
+        if cast else recipe
+    traced_specs = traced_recipe.apply(model_spec).params if cast else specs
+    compute = traced_recipe.compute_dtype(model_spec)
 
     am, buffer_bytes, in_desc, library = None, 0, None, (model_spec.meta or {}).get("library")
+    quantized: dict[str, tuple[int, int]] | None = None
+    reason = None
     if trace:
-        facts = _cached_facts(model_spec, with_dtype(model_spec.params, trace_dtype),
-                              dtype=trace_dtype, amp_name=trace_amp,
+        facts = _cached_facts(model_spec, traced_specs, recipe=traced_recipe, compute=compute,
                               input_size=input_size, seq_len=seq_len, batch_size=batch_size,
-                              grad_checkpointing=grad_checkpointing, module_factory=module_factory)
+                              module_factory=module_factory)
         library = facts["library"]
+        quantized = _quantized_from(facts)
         if facts.get("error"):
-            assumptions.append(f"activations not estimated: {facts['error']}")
+            reason = facts["error"]
         else:
             am = _model_from_facts(facts)
             buffer_bytes = facts["buffer_bytes"][rounding]
             logs = {int(b): StepLog.from_json(log) for b, log in zip(facts["batches"], facts["logs"])}
             in_desc = facts["input"]
             b1, b2 = am.batches
-            how = (f"meta tensors in {amp_name} (the engine casts the parameters; no autocast)"
-                   if cast else f"fake CPU tensors under {amp_name} autocast" if amp_name
+            how = (f"meta tensors in {recipe.amp} (the engine casts the parameters; no autocast)"
+                   if cast else f"fake CPU tensors under {recipe.amp} autocast" if recipe.amp
                    else "meta tensors")
             assumptions.append(
                 f"activations: one forward+backward traced on {how} at batch {b1} and {b2} "
                 f"({in_desc.split(' · ', 1)[-1]}), every storage's lifetime tracked; other batch "
                 "sizes extrapolated linearly")
-            if facts["task"] != IMAGE_CLASSIFICATION:
+            if facts["task"] not in (IMAGE_CLASSIFICATION,) and facts.get("seq_len"):
                 assumptions.append(f"text input: {facts['seq_len']} tokens per sample "
                                    f"(--seq-len; default {DEFAULT_SEQ_LEN} or the model's maximum positions)")
-            if grad_checkpointing:
+            if recipe.grad_checkpointing:
                 assumptions.append("gradient checkpointing on (recomputation traced)")
     else:
-        assumptions.append("activations not estimated (tracing off)")
+        reason = "tracing off"
+    if recipe.quantize_base is not None and quantized is None:
+        quantized = _quantized_layers(model_spec, specs, recipe, module_factory)
+    if reason is not None:
+        assumptions.append(f"activations not known: {reason}; every total is a lower bound")
+    stored = stored_tensors(specs, quantized or {}, recipe.quantize_base, recipe.double_quant)
 
     rparts = (allocator_models.runtime_parts(model, library) if runtime_bytes is None
               else {"given": int(runtime_bytes)})
-    assumptions.append(
-        f"weights: {len(specs)} parameter tensors" + (f" + buffers ({buffer_bytes:,} B)" if buffer_bytes else "")
-        + (f", fp32 master weights; {amp_name} copies made by autocast counted in activations"
-           if amp_name and not cast else f", fp32 master weights, {amp_name} compute" if cast
-           else f", dtype {dtypes.canonical(dtype)}" if dtype else "")
-        + "; gradients for trainable parameters only")
+    assumptions.append("recipe: " + recipe.describe(model_spec))
+    assumptions.append(_weights_assumption(planned, recipe, quantized or {}, buffer_bytes))
+    if recipe.grad_accum > 1:
+        assumptions.append(
+            f"gradient accumulation: batch {batch_size} is the micro-batch, {recipe.grad_accum} "
+            f"micro-steps per optimizer step (effective batch {batch_size * recipe.grad_accum}); "
+            "traced as a second micro-step, every gradient allocated while backward runs")
+    if recipe.offload is not None:
+        assumptions.append(_offload_assumption(recipe, library))
     assumptions += allocator_models.assumptions(model, rparts, library, runtime_bytes is not None)
-    return StepBasis(specs, allocator, batch_size, am, buffer_bytes, in_desc, library, rparts,
-                     assumptions, amp_name, t0, logs)
+    return StepBasis(list(specs), allocator, batch_size, am, buffer_bytes, in_desc, library, rparts,
+                     assumptions, recipe.amp, t0, logs=logs, recipe=recipe, stored=stored,
+                     recipe_info=recipe.to_dict(model_spec, batch_size), incomplete_reason=reason)
+
+
+def _weights_assumption(planned: ModelSpec, recipe: Recipe, quantized: dict, buffer_bytes: int) -> str:
+    by_role: dict[tuple[bool, str], int] = {}
+    for p in planned.params:
+        if p.name not in quantized:
+            key = (p.trainable, p.dtype)
+            by_role[key] = by_role.get(key, 0) + 1
+    roles = [f"{n} {'trainable' if t else 'frozen'} in {dt}" for (t, dt), n in sorted(by_role.items())]
+    text = f"weights: {len(planned.params)} parameter tensors (" + ", ".join(roles)
+    if quantized:
+        text += (f", {len(quantized)} Linear weights {recipe.quantize_base}"
+                 + (" with double quantization" if recipe.double_quant else "")
+                 + " as bitsandbytes stores them (codes, absmax, code book; embeddings, norms and "
+                 "the output head kept as transformers' integration keeps them)")
+    text += ")"
+    if buffer_bytes:
+        text += f" + buffers ({buffer_bytes:,} B)"
+    if recipe.amp:
+        text += f"; {recipe.amp} copies made by autocast counted in activations"
+    if planned.meta.get("weights_dtype_from"):
+        text += "; dtype of the checkpoint from the config's torch_dtype (from_pretrained's default)"
+    return text + "; gradients for trainable parameters only"
+
+
+def _offload_assumption(recipe: Recipe, library: str | None) -> str:
+    grads = ("each gradient freed on the device once copied (offload_gradients=True)"
+             if recipe.offloads_grads else "gradients also kept on the device")
+    return (f"offload ({recipe.offload}), as torchao's CPUOffloadOptimizer: parameters of at least "
+            f"{OFFLOAD_MINIMAL_SIZE} elements have their optimizer state, a pinned copy of the "
+            f"parameter and one of its gradient on the host (pinned blocks rounded up to powers of "
+            f"two), their step runs there one parameter at a time; {grads}; smaller parameters "
+            f"stay on the device with their state. Host runtime: "
+            f"{format_bytes(host_runtime_bytes(library), 0, unit='MiB')} (PyTorch CUDA build import "
+            "RSS measured here, + the model library); CUDA libraries loaded on first use are not "
+            "counted")
 
 
 # --------------------------------------------------------------------------- traced facts + cache
 
 #: bump when the cached trace facts change meaning (2: "task" in the one task vocabulary;
-#: 3: "logs", the allocation sequence of each traced batch).
-FACTS_VERSION = 3
+#: 3: "logs", the allocation sequence of each traced batch; 4: the recipe: per-role dtypes,
+#: quantized layers, accumulation, offloaded gradients).
+FACTS_VERSION = 4
 
 
-def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, dtype, amp_name, input_size,
-                 seq_len, batch_size: int, grad_checkpointing: bool, module_factory) -> dict:
-    """Trace the model and return what an estimate needs from the trace, as plain JSON data."""
+def _raw_module(model_spec: ModelSpec, module_factory):
+    if module_factory is not None:
+        return module_factory()
+    from .sources import build_module
+
+    return build_module(model_spec, device="meta")
+
+
+def _quantized_layers(model_spec: ModelSpec, specs: Sequence[ParamSpec], recipe: Recipe,
+                      module_factory) -> dict[str, tuple[int, int]]:
+    """The layers bitsandbytes quantizes (needs the architecture: a PlanError without one)."""
+    try:
+        module = _raw_module(model_spec, module_factory)
+    except PlanError as e:
+        raise PlanError(f"--quantize-base {recipe.quantize_base} needs the architecture to know which "
+                        f"layers are Linear: {e}") from None
+    return quantized_weights(module, specs, recipe.quantize_base)
+
+
+def _quantized_from(facts: dict) -> dict[str, tuple[int, int]] | None:
+    q = facts.get("quantized")
+    return None if q is None else {k: tuple(v) for k, v in q.items()}
+
+
+def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, recipe: Recipe, compute: str,
+                 input_size, seq_len, batch_size: int, module_factory) -> dict:
+    """Trace the model as ``recipe`` trains it and return what an estimate needs from the trace
+    (and the layers it quantizes), as plain JSON data."""
     import torch
 
     from .trace import activation_model, input_spec_for
-
-    def factory():
-        if module_factory is not None:
-            m = module_factory()
-        else:
-            from .sources import build_module
-
-            m = build_module(model_spec, device="meta")
-        if dtype is not None:
-            m = m.to(getattr(torch, dtypes.canonical(dtype)))
-        _apply_trainable(m, specs)  # by the planned names, before adapters rename the bases
-        if any(s.name.endswith(".lora_A.weight") for s in specs):
-            from .sources.lora import attach_lora
-
-            m = attach_lora(m, specs)
-        return m
+    from .trace.prepare import buffer_bytes, prepare
 
     try:
-        module = factory()
+        raw = _raw_module(model_spec, module_factory)
     except PlanError as e:
-        return {"error": str(e), "library": _library_of(model_spec, None)}
-    spec_in = input_spec_for(module, batch_size, input_size, seq_len)
-    if dtype is not None and spec_in.is_image:
-        from dataclasses import replace
+        return {"error": str(e), "library": _library_of(model_spec, None), "quantized": None}
+    quantized = quantized_weights(raw, specs, recipe.quantize_base) if recipe.quantize_base else {}
+    pure = recipe.dtype if recipe.dtype is not None and recipe.amp is None else None
 
-        spec_in = replace(spec_in, float_dtype=dtypes.canonical(dtype))
-    buffers = {a: sum(round_up(b.numel() * b.element_size(), _QUANTUM[a]) for b in module.buffers())
-               for a in ALLOCATORS}
-    first = [module]
+    def build(module=None):
+        m = module if module is not None else _raw_module(model_spec, module_factory)
+        return prepare(m, specs, quantized=quantized, compute_dtype=compute, buffers_dtype=pure)
 
-    def reuse():  # the first trace reuses the module built above
-        return first.pop() if first else factory()
+    module = build(raw)
+    library = _library_of(model_spec, module)
+    q_facts = {k: list(v) for k, v in quantized.items()} if recipe.quantize_base else None
+    try:
+        spec_in = input_spec_for(module, batch_size, input_size, seq_len)
+        if recipe.amp is None and compute in dtypes.HALF:
+            from dataclasses import replace
 
-    am = activation_model(reuse, spec_in, grad_checkpointing=grad_checkpointing,
-                          amp_dtype=getattr(torch, amp_name) if amp_name else None)
+            spec_in = replace(spec_in, float_dtype=compute)
+        buffers = {a: buffer_bytes(module, _QUANTUM[a]) for a in ALLOCATORS}
+        first = [module]
+
+        def reuse():  # the first trace reuses the module built above
+            return first.pop() if first else build()
+
+        am = activation_model(reuse, spec_in, grad_checkpointing=recipe.grad_checkpointing,
+                              amp_dtype=getattr(torch, recipe.amp) if recipe.amp else None,
+                              accumulate=recipe.grad_accum > 1,
+                              offload_grads_from=OFFLOAD_MINIMAL_SIZE if recipe.offloads_grads else None)
+    except TraceError as e:  # the step is planned without its activations, and says why
+        return {"error": str(e), "library": library, "quantized": q_facts}
     return {
         "error": None,
-        "library": _library_of(model_spec, module),
+        "library": library,
+        "quantized": q_facts,
         "batches": list(am.batches),
         "activation": {k: [v.fixed, v.per_sample] for k, v in am.activation.items()},
         "retained": {k: [v.fixed, v.per_sample] for k, v in am.retained.items()},
@@ -481,8 +635,10 @@ def _cached_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, module_f
 
     if not has_architecture(model_spec):  # known without building it (or importing torch)
         return {"error": f"{model_spec.name}: {NO_ARCHITECTURE}",
-                "library": (model_spec.meta or {}).get("library")}
-    path = os.path.join(cache_dir(), "activations", _facts_key(model_spec, options) + ".json")
+                "library": (model_spec.meta or {}).get("library"), "quantized": None}
+    key_options = {**options, "recipe": options["recipe"].to_dict(),
+                   "specs": [p.to_dict() for p in specs]}
+    path = os.path.join(cache_dir(), "activations", _facts_key(model_spec, key_options) + ".json")
     try:
         with open(path, "rb") as f:
             facts = json.load(f)

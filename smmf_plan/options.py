@@ -41,6 +41,10 @@ class ModelOptions:
     #: globs of the 2-D weights low-rank and orthogonalizing optimizers treat (GaLore, APOLLO,
     #: COAP, Muon), replacing :data:`smmf_plan.targets.TARGET_RULE`.
     targets: tuple[str, ...] = ()
+    #: store the frozen base's Linear weights as bitsandbytes does: "nf4", "fp4" or "int8".
+    quantize_base: str | None = None
+    #: 4-bit absmax quantized again (bitsandbytes' double quantization).
+    double_quant: bool = False
     #: read and write the shape cache.
     use_cache: bool = True
 
@@ -60,18 +64,24 @@ class ModelOptions:
             raise PlanError(str(e)) from None
         return out if model is None else [o.bind(model.facts) for o in out]
 
-    def load(self):
-        """The :class:`~smmf_plan.model.ModelSpec` (no weights allocated), its floating parameters
-        re-typed to :attr:`dtype` when one is given."""
-        from .plan import with_dtype
+    def recipe(self, step: "StepOptions | None" = None):
+        """The :class:`~smmf_plan.recipe.Recipe` these options (and ``step``'s) ask for."""
+        from .recipe import Recipe
+
+        return Recipe.from_options(self, step)
+
+    def load(self, recipe=None):
+        """The :class:`~smmf_plan.model.ModelSpec` (no weights allocated), every parameter in the
+        dtype ``recipe`` (default: :meth:`recipe` of these options alone) stores it in."""
         from .sources import load_model
 
         spec = load_model(self.model, num_classes=self.num_classes, trainable=self.trainable,
                           freeze=self.freeze, lora_rank=self.lora_rank,
                           lora_targets=self.lora_targets, targets=self.targets,
                           use_cache=self.use_cache, task=self.task)
-        spec.params = with_dtype(spec.params, self.dtype)
-        return spec
+        recipe = recipe or self.recipe()
+        recipe.check(spec)
+        return recipe.apply(spec)
 
 
 @dataclass(frozen=True)
@@ -91,13 +101,20 @@ class StepOptions:
     runtime_bytes: int | None = None
     #: the allocator model (:data:`smmf_plan.allocators.models.IDS`); None: the device's default.
     allocator: str | None = None
+    #: micro-steps per optimizer step (gradient accumulation); None: 1.
+    grad_accum: int | None = None
+    #: "optimizer" or "optimizer+grads": kept on the host (GPU devices only).
+    offload: str | None = None
+    #: the host memory of a GPU device, instead of the catalog's.
+    host_memory_bytes: int | None = None
 
     @property
     def given(self) -> bool:
         """Whether any step option was set (``plan`` then estimates the whole step)."""
         return self.grad_checkpointing or any(
             v is not None for v in (self.batch_size, self.input_size, self.seq_len, self.amp,
-                                    self.runtime_bytes, self.allocator))
+                                    self.runtime_bytes, self.allocator, self.grad_accum,
+                                    self.offload, self.host_memory_bytes))
 
     def allocator_for(self, device=None) -> str:
         """The allocator model id to estimate with on ``device``: :attr:`allocator` checked
@@ -113,12 +130,20 @@ class StepOptions:
     def batch(self) -> int:
         return 1 if self.batch_size is None else self.batch_size
 
-    def estimate_kwargs(self, dtype: str | None = None) -> dict[str, Any]:
-        """Keyword arguments of :func:`smmf_plan.memory.estimate` (``dtype`` from the model's
-        options) but the batch size and the allocator, which callers vary."""
-        return {"input_size": self.input_size, "seq_len": self.seq_len, "dtype": dtype,
-                "amp": self.amp, "grad_checkpointing": self.grad_checkpointing,
-                "runtime_bytes": self.runtime_bytes}
+    def estimate_kwargs(self, model: ModelOptions) -> dict[str, Any]:
+        """Keyword arguments of :func:`smmf_plan.memory.estimate` (the recipe from ``model``'s
+        options and these) but the batch size and the allocator, which callers vary."""
+        return {"input_size": self.input_size, "seq_len": self.seq_len,
+                "recipe": model.recipe(self), "runtime_bytes": self.runtime_bytes}
+
+    def device(self, device):
+        """``device`` as this step sees it: its host memory replaced by ``--host-memory``, and
+        checked for ``--offload`` (a PlanError where the device has no host of its own)."""
+        if device is None:
+            return None
+        device = device.with_host_memory(self.host_memory_bytes)
+        device.check_offload(self.offload)
+        return device
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from .memory import AMP_DTYPES, _apply_trainable
 from .optimizers import parse
 from .options import ModelOptions
 from .probe import rss  # /proc/self/status and clear_refs, one home
+from .recipe import AMP_DTYPES
 from .sources import build_module, load_model
 from .sources.lora import attach_lora
 from .sources.module import specs_from_module
 from .trace import StorageTracker, default_loss, input_spec_for
+from .trace.prepare import set_dtypes
 from .trace.step import _enable_checkpointing
 
 #: what :func:`measure_in_subprocess` sets in the child's environment by default.
@@ -244,7 +245,7 @@ def run_steps(recipe: dict, device, before_last: Callable[[], None] = lambda: No
     dtype = getattr(torch, recipe["dtype"]) if recipe.get("dtype") else None
     if dtype is not None:
         module = module.to(dtype)
-    _apply_trainable(module, spec.params)
+    set_dtypes(module, spec.params)  # each parameter in its planned dtype, frozen as planned
     if recipe.get("lora_rank"):
         module = attach_lora(module, spec.params)
     if recipe.get("grad_checkpointing"):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from . import dtypes
 from .optimizers import OptimizerVariant, StateTensor, Unsupported, parse
 from .model import ModelSpec
 from .shapes import ParamSpec
@@ -45,14 +44,6 @@ class StatePlan:
             d["ratio_to_adam"] = self.state_bytes / adam_bytes
             d["saving_vs_adam"] = 1.0 - self.state_bytes / adam_bytes
         return d
-
-
-def with_dtype(specs: Iterable[ParamSpec], dtype: str | None) -> list[ParamSpec]:
-    """Re-type floating-point specs to ``dtype`` (``--dtype``); integer tensors keep theirs."""
-    if dtype is None:
-        return list(specs)
-    dt = dtypes.canonical(dtype)
-    return [replace(s, dtype=dt) if s.dtype in dtypes.FLOATING else s for s in specs]
 
 
 def plan_state(specs: Sequence[ParamSpec], optimizer: OptimizerVariant) -> StatePlan:

@@ -7,12 +7,14 @@ import xml.etree.ElementTree as ET
 import pytest
 from rich.console import Console
 
-from smmf_plan.breakdown import PARTS, Breakdown
+from smmf_plan.breakdown import PARTS as ALL_PARTS, Breakdown
 from smmf_plan.errors import PlanError
 from smmf_plan.report.bars import MARKER, BarRow, cells, render_bars, svg_text, write_svg
 
 MiB = 2**20
 SVG = "{http://www.w3.org/2000/svg}"
+#: the bars are the device's: host parts (offload) are not on them
+PARTS = tuple(p for p in ALL_PARTS if p.where == "device")
 
 ROWS = [
     BarRow("smmf", {"weights": 98 * MiB, "grads": 98 * MiB, "state_allocated": 4 * MiB,
@@ -70,6 +72,7 @@ def test_a_bar_is_a_breakdown():
         10, 20, 30, 40, 50, 60]
     assert row.total == 210
     assert BarRow("y", {"weights": 7}).total == 7
+    assert BarRow("o", {"weights": 7, "host_state": 100}).total == 7  # the device's bytes
     with pytest.raises(ValueError, match="unknown step part"):
         BarRow("z", {"weight": 1})
     with pytest.raises(ValueError, match="negative"):

@@ -25,10 +25,16 @@ def plain(renderable, width=120) -> str:
 
 def test_the_parts_in_order_each_distinct():
     assert [p.key for p in PARTS] == ["weights", "master", "grads", "state_allocated",
-                                      "activations", "temporaries", "comm", "allocator", "runtime"]
-    # the parts only some plans have (distributed ones, the allocator's) are shown only where
-    # some row has bytes in them
-    assert [p.key for p in PARTS if p.optional] == ["master", "comm", "allocator"]
+                                      "activations", "temporaries", "comm", "allocator", "runtime",
+                                      "host_copies", "host_state", "host_temporaries",
+                                      "host_runtime"]
+    # shown only where some row has bytes in them: the parts only distributed plans have, the
+    # allocator's, and the host parts (offload); the other device parts always
+    assert [p.key for p in PARTS if p.optional] == ["master", "comm", "allocator", "host_copies",
+                                                    "host_state", "host_temporaries",
+                                                    "host_runtime"]
+    assert [p.key for p in PARTS if p.where == "host"] == ["host_copies", "host_state",
+                                                           "host_temporaries", "host_runtime"]
     for attr in ("key", "heading", "label", "glyph", "colour"):
         values = [getattr(p, attr) for p in PARTS]
         assert len(set(values)) == len(values), attr
@@ -47,6 +53,7 @@ def test_total_is_the_exact_sum_and_missing_parts_are_zero():
     assert only.to_dict() == {"weights": 10**15, "grads": 0, "state_allocated": 0, "activations": 0,
                               "temporaries": 0, "runtime": 0}
     assert Breakdown(weights=1, allocator=2).to_dict()["allocator"] == 2
+    assert (only.device_bytes, only.host_bytes) == (10**15, 0)
     assert bd.replace(runtime=0).total_bytes == 39 and bd["runtime"] == 17  # values are immutable
     assert Breakdown(weights=1) == {"weights": 1, **{p.key: 0 for p in PARTS[1:]}}
 
@@ -67,7 +74,28 @@ def test_step_entry_carries_logical_state_beside_the_breakdown():
     bd = Breakdown(weights=100, grads=100, state_allocated=256, runtime=1000)
     step = StepMemory("adam", bd, lambda b: bd.total_bytes + b, state_bytes=200)
     assert step.total_bytes == 1456
-    assert step.to_dict() == {"state_bytes": 200, "breakdown": bd.to_dict(), "total_bytes": 1456}
+    assert step.to_dict() == {"state_bytes": 200, "breakdown": bd.to_dict(), "total_bytes": 1456,
+                              "device_bytes": 1456, "host_bytes": 0}
+
+
+def test_host_parts_split_the_total_by_memory():
+    bd = Breakdown(weights=100, grads=100, activations=50, runtime=10, host_copies=256,
+                   host_state=200, host_temporaries=8, host_runtime=64)
+    assert (bd.device_bytes, bd.host_bytes, bd.total_bytes) == (260, 528, 788)
+    d = StepMemory("adam", bd, lambda b: bd.device_bytes).to_dict()
+    assert d["total_bytes"] == sum(d["breakdown"].values()) == d["device_bytes"] + d["host_bytes"]
+    assert d["breakdown"]["host_state"] == 200
+
+
+def test_an_unknown_part_is_null_and_the_sums_are_lower_bounds():
+    bd = Breakdown(weights=100, grads=100, runtime=10, unknown=["activations"])
+    assert not bd.complete and bd.total_bytes == 210 and bd["activations"] == 0
+    d = StepMemory("adam", bd, lambda b: 210, complete=False).to_dict()
+    assert d["breakdown"]["activations"] is None and d["complete"] is False
+    assert d["total_bytes"] == sum(v for v in d["breakdown"].values() if v is not None)
+    assert bd.replace(activations=5).complete
+    with pytest.raises(ValueError, match="unknown"):
+        Breakdown(activations=3, unknown=["activations"])
 
 
 # ------------------------------------------------------------------ one entry reaches every renderer

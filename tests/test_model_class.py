@@ -76,8 +76,9 @@ def test_llama_config_without_architectures_plans_its_lm_head(llama):
     assert doc["model"]["num_params"] == LLAMA_PARAMS
     heads = [p for p in doc["params"] if p["name"] == "lm_head.weight"]
     assert len(heads) == 1 and heads[0]["numel"] == LM_HEAD == 525_336_576
-    # every parameter in the same dtype: the bare model would have come out in bf16, heads in fp32
-    assert doc["model"]["dtype"] == "float32" and doc["model"]["dtypes"] == {"float32": LLAMA_PARAMS}
+    # every parameter in the config's torch_dtype (what from_pretrained loads), the head included:
+    # from_config would have built the bare model in bf16 and the head in fp32
+    assert doc["model"]["dtype"] == "bfloat16" and doc["model"]["dtypes"] == {"bfloat16": LLAMA_PARAMS}
     warnings = smmf_warnings(r.stderr)
     assert len(warnings) == 1
     assert "architectures" in warnings[0] and "LlamaForCausalLM" in warnings[0]

@@ -16,7 +16,7 @@ Torch-free.
 from __future__ import annotations
 
 from .rounding import (CPU, CPU_ROUND, CUDA, CUDA_ROUND, DEVICE_ALLOCATORS, QUANTUM, RAW, ROUNDINGS,
-                       Allocator, get, round_up)
+                       Allocator, get, pinned_round, round_up)
 
 __all__ = ["CPU", "CPU_ROUND", "CUDA", "CUDA_ROUND", "DEVICE_ALLOCATORS", "QUANTUM", "RAW",
-           "ROUNDINGS", "Allocator", "get", "round_up"]
+           "ROUNDINGS", "Allocator", "get", "pinned_round", "round_up"]

@@ -9,6 +9,10 @@ trace and the memory estimate (what a whole step's blocks cost, pools and segmen
   ``torch.cuda.memory_allocated`` reports). Tensors a CUDA implementation keeps on the host
   (torch Adam's ``step`` without ``fused``/``capturable``) cost nothing on the device.
 * ``raw``: no rounding (logical bytes), for exact comparisons.
+* pinned host memory (``pin_memory=True``, what CPU offload copies into): PyTorch's
+  ``CachingHostAllocator`` rounds every block up to the next power of two
+  (``c10::llvm::PowerOf2Ceil``; ``pinned_max_round_threshold`` is unlimited by default),
+  :func:`pinned_round`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from dataclasses import dataclass
 def round_up(nbytes: int, quantum: int) -> int:
     """``nbytes`` rounded up to a multiple of ``quantum`` (0 stays 0)."""
     return -(-nbytes // quantum) * quantum
+
+
+def pinned_round(nbytes: int) -> int:
+    """Bytes a pinned host block of ``nbytes`` takes: the next power of two (0 stays 0)."""
+    return 0 if nbytes <= 0 else 1 << (nbytes - 1).bit_length()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from .. import dtypes
 from ..errors import PlanError
 from ..optimizers import UnknownOptimizer, parse_many
 from ..options import DistOptions, ModelOptions, StepOptions
+from ..recipe import OFFLOADS, QUANTIZATIONS
 from ..tomlfile import find_pyproject, read_toml, tool_table
 from ..trace import parse_input_size
 from ..units import config_size, parse_size
@@ -21,15 +22,18 @@ from ..units import config_size, parse_size
 CHECK_KEYS = (
     "name", "model", "optimizer", "device", "batch-size", "input-size", "seq-len", "dtype",
     "num-classes", "task", "trainable", "freeze", "lora-rank", "lora-targets", "target",
-    "grad-checkpointing", "amp", "allocator", "dist", "world", "nodes", "shard-group",
-    "bucket-cap-mb", "reshard-after-forward", "max-state", "max-total",
+    "quantize-base", "double-quant", "grad-checkpointing", "amp", "grad-accum", "offload",
+    "host-memory", "allocator", "dist", "world", "nodes", "shard-group", "bucket-cap-mb",
+    "reshard-after-forward", "max-state", "max-total", "max-host",
 )
 #: keys of ``[tool.smmf-plan]`` itself. ``devices`` belongs to :mod:`smmf_plan.devices` (user
 #: device tables) and is accepted here without being read.
 TOP_KEYS = ("device", "baseline", "tolerance", "checks", "devices")
 
-METRICS = ("state", "total")
-BUDGET_KEYS = {"state": "max-state", "total": "max-total"}
+#: ``state``: logical optimizer state; ``total``: the device's bytes of the step; ``host``: what an
+#: offloading recipe keeps on the host (measured only with ``offload``).
+METRICS = ("state", "total", "host")
+BUDGET_KEYS = {"state": "max-state", "total": "max-total", "host": "max-host"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Check:
     device: str | None = None
     max_state: int | None = None
     max_total: int | None = None
+    max_host: int | None = None
     #: "pyproject.toml: check 2" — where error messages point.
     where: str = ""
 
@@ -60,7 +65,7 @@ class Check:
         return tuple(self.options.optimizers or ())
 
     def budget(self, metric: str) -> int | None:
-        return self.max_state if metric == "state" else self.max_total
+        return {"state": self.max_state, "total": self.max_total, "host": self.max_host}[metric]
 
     def to_dict(self) -> dict:
         m, s = self.options, self.step
@@ -71,7 +76,11 @@ class Check:
             "seq_len": s.seq_len, "dtype": m.dtype, "num_classes": m.num_classes, "task": m.task,
             "grad_checkpointing": s.grad_checkpointing, "amp": s.amp, "allocator": s.allocator,
             "dist": self.dist.sharding().to_dict() if self.dist.given else None,
+            "quantize_base": m.quantize_base, "double_quant": m.double_quant,
+            "grad_accum": s.grad_accum or 1, "offload": s.offload,
+            "host_memory_bytes": s.host_memory_bytes,
             "max_state_bytes": self.max_state, "max_total_bytes": self.max_total,
+            "max_host_bytes": self.max_host,
         }
 
 
@@ -193,6 +202,14 @@ def _allocator(value: Any, where: str) -> str:
         raise PlanError(f"{where}: allocator: {e}") from None
 
 
+def _choice(value: Any, where: str, key: str, allowed: Sequence[str]) -> str:
+    text = _string(value, where, key).lower()
+    if text not in allowed:
+        raise PlanError(f"{where}: {key} = {value!r} is not one of: "
+                        + ", ".join(f'"{a}"' for a in allowed))
+    return text
+
+
 def _bool(value: Any, where: str, key: str) -> bool:
     if not isinstance(value, bool):
         raise PlanError(f"{where}: {key} = {value!r} must be true or false")
@@ -287,6 +304,9 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         lora_rank=lora_rank,
         lora_targets=lora_targets,
         targets=_strings(table["target"], label, "target") if "target" in table else (),
+        quantize_base=_choice(table["quantize-base"], label, "quantize-base", QUANTIZATIONS)
+        if "quantize-base" in table else None,
+        double_quant=_bool(table.get("double-quant", False), label, "double-quant"),
     )
     step = StepOptions(
         batch_size=_batch_size(table["batch-size"], label) if "batch-size" in table else 1,
@@ -296,8 +316,16 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         amp=_amp(table["amp"], label) if "amp" in table else None,
         grad_checkpointing=_bool(table.get("grad-checkpointing", False), label, "grad-checkpointing"),
         allocator=_allocator(table["allocator"], label) if "allocator" in table else None,
+        grad_accum=_positive_int(table["grad-accum"], label, "grad-accum") if "grad-accum" in table else None,
+        offload=_choice(table["offload"], label, "offload", OFFLOADS) if "offload" in table else None,
+        host_memory_bytes=config_size(table["host-memory"], f"{label}: host-memory")
+        if "host-memory" in table else None,
     )
     dist = _dist(table, label)
+    try:
+        options.recipe(step)
+    except PlanError as e:  # a contradictory recipe, named where it is configured
+        raise PlanError(f"{label}: {e}") from None
     return Check(
         id=check_id,
         options=options,
@@ -306,6 +334,7 @@ def parse_check(table: Any, where: str, *, base_dir: Path | None = None) -> Chec
         device=_string(table["device"], label, "device") if "device" in table else None,
         max_state=config_size(table["max-state"], f"{label}: max-state") if "max-state" in table else None,
         max_total=config_size(table["max-total"], f"{label}: max-total") if "max-total" in table else None,
+        max_host=config_size(table["max-host"], f"{label}: max-host") if "max-host" in table else None,
         where=label,
     )
 

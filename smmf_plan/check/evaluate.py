@@ -35,6 +35,8 @@ class Evaluated:
     device: dict | None = None
     #: budget for ``total`` taken from the device (usable bytes) when no max-total is set.
     device_budget: int | None = None
+    #: budget for ``host`` taken from the device's host memory when no max-host is set.
+    host_budget: int | None = None
     model_summary: dict = field(default_factory=dict)
     #: the step estimate behind the ``total`` metric (a MemoryEstimate), or None.
     estimate: Any = None
@@ -42,12 +44,15 @@ class Evaluated:
     notes: list[str] = field(default_factory=list)
 
     def budget(self, metric: str) -> tuple[int | None, str | None]:
-        """``(bytes, source)``: source is ``"max-state"``, ``"max-total"``, ``"device"`` or None."""
+        """``(bytes, source)``: source is ``"max-state"``, ``"max-total"``, ``"max-host"``,
+        ``"device"``, ``"host"`` or None."""
         b = self.check.budget(metric)
         if b is not None:
             return b, BUDGET_KEYS[metric]
         if metric == "total" and self.device_budget is not None:
             return self.device_budget, "device"
+        if metric == "host" and self.host_budget is not None:
+            return self.host_budget, "host"
         return None, None
 
 
@@ -58,16 +63,18 @@ def _resolve_device(text: str, where: str, search_from: str | Path | None = None
         raise PlanError(f"{where}: device: {e}") from None
 
 
-def _load_spec(check: Check, options: ModelOptions, memo: dict | None):
-    """The check's ModelSpec; ``memo`` shares one load between checks of the same model."""
-    if memo is not None and options in memo:
-        return copy.deepcopy(memo[options])
+def _load_spec(check: Check, options: ModelOptions, recipe, memo: dict | None):
+    """The check's ModelSpec as ``recipe`` stores it; ``memo`` shares one load between checks of
+    the same model and recipe."""
+    key = (options, recipe)
+    if memo is not None and key in memo:
+        return copy.deepcopy(memo[key])
     try:
-        spec = options.load()
+        spec = options.load(recipe)
     except PlanError as e:
         raise PlanError(f"{check.where}: model {check.model!r}: {e}") from None
     if memo is not None:
-        memo[options] = copy.deepcopy(spec)
+        memo[key] = copy.deepcopy(spec)
     return spec
 
 
@@ -89,7 +96,15 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
     device_text = check.device or default_device
     device = _resolve_device(device_text, check.where, search_from) if device_text else None
     options = replace(check.options, use_cache=use_cache)
-    spec = _load_spec(check, options, memo)
+    try:
+        device = check.step.device(device)
+        if device is None and check.step.offload is not None:
+            raise PlanError(f"offload = \"{check.step.offload}\" moves the optimizer to a GPU's host: "
+                            "set device = \"<a GPU id>\"")
+    except PlanError as e:
+        raise PlanError(f"{check.where}: {e}") from None
+    recipe = options.recipe(check.step)
+    spec = _load_spec(check, options, recipe, memo)
     layouts = options.layouts(spec)
     sharding = check.dist.sharding() if check.dist.given else None
     values: dict[str, dict[str, int]] = {}
@@ -102,20 +117,23 @@ def evaluate_check(check: Check, *, default_device: str | None = None, use_cache
         except PlanError as e:
             raise PlanError(f"{check.where}: {e}") from None
     est = None
-    if check.max_total is not None or device is not None:
+    if check.max_total is not None or check.max_host is not None or device is not None:
         try:
             est = step_estimate(spec, layouts, sharding, batch_size=check.step.batch,
                                 allocator=check.step.allocator_for(device),
-                                **check.step.estimate_kwargs(options.dtype))
+                                **check.step.estimate_kwargs(options))
         except PlanError as e:
             raise PlanError(f"{check.where}: {e}") from None
         for oid, step in est.steps().items():
-            values[oid]["total"] = step.total_bytes
+            values[oid]["total"] = step.device_bytes  # what the device holds (offload: host apart)
+            if recipe.offload is not None:
+                values[oid]["host"] = step.host_bytes
     return Evaluated(
         check=check,
         measurements=[Measurement(check.id, lid, v) for lid, v in values.items()],
         device=device.reference() if device is not None else None,
         device_budget=device.usable_bytes if device is not None else None,
+        host_budget=device.host_memory if device is not None and recipe.offload else None,
         model_summary=spec.summary(),
         estimate=est,
         notes=list((spec.meta or {}).get("warnings") or ()),

@@ -171,6 +171,7 @@ def compare(config: CheckConfig, evaluated: Sequence[Evaluated], baseline: Basel
                 produced.add((m.check, m.optimizer, metric))
                 budget, source = ev.budget(metric)
                 label = (f"usable memory of {ev.device['id']}" if source == "device" and ev.device
+                         else f"host memory of {ev.device['id']}" if source == "host" and ev.device
                          else source)
                 results.append(judge(
                     m.check, m.optimizer, metric, m.values[metric], budget, source,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..breakdown import Breakdown, StepMemory
+from ..errors import PlanError
 from ..memory import MemoryEstimate, StepBasis, act_temp, step_basis
 from ..model import ModelSpec
 from ..optimizers import OptimizerVariant, Unsupported
@@ -34,10 +35,12 @@ def plan_ranks(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) ->
     return group(PLANNERS[sharding.scheme](ctx, sharding, optimizer))
 
 
-def breakdown_of(f: RankFigures, activations: int, temporaries: int, runtime: int) -> Breakdown:
+def breakdown_of(f: RankFigures, activations: int | None, temporaries: int, runtime: int) -> Breakdown:
+    """One rank's parts; ``activations`` None: not known (the sums are lower bounds)."""
     return Breakdown(weights=f.weights, master=f.master, grads=f.grads,
-                     state_allocated=f.state_allocated, activations=activations,
-                     temporaries=temporaries, comm=f.comm, runtime=runtime)
+                     state_allocated=f.state_allocated, activations=activations or 0,
+                     temporaries=temporaries, comm=f.comm, runtime=runtime,
+                     unknown=("activations",) if activations is None else ())
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,17 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], shardin
 
 def basis_for(model_spec: ModelSpec, scheme: str, **options: Any) -> StepBasis:
     """The step basis a scheme's ranks share: DDP runs mixed precision as torch autocast, the
-    sharding engines hand the model low-precision parameters (``amp_trace="cast"``)."""
+    sharding engines hand the model low-precision parameters (``amp_trace="cast"``). The
+    per-rank planners place the specs themselves: a recipe that moves or quantizes them
+    (offload, a quantized base, accumulated gradients) is not planned per rank."""
+    recipe = options.get("recipe")
+    if recipe is not None:
+        asked = [flag for flag, on in (("--quantize-base", recipe.quantize_base is not None),
+                                       ("--offload", recipe.offload is not None),
+                                       ("--grad-accum", recipe.grad_accum > 1)) if on]
+        if asked:
+            raise PlanError(f"--dist {scheme} with {' and '.join(asked)} is not planned per rank "
+                            f"yet: drop {asked[0]} (or --dist for a one-process plan)")
     return step_basis(model_spec, amp_trace="autocast" if scheme == "ddp" else "cast", **options)
 
 

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 from ..errors import PlanError
 from ..model import ModelSpec
+from ..recipe import Recipe
 from ..report import SCHEMA_VERSION
 from .inputs import resolve_input
 from .job import ProbeJob
@@ -71,6 +72,10 @@ def _pct(measured, predicted) -> float | None:
 #: interpreter with torch and the model library imported; on CUDA the cuBLAS workspaces, which the
 #: warm-up op allocates): the measured peak excludes them, so the predicted peak does too.
 BASELINE_PARTS = ("pytorch", "library", "cublas_workspace")
+#: what the probe's worker trains: the architecture as ``build_module`` builds it, in float32
+#: (``from_config`` / ``timm.create_model``), whatever dtype a checkpoint or config states; the
+#: command line loads and the prediction plans with this recipe, so both describe that run.
+PROBE_RECIPE = Recipe(dtype="float32")
 
 
 def probe_allocator(device_type: str, deterministic_malloc: bool = True) -> str:
@@ -92,7 +97,7 @@ def predict(spec: ModelSpec, layouts: Sequence, inp: dict, device_type: str,
     from ..memory import estimate
 
     allocator = allocator or probe_allocator(device_type)
-    est = estimate(spec, list(layouts), batch_size=inp["batch_size"],
+    est = estimate(spec, list(layouts), batch_size=inp["batch_size"], recipe=PROBE_RECIPE,
                    input_size=inp.get("input_size"), seq_len=inp.get("seq_len"), allocator=allocator)
     before = sum(v for k, v in est.runtime_parts.items() if k in BASELINE_PARTS)
     out: dict[str, dict] = {}

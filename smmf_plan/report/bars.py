@@ -39,7 +39,8 @@ class BarRow:
 
     @property
     def total(self) -> int:
-        return self.breakdown.total_bytes
+        """The device's bytes (host parts of an offloading recipe are not on the bar)."""
+        return self.breakdown.device_bytes
 
     def get(self, key: str) -> int:
         return self.breakdown[key]
@@ -50,7 +51,7 @@ def _scale(rows: Sequence[BarRow], usable_bytes: int | None) -> int:
 
 
 def _parts(rows: Sequence[BarRow]) -> tuple[Part, ...]:
-    return shown(r.breakdown for r in rows)
+    return shown((r.breakdown for r in rows), where="device")
 
 
 def cells(row: BarRow, scale: int, width: int,

@@ -19,13 +19,16 @@ def breakdown_table(rows: Mapping[str, Mapping[str, int]], first: str = "optimiz
                     fmt: Callable[[int], str] = mib) -> list[str]:
     """Markdown lines: ``| first | part … | total |`` then one line per row, sizes written by
     ``fmt``. ``rows`` maps a label (Markdown-safe) to a breakdown (``{part key: bytes}``, e.g. a
-    JSON ``breakdown``); the total is the sum of its parts."""
+    JSON ``breakdown``); the total is the sum of its parts. A part not known (``None``, or in a
+    Breakdown's ``unknown``) is ``?`` and makes the total a lower bound (``≥``)."""
     parts = shown(rows.values())
     lines = ["| " + " | ".join([first, *(p.heading for p in parts), "total"]) + " |",
              "|---|" + "---:|" * (len(parts) + 1)]
     for label, bd in rows.items():
-        cells = [fmt(bd.get(p.key, 0)) for p in parts] + [fmt(sum(bd.values()))]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        unknown = set(getattr(bd, "unknown", ())) | {k for k, v in bd.items() if v is None}
+        cells = ["?" if p.key in unknown else fmt(bd.get(p.key, 0)) for p in parts]
+        total = fmt(sum(v for v in bd.values() if v))
+        lines.append(f"| {label} | " + " | ".join([*cells, f"≥ {total}" if unknown else total]) + " |")
     return lines
 
 

@@ -61,6 +61,10 @@ def device_header(device: Device) -> Text:
     t.append(f" · {format_bytes(device.usable_bytes, 0)} usable")
     if device.usable_basis:
         t.append(f" ({device.usable_basis})", style="dim")
+    if device.has_host:
+        t.append(f" · host {format_bytes(device.host_memory, 0)}")
+        if device.host_memory_basis:
+            t.append(f" ({device.host_memory_basis})", style="dim")
     if device.pytorch_training != "unknown":
         t.append(" · PyTorch training: ")
         t.append(device.pytorch_training, style=_PT_STYLE.get(device.pytorch_training, ""))
@@ -70,10 +74,18 @@ def device_header(device: Device) -> Text:
 # --------------------------------------------------------------------------- verdict cells
 
 def fit_cell(f: Fit, show_batch: bool = True) -> Text:
-    """``✓ 65M ≤16`` (fits, 65 MiB free, largest batch 16) or ``✗ −18M`` (18 MiB short)."""
+    """``✓ 65M ≤16`` (fits, 65 MiB free, largest batch 16), ``✗ −18M`` (18 MiB short), ``✗ host``
+    (the device would do, the host memory not), ``?`` (not known: a lower bound that fits) or
+    ``✗ ≥18M`` (short even by the lower bound)."""
+    if f.fits is None:
+        return Text("?", style="yellow")
+    if f.headroom_bytes is None:  # an incomplete estimate over even by its lower bound
+        return Text(f"✗ {format_bytes(f.usable_bytes - f.total_bytes, compact=True)}+", style="red")
     batch = f" ≤{f.max_batch_size:,}" if show_batch and not f.capped and f.max_batch_size else ""
     if f.fits:
         return Text(f"✓ {format_bytes(f.headroom_bytes, compact=True)}{batch}", style="green")
+    if f.headroom_bytes >= 0 and f.host_fits is False:
+        return Text("✗ host", style="red")
     return Text(f"✗ {format_bytes(f.headroom_bytes, compact=True)}{batch}", style="red")
 
 
@@ -87,7 +99,8 @@ def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | Non
     complete = all(s.complete for s in steps.values())
     table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   padding=(0, 0))
-    parts = shown(s.breakdown for s in steps.values())
+    parts = shown((s.breakdown for s in steps.values()), where="device")
+    offload = bool(shown((s.breakdown for s in steps.values()), where="host"))
     table.add_column(Text(first), no_wrap=True)
     for head in (*(p.heading for p in parts), "total"):
         table.add_column(head, justify="right", no_wrap=True)
@@ -95,18 +108,60 @@ def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | Non
         table.add_column("fits (free)", justify="right")
         table.add_column("max batch", justify="right")  # the heading wraps, not the numbers
     for oid, step in steps.items():
-        cells = [format_bytes(step.breakdown[p.key], compact=True) for p in parts]
-        row = [Text(oid), *cells, Text(format_bytes(step.total_bytes, compact=True), style="bold")]
+        total = format_bytes(step.device_bytes, compact=True) + ("" if step.complete else "+")
+        row = [Text(oid), *(_cell(step, p.key) for p in parts), Text(total, style="bold")]
         if fits is not None:
             f = fits[oid]
             row += [fit_cell(f, show_batch=False), f.max_batch_text()]
         table.add_row(*row)
     caption = "K/M/G: KiB/MiB/GiB"
+    if offload:
+        caption = "total: the device's bytes (the offload's host bytes: below) · " + caption
     if fits is not None:
         caption = "✓ fits with that much free · ✗ short by that much · " + caption
     if not complete:
-        caption = "Activations not estimated (no architecture for these weights): totals are lower bounds. " + caption
+        caption = ("Activations not known (no architecture for these weights): totals are lower "
+                   "bounds (+), ? = not known. " + caption)
     table.caption = caption
+    table.caption_justify = "left"
+    return table
+
+
+def _cell(step: StepMemory, key: str) -> str:
+    if key in step.breakdown.unknown:
+        return "?"
+    return format_bytes(step.breakdown[key], compact=True)
+
+
+def host_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | None = None,
+               device: Device | None = None) -> Table | None:
+    """What an offloading recipe keeps on the host, per optimizer: one column per host part, the
+    host total and (with a device) whether it fits its host memory. None without host parts."""
+    from rich import box
+
+    parts = shown((s.breakdown for s in steps.values()), where="host")
+    if not parts:
+        return None
+    where = (f" ({format_bytes(device.host_memory, 0)} host memory of {device.id})"
+             if device is not None and device.host_memory else "")
+    table = Table(title=f"On the host{where}", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, padding=(0, 0))
+    table.add_column("optimizer", no_wrap=True)
+    for head in (*(p.heading for p in parts), "host"):
+        table.add_column(head, justify="right", no_wrap=True)
+    if fits is not None:
+        table.add_column("fits (free)", justify="right", no_wrap=True)
+    for oid, step in steps.items():
+        row = [oid, *(_cell(step, p.key) for p in parts),
+               Text(format_bytes(step.host_bytes, compact=True), style="bold")]
+        if fits is not None:
+            f = fits[oid]
+            free = None if f.host_usable_bytes is None else f.host_usable_bytes - f.host_bytes
+            row.append(Text("?" if free is None else
+                            f"{'✓' if f.host_fits else '✗'} {format_bytes(free, compact=True)}",
+                            style="green" if f.host_fits else "red"))
+        table.add_row(*row)
+    table.caption = " · ".join(f"{p.heading}: {p.description.removeprefix('offload: ')}" for p in parts)
     table.caption_justify = "left"
     return table
 
@@ -118,6 +173,7 @@ def size_table(devices: Sequence[Device], optimizers: Sequence[str],
     from rich import box
 
     any_batch = any(not f.capped and f.max_batch_size for row in fits.values() for f in row.values())
+    unknown = any(f.fits is None or f.headroom_bytes is None for row in fits.values() for f in row.values())
     caption = "✓ fits, with that much memory free · ✗ does not fit, short by that much"
     if any_batch:
         caption += " · ≤N: largest batch that fits"
@@ -137,6 +193,9 @@ def size_table(devices: Sequence[Device], optimizers: Sequence[str],
         table.add_row(name, format_bytes(d.usable_bytes, compact=True), *(cells[o][i] for o in optimizers))
     if any(not d.runs_pytorch for d in devices):
         table.caption += "; ⊘: PyTorch does not run on that device"
+    if unknown:
+        table.caption += ("; ?: not known (activations not estimated), ✗ N+: short even without "
+                          "activations")
     return table
 
 
@@ -144,9 +203,9 @@ def size_table(devices: Sequence[Device], optimizers: Sequence[str],
 
 def judge(steps: Mapping[str, StepMemory], device: Device, batch_size: int) -> dict[str, Fit]:
     """Each optimizer's :class:`Fit` on ``device`` (steps must use ``device.allocator``)."""
-    from ..fit import fit
+    from ..fit import judge as judge_one
 
-    return {oid: fit(s.total_at, device.usable_bytes, batch_size) for oid, s in steps.items()}
+    return {oid: judge_one(s, device, batch_size) for oid, s in steps.items()}
 
 
 def would_fit_table(would_fit: Mapping, device: Device) -> Table:
@@ -183,12 +242,14 @@ def device_report(steps: Mapping[str, StepMemory], device: Device, batch_size: i
     from .bars import BarRow, render_bars
 
     fits = dict(fits) if fits is not None else judge(steps, device, batch_size)
+    order = sorted(steps, key=lambda o: (steps[o].device_bytes, o))
+    ordered = {o: steps[o] for o in order}
     complete = all(s.complete for s in steps.values())
-    order = sorted(steps, key=lambda o: (steps[o].total_bytes, o))
+    host = host_table(ordered, fits, device)
     parts = [
         device_header(device),
-        verdict_table({o: steps[o] for o in order}, fits,
-                      title=f"Training step at batch {batch_size} on {device.id}{note}"),
+        verdict_table(ordered, fits, title=f"Training step at batch {batch_size} on {device.id}{note}"),
+        *([host] if host is not None else []),
         render_bars([BarRow(o, steps[o].breakdown) for o in order], device.usable_bytes),
     ]
     if would_fit:

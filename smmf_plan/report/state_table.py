@@ -104,6 +104,18 @@ def shapes_table(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> Table
     return table
 
 
+def recipe_line(estimate) -> Text:
+    """``recipe: AMP bfloat16 (float32 master weights) · batch 4 × 8 micro-steps = 32`` for a step
+    estimate (:class:`~smmf_plan.memory.MemoryEstimate`)."""
+    info = estimate.recipe_info
+    t = Text("recipe: ", style="bold")
+    t.append(next((a[len("recipe: "):] for a in estimate.assumptions if a.startswith("recipe: ")), ""))
+    if info.get("grad_accum", 1) > 1:
+        t.append(f" · micro-batch {info['micro_batch_size']} × {info['grad_accum']} = effective "
+                 f"batch {info['effective_batch_size']}")
+    return t
+
+
 def assumptions_text(assumptions: Sequence[str]) -> Text:
     """The assumptions an estimate was made with, one bullet each (always shown: a plan is only
     as good as what it assumes)."""

@@ -5,10 +5,13 @@ Every step estimate of one optimizer is the same object, wherever it appears::
 
     {"state_bytes": int,          # logical optimizer state (numel × itemsize of its tensors)
      "breakdown": {PART: int},    # smmf_plan.breakdown.PARTS, as the allocator allocates them
-     "total_bytes": int}          # == sum(breakdown.values()), exactly
+     "total_bytes": int,          # == sum(breakdown.values()), exactly
+     "device_bytes": int,         # the device's parts (what the fit checks)
+     "host_bytes": int}           # the host's parts (offload; 0 otherwise)
 
 with the fit fields (``fits`` / ``headroom_bytes`` / ``max_batch_size``, null without a device)
-added where a device is judged.
+added where a device is judged. Activations that are not known are ``null`` in the breakdown, the
+entry says ``"complete": false`` and its sums are lower bounds.
 """
 
 from __future__ import annotations
@@ -36,12 +39,21 @@ def optimizer_json(step: StepMemory, f: Fit | None) -> dict:
 
 
 def training_json(estimate) -> dict:
-    """How a :class:`~smmf_plan.memory.MemoryEstimate` was made: batch, input, allocator, the
-    distributed layout (``sharding``, null for one process) and every assumption."""
+    """How a :class:`~smmf_plan.memory.MemoryEstimate` was made: batch (the micro-batch, and the
+    effective batch of gradient accumulation), input, allocator, the distributed layout
+    (``sharding``, null for one process), the recipe, whether the activations are known, and
+    every assumption."""
+    info = estimate.recipe_info
     sharding = getattr(estimate, "sharding", None)
-    return {"batch_size": estimate.batch_size, "input": estimate.input,
+    return {"batch_size": estimate.batch_size,
+            "grad_accum": info.get("grad_accum", 1),
+            "effective_batch_size": info.get("effective_batch_size", estimate.batch_size),
+            "input": estimate.input,
             "allocator": estimate.allocator,
             "sharding": sharding.to_dict() if sharding is not None else None,
+            "recipe": dict(info),
+            "complete": estimate.complete,
+            "incomplete_reason": estimate.incomplete_reason,
             "assumptions": list(estimate.assumptions)}
 
 
@@ -89,11 +101,15 @@ def size_document(spec: ModelSpec, batch_size: int, result: dict) -> dict:
         rows.append({"device": device_json(d), "allocator": result["allocators"][d.id],
                      "optimizers": cells,
                      "recommendation": recommendation(d, grid[d.id], batch_known=result["complete"])})
+    recipe = result.get("recipe") or {}
     return {
         "schema_version": SCHEMA_VERSION,
         "model": spec.summary(),  # its dtype is the one planned (--dtype applied to the params)
         "batch_size": batch_size,
-        "estimate": "end-to-end" if result["complete"] else "weights+grads+state",
+        "grad_accum": recipe.get("grad_accum", 1),
+        "effective_batch_size": recipe.get("effective_batch_size", batch_size),
+        "recipe": recipe,
+        "estimate": "end-to-end" if result["complete"] else "lower bound: activations not known",
         "sharding": result["sharding"].to_dict() if result.get("sharding") else None,
         "optimizers": optimizers,
         "devices": rows,

@@ -6,9 +6,10 @@ that task for the config's ``model_type``; otherwise the class named first in ``
 is missing or names a class this transformers does not have, the head the ``model_type`` is
 trained with (:func:`default_head`) is built and a one-line warning with the closest class names
 is recorded in ``info["warnings"]`` (a bare model would silently drop e.g. Llama-3.1-8B's 525 M-
-parameter LM head). Parameters are planned in the dtype the class's constructor builds (float32,
+parameter LM head). Parameters are built in the dtype the class's constructor builds (float32,
 whatever the config says); the config's ``torch_dtype``/``dtype`` is recorded as
-``meta["checkpoint_dtype"]``. Configs needing remote code are refused.
+``meta["checkpoint_dtype"]``, the dtype the :class:`~smmf_plan.recipe.Recipe` then stores every
+weight in by default (what ``from_pretrained`` loads). Configs needing remote code are refused.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import copy
 from typing import Any
 
 from ..errors import SourceError
-from ..trace.inputs import (BASE, CAUSAL_LM, IMAGE_CLASSIFICATION, MASKED_LM, SEQ2SEQ_LM,
-                           SEQUENCE_CLASSIFICATION, TASKS)
+from ..trace.inputs import (BASE, CAUSAL_LM, CONTRASTIVE, IMAGE_CLASSIFICATION, MASKED_LM,
+                            QUESTION_ANSWERING, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, SPEECH_SEQ2SEQ,
+                            TASKS, TOKEN_CLASSIFICATION)
 
 #: task → transformers' auto-mapping table of the head for that task (model_type → class name).
 TASK_MAPPINGS = {
@@ -26,7 +28,11 @@ TASK_MAPPINGS = {
     MASKED_LM: "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
     SEQ2SEQ_LM: "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     SEQUENCE_CLASSIFICATION: "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    TOKEN_CLASSIFICATION: "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    QUESTION_ANSWERING: "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
     IMAGE_CLASSIFICATION: "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    SPEECH_SEQ2SEQ: "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+    CONTRASTIVE: "MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES",  # CLIP, SigLIP …
     BASE: "MODEL_MAPPING_NAMES",
 }
 assert set(TASK_MAPPINGS) == set(TASKS)
@@ -38,12 +44,17 @@ def is_timm_config(cfg: dict) -> bool:
 
 
 def task_of(arch: str | None, cfg: dict) -> str | None:
+    """The task (:data:`smmf_plan.trace.inputs.TASKS`) the class named ``arch`` trains for."""
     if not arch:
         return None
-    if arch.endswith("ForSequenceClassification"):
-        return SEQUENCE_CLASSIFICATION
-    if arch.endswith("ForImageClassification"):
-        return IMAGE_CLASSIFICATION
+    for suffix, task in (("ForSequenceClassification", SEQUENCE_CLASSIFICATION),
+                         ("ForTokenClassification", TOKEN_CLASSIFICATION),
+                         ("ForQuestionAnswering", QUESTION_ANSWERING),
+                         ("ForImageClassification", IMAGE_CLASSIFICATION)):
+        if arch.endswith(suffix):
+            return task
+    if arch.endswith("ForConditionalGeneration") and "num_mel_bins" in cfg and cfg.get("is_encoder_decoder"):
+        return SPEECH_SEQ2SEQ
     if arch.endswith(("ForCausalLM", "LMHeadModel")) and not cfg.get("is_encoder_decoder"):
         return CAUSAL_LM
     if arch.endswith(("ForMaskedLM", "ForPreTraining")):
@@ -53,7 +64,8 @@ def task_of(arch: str | None, cfg: dict) -> str | None:
     ):
         return SEQ2SEQ_LM if cfg.get("is_encoder_decoder") else None
     if arch.endswith("Model"):
-        return BASE
+        both = isinstance(cfg.get("text_config"), dict) and isinstance(cfg.get("vision_config"), dict)
+        return CONTRASTIVE if both else BASE
     return None
 
 
@@ -121,8 +133,8 @@ def default_head(cfg: dict) -> tuple[str, str]:
     pre = _first(_mapping("MODEL_FOR_PRETRAINING_MAPPING_NAMES").get(mt or ""))
     if pre is not None:
         return pre, task_of(pre, cfg) or BASE
-    order = ((SEQ2SEQ_LM, CAUSAL_LM) if cfg.get("is_encoder_decoder")
-             else (CAUSAL_LM, SEQ2SEQ_LM)) + (MASKED_LM, IMAGE_CLASSIFICATION, BASE)
+    order = ((SEQ2SEQ_LM, SPEECH_SEQ2SEQ, CAUSAL_LM) if cfg.get("is_encoder_decoder")
+             else (CAUSAL_LM, SEQ2SEQ_LM)) + (MASKED_LM, IMAGE_CLASSIFICATION, CONTRASTIVE, BASE)
     for task in order:
         name = head_for(mt, task)
         if name is not None:
@@ -200,7 +212,17 @@ def build(cfg: dict, *, num_classes: int | None = None, device: str = "meta",
     """``(module, info)`` for a config dict; ``info`` holds the JSON-able meta fields.
 
     ``architecture`` forces a class by name (rebuilding what an earlier plan built); otherwise
-    :func:`select_class` decides from ``task`` and the config."""
+    :func:`select_class` decides from ``task`` and the config. What transformers logs while
+    importing and building is kept off stderr (:mod:`smmf_plan.quiet`)."""
+    from ..quiet import quiet_libraries
+
+    with quiet_libraries():
+        return _build(cfg, num_classes=num_classes, device=device, where=where, task=task,
+                      architecture=architecture)
+
+
+def _build(cfg: dict, *, num_classes: int | None, device: str, where: str, task: str | None,
+           architecture: str | None):
     import torch
 
     config = make_config(cfg, num_classes=num_classes, where=where)

@@ -7,8 +7,9 @@ Assumptions (stated because they decide the byte counts):
 - ``nn.Linear`` weights are laid out ``(out, in)``; GPT-2-style ``Conv1D`` (``c_attn``, ``c_proj``,
   ``c_fc``, ``q_attn``) store ``(in, out)``, so their in/out are read transposed;
 - adapters are ``<module>.lora_A.weight`` of shape ``(rank, in)`` and ``<module>.lora_B.weight`` of
-  shape ``(out, rank)`` (PEFT's naming), in the base weight's dtype (PEFT creates them in the
-  base layer's dtype unless told otherwise), trainable.
+  shape ``(out, rank)`` (PEFT's naming), in the base weight's dtype here; the recipe
+  (:mod:`smmf_plan.recipe`) decides the dtype they train in (PEFT's ``autocast_adapter_dtype``
+  keeps half-precision adapters in float32), trainable.
 """
 
 from __future__ import annotations
@@ -89,12 +90,20 @@ def attach_lora(module, params: Sequence[ParamSpec]):
     from torch import nn
 
     class LoRAWrapped(nn.Module):
+        """PEFT's ``lora.Linear`` forward (dropout 0): the input cast to the adapters' dtype,
+        ``base(x) + B(A(x)) · scaling``, the result cast back to the base output's dtype."""
+
         def __init__(self, base: nn.Module, a: nn.Linear, b: nn.Linear) -> None:
             super().__init__()
             self.base, self.lora_A, self.lora_B = base, a, b
+            self.scaling = 1.0  # lora_alpha / r: its value does not change a byte
 
         def forward(self, x):
-            return self.base(x) + self.lora_B(self.lora_A(x))
+            result = self.base(x)
+            dtype = result.dtype
+            x = x.to(self.lora_A.weight.dtype)  # PEFT's _cast_input_dtype (no copy when equal)
+            result = result + self.lora_B(self.lora_A(x)) * self.scaling
+            return result.to(dtype)
 
     adapters = {p.name[: -len(".lora_A.weight")]: p for p in params if p.name.endswith(".lora_A.weight")}
     ups = {p.name[: -len(".lora_B.weight")]: p for p in params if p.name.endswith(".lora_B.weight")}
@@ -102,7 +111,7 @@ def attach_lora(module, params: Sequence[ParamSpec]):
         parent_path, _, leaf = path.rpartition(".")
         parent = module.get_submodule(parent_path) if parent_path else module
         base = getattr(parent, leaf)
-        device = next(base.parameters()).device
+        device = next(iter([*base.parameters(), *base.buffers()])).device
         dtype = getattr(torch, a_spec.dtype)
         rank, fan_in = a_spec.shape
         fan_out = ups[path].shape[0]

@@ -20,12 +20,15 @@ def is_timm_name(name: str) -> bool:
 
 def build(name: str, *, num_classes: int | None = None, device: str = "meta"):
     """``(module, info)`` for timm architecture ``name`` (no weights are downloaded)."""
-    import timm
     import torch
+
+    from ..quiet import quiet_libraries
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
-        with torch.device(device):
+        with torch.device(device), quiet_libraries():
+            import timm
+
             model = timm.create_model(name, pretrained=False, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise SourceError(f"timm could not build {name!r} ({type(e).__name__}: "

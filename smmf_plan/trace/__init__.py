@@ -32,7 +32,8 @@ gradients (which the breakdown counts separately, in full). Each figure is kept 
 storage as each allocator rounds (64 B on CPU, 512 B on CUDA).
 
 Assumptions, stated: the trace runs the module's own Python code, so data-dependent control flow
-sees meta tensors (an operator that needs values fails and is reported as a :class:`PlanError`);
+sees meta tensors (an operator that needs values fails and is reported as a
+:class:`~smmf_plan.errors.TraceError`, and the estimate goes on without activations);
 ``scaled_dot_product_attention`` is routed to the kernel the CPU build would pick (flash attention
 for CPU when eligible), which saves far less than the math path that meta tensors would otherwise
 take. Two traces at batch sizes ``b1 < b2`` give an affine model ``a + b·batch``
@@ -45,14 +46,16 @@ inside the functions that run a trace.
 from __future__ import annotations
 
 from .affine import TRACE_HIGH_BATCH, ActivationModel, Affine, activation_model, trace_batches
-from .inputs import (BASE, CAUSAL_LM, DEFAULT_IMAGE_SIZE, DEFAULT_SEQ_LEN, IMAGE_CLASSIFICATION,
-                     MASKED_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, TASKS, InputSpec, default_loss,
-                     input_spec_for, parse_input_size)
+from .inputs import (BASE, CAUSAL_LM, CONTRASTIVE, DEFAULT_IMAGE_SIZE, DEFAULT_SEQ_LEN,
+                     IMAGE_CLASSIFICATION, MASKED_LM, QUESTION_ANSWERING, SEQ2SEQ_LM,
+                     SEQUENCE_CLASSIFICATION, SPEECH_SEQ2SEQ, TASKS, TOKEN_CLASSIFICATION, InputSpec,
+                     default_loss, input_spec_for, parse_input_size)
 from .step import ActivationTrace, trace_step
 from .storage import StorageTracker
 
 __all__ = [
-    "BASE", "CAUSAL_LM", "IMAGE_CLASSIFICATION", "MASKED_LM", "SEQ2SEQ_LM", "SEQUENCE_CLASSIFICATION",
+    "BASE", "CAUSAL_LM", "CONTRASTIVE", "IMAGE_CLASSIFICATION", "MASKED_LM", "QUESTION_ANSWERING",
+    "SEQ2SEQ_LM", "SEQUENCE_CLASSIFICATION", "SPEECH_SEQ2SEQ", "TOKEN_CLASSIFICATION",
     "TASKS", "DEFAULT_IMAGE_SIZE", "DEFAULT_SEQ_LEN", "TRACE_HIGH_BATCH", "ActivationModel", "ActivationTrace",
     "Affine", "InputSpec", "StorageTracker", "activation_model", "default_loss", "input_spec_for",
     "parse_input_size", "trace_batches", "trace_step",

@@ -74,10 +74,12 @@ def trace_batches(batch_size: int) -> tuple[int, int]:
 
 def activation_model(module_factory: Callable[[], Any], input_spec: InputSpec, *,
                      batches: tuple[int, int] | None = None, loss_fn: Callable | None = None,
-                     grad_checkpointing: bool = False, amp_dtype: Any = None) -> ActivationModel:
+                     grad_checkpointing: bool = False, amp_dtype: Any = None, accumulate: bool = False,
+                     offload_grads_from: int | None = None) -> ActivationModel:
     """Trace at two batch sizes (default :func:`trace_batches` of ``input_spec.batch_size``) and
     fit the affine model. ``module_factory()`` returns a meta module; it is called once per trace
-    when ``amp_dtype`` is set (the module is converted to fake tensors), once otherwise."""
+    when ``amp_dtype`` is set (the module is converted to fake tensors), once otherwise. The other
+    options are :func:`~smmf_plan.trace.step.trace_step`'s."""
     b1, b2 = batches or trace_batches(input_spec.batch_size)
     if not 0 < b1 < b2:
         raise ValueError("need two increasing batch sizes")
@@ -87,7 +89,8 @@ def activation_model(module_factory: Callable[[], Any], input_spec: InputSpec, *
         if amp_dtype is not None and traces:
             module = module_factory()
         traces.append(trace_step(module, input_spec.with_batch(b), loss_fn=loss_fn,
-                                 grad_checkpointing=grad_checkpointing, amp_dtype=amp_dtype))
+                                 grad_checkpointing=grad_checkpointing, amp_dtype=amp_dtype,
+                                 accumulate=accumulate, offload_grads_from=offload_grads_from))
     t1, t2 = traces
     act = {k: Affine.through(b1, t1.activation_bytes(k), b2, t2.activation_bytes(k)) for k in ROUNDING}
     ret = {k: Affine.through(b1, t1.retained_bytes[k], b2, t2.retained_bytes[k]) for k in ROUNDING}

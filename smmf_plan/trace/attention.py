@@ -3,14 +3,42 @@
 Meta tensors would take the math path (which saves the attention matrix); the CPU build picks
 flash attention when eligible, which saves far less. The choice is asked of the CPU build itself
 on tiny real tensors with the same dtypes, head dims, mask, dropout and causal flags.
+
+The routing replaces ``torch.nn.functional.scaled_dot_product_attention`` for the duration of a
+trace (:func:`cpu_attention`), rather than a ``TorchFunctionMode``: the recomputation of
+gradient checkpointing runs inside the autograd engine, where Python function modes are not
+active, and a forward that took flash attention must be recomputed the same way (non-reentrant
+checkpointing checks it). Models look the function up on the module when they call it
+(transformers' ``sdpa_attention_forward``, timm's ``F.scaled_dot_product_attention``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 
 _SDP_CACHE: dict[tuple, int] = {}
 #: ``SDPBackend.flash_attention``: what ``_fused_sdp_choice`` returns for CPU flash attention.
 _FLASH = 1
+
+
+@contextlib.contextmanager
+def cpu_attention():
+    """``torch.nn.functional.scaled_dot_product_attention`` routed by :func:`sdpa_as_cpu` while
+    active (restored afterwards)."""
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def routed(*args, **kwargs):
+        out = sdpa_as_cpu(args, kwargs)
+        return original(*args, **kwargs) if out is None else out
+
+    F.scaled_dot_product_attention = routed
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
 
 
 def sdpa_as_cpu(args, kwargs):
@@ -22,11 +50,14 @@ def sdpa_as_cpu(args, kwargs):
     bound = dict(zip(names, args))
     bound.update(kwargs)
     q = bound.get("query")
-    if not isinstance(q, torch.Tensor) or q.device.type != "meta" or bound.get("enable_gqa"):
+    if not isinstance(q, torch.Tensor) or q.device.type != "meta":
         return None
     dropout, causal = float(bound.get("dropout_p", 0.0) or 0.0), bool(bound.get("is_causal", False))
     mask = bound.get("attn_mask")
-    if _cpu_sdp_choice((q, bound["key"], bound["value"], mask, dropout, causal), {}) != _FLASH:
+    # grouped-query attention (fewer key/value heads): the CPU flash kernel takes it as it is
+    gqa = bool(bound.get("enable_gqa", False))
+    if _cpu_sdp_choice((q, bound["key"], bound["value"], mask, dropout, causal),
+                       {"enable_gqa": gqa}) != _FLASH:
         return None
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, bound["key"], bound["value"], dropout, causal, attn_mask=mask,

@@ -12,13 +12,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..errors import PlanError
+from ..errors import PlanError, TraceError
 
 # --------------------------------------------------------------------------- the task vocabulary
 # One name per task, used everywhere: the sources (``ModelSpec.meta["task"]``), InputSpec, the
 # probe and every JSON document.
 
-#: ``x (B, C, H, W)`` + integer class ids; cross-entropy loss.
+#: images ``(B, C, H, W)`` + integer class ids: ``x`` and cross entropy for timm, ``pixel_values``
+#: + ``labels`` and the model's own loss for transformers (ViT, Swin, ConvNeXt ...).
 IMAGE_CLASSIFICATION = "image-classification"
 #: ``input_ids`` + ``labels`` = the inputs, both ``(B, seq_len)``; the model's own loss.
 CAUSAL_LM = "causal-lm"
@@ -28,11 +29,26 @@ MASKED_LM = "masked-lm"
 SEQ2SEQ_LM = "seq2seq-lm"
 #: ``input_ids`` + ``labels (B,)``; the model's own loss.
 SEQUENCE_CLASSIFICATION = "sequence-classification"
-#: ``input_ids`` only (a bare encoder/decoder); the loss is the mean of the first output.
+#: ``input_ids`` + ``labels (B, seq_len)`` of class ids; the model's own loss.
+TOKEN_CLASSIFICATION = "token-classification"
+#: ``input_ids`` + ``start_positions`` and ``end_positions (B,)`` (extractive QA); the model's loss.
+QUESTION_ANSWERING = "question-answering"
+#: speech encoder-decoder (Whisper): ``input_features (B, mel bins, frames)`` — the frames the
+#: encoder requires, 2 × its source positions — + ``labels (B, seq_len)``; the model derives the
+#: decoder inputs and computes its loss.
+SPEECH_SEQ2SEQ = "speech-seq2seq"
+#: image-text contrastive (CLIP, SigLIP): ``input_ids (B, seq_len)`` + ``pixel_values (B, C, H, W)``
+#: with ``return_loss=True``; the model's contrastive loss.
+CONTRASTIVE = "contrastive"
+#: the main input only (a bare encoder/decoder: ``input_ids``, or ``pixel_values`` for a bare
+#: vision model); the loss is the mean of the first output.
 BASE = "base"
-TASKS = (IMAGE_CLASSIFICATION, CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, BASE)
+TASKS = (IMAGE_CLASSIFICATION, CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION,
+         TOKEN_CLASSIFICATION, QUESTION_ANSWERING, SPEECH_SEQ2SEQ, CONTRASTIVE, BASE)
 #: text tasks whose labels are the input tokens.
 TOKEN_LABELS = (CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM)
+#: transformers main inputs a batch can be built for (``PreTrainedModel.main_input_name``).
+MAIN_INPUTS = ("input_ids", "pixel_values", "input_features")
 
 
 def check_task(text: str | None) -> str | None:
@@ -49,6 +65,7 @@ def check_task(text: str | None) -> str | None:
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise PlanError(f"--task {text!r} is not a task: {hint}use one of {', '.join(TASKS)}")
 
+
 #: documented default sequence length for text models (or the model's maximum positions if less).
 DEFAULT_SEQ_LEN = 128
 #: default (C, H, W) when a timm model states no input size.
@@ -62,64 +79,112 @@ class InputSpec:
 
     task: str
     batch_size: int
+    #: (C, H, W) of images; (mel bins, frames) of speech features.
     input_size: tuple[int, ...] | None = None
     seq_len: int | None = None
     vocab_size: int | None = None
     num_classes: int | None = None
     #: floating dtype of image inputs (canonical name, e.g. "bfloat16"); None: float32.
     float_dtype: str | None = None
+    #: the keyword of a transformers model's main input (:data:`MAIN_INPUTS`); None: a timm model,
+    #: called positionally.
+    main_input: str | None = None
+    #: extra keyword arguments of the call (``interpolate_pos_encoding`` for a ViT at another size).
+    extra: tuple[tuple[str, Any], ...] = ()
+    #: a token id that is no special token of the model (no pad, bos, eos …): the value of every
+    #: token of the traced batch (:meth:`values`), a batch without padding.
+    plain_token: int = 0
 
     @property
     def is_image(self) -> bool:
-        return self.task == IMAGE_CLASSIFICATION
+        """Whether the main input is an image (the batch has no tokens unless contrastive)."""
+        return self.task == IMAGE_CLASSIFICATION or self.main_input == "pixel_values"
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.seq_len is not None
 
     def describe(self) -> str:
-        if self.is_image:
-            return f"batch {self.batch_size} · {'×'.join(map(str, self.input_size or ()))}"
-        return f"batch {self.batch_size} · seq_len {self.seq_len}"
+        parts = []
+        if self.main_input == "input_features":
+            parts.append(f"{'×'.join(map(str, self.input_size or ()))} features")
+        elif self.is_image or self.task == CONTRASTIVE:
+            parts.append("×".join(map(str, self.input_size or ())))
+        if self.seq_len is not None:
+            parts.append(f"seq_len {self.seq_len}")
+        return f"batch {self.batch_size} · " + " + ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"task", "batch_size", "input_size" | "seq_len"}``, as JSON documents report it."""
+        """``{"task", "batch_size", "input_size" and/or "seq_len"}``, as JSON documents report it."""
         d: dict[str, Any] = {"task": self.task, "batch_size": self.batch_size}
-        if self.is_image:
+        if self.input_size is not None:
             d["input_size"] = [int(x) for x in self.input_size]
-        else:
+        if self.seq_len is not None:
             d["seq_len"] = int(self.seq_len)
         return d
 
-    def with_batch(self, batch_size: int) -> "InputSpec":
-        return InputSpec(self.task, batch_size, self.input_size, self.seq_len, self.vocab_size,
-                         self.num_classes, self.float_dtype)
+    def values(self) -> dict[str, Any]:
+        """The CPU values of the integer inputs of :meth:`make` on meta: a clean batch of one
+        plain token (no padding, no special tokens), labels and positions 0."""
+        _, kw, _ = self.make("cpu", plain=True)
+        return {k: v for k, v in kw.items()
+                if hasattr(v, "is_floating_point") and not v.is_floating_point()}
 
-    def make(self, device: str = "meta", dtype: Any = None) -> tuple[tuple, dict, Any]:
+    def with_batch(self, batch_size: int) -> "InputSpec":
+        from dataclasses import replace
+
+        return replace(self, batch_size=batch_size)
+
+    def make(self, device: str = "meta", dtype: Any = None, *, plain: bool = False
+             ) -> tuple[tuple, dict, Any]:
         """``(args, kwargs, target)``: random values on a real device, none on meta. ``dtype``
-        is the floating dtype of image inputs (default float32)."""
+        is the floating dtype of image and feature inputs (default float32). ``plain``: on the
+        CPU, every token :attr:`plain_token`, every label and position 0, floats uninitialized
+        (:meth:`values`)."""
         import torch
 
         b = self.batch_size
         real = device != "meta"
         gen = torch.Generator().manual_seed(0)
-        if self.is_image:
-            dt = dtype or (getattr(torch, self.float_dtype) if self.float_dtype else torch.float32)
-            x = torch.randn(b, *self.input_size, generator=gen).to(dt) if real else \
-                torch.empty(b, *self.input_size, dtype=dt, device="meta")
-            n = max(1, self.num_classes or 1)
-            y = torch.randint(0, n, (b,), generator=gen) if real else \
-                torch.zeros(b, dtype=torch.long, device="meta")
-            return (x,), {}, y
+        dt = dtype or (getattr(torch, self.float_dtype) if self.float_dtype else torch.float32)
 
-        def ids(shape):
+        def floats(shape):
+            if plain:
+                return torch.empty(*shape, dtype=dt)
             if real:
-                return torch.randint(0, max(1, self.vocab_size or 2), shape, generator=gen)
+                return torch.randn(*shape, generator=gen).to(dt)
+            return torch.empty(*shape, dtype=dt, device="meta")
+
+        def ints(shape, high, token: bool = False):
+            if plain:
+                return torch.full(shape, self.plain_token if token else 0, dtype=torch.long)
+            if real:
+                return torch.randint(0, max(1, high or 2), shape, generator=gen)
             return torch.zeros(shape, dtype=torch.long, device="meta")
 
+        if self.main_input is None:  # a timm image model: x, and a target for cross entropy
+            return (floats((b, *self.input_size)),), {}, ints((b,), self.num_classes or 1)
+        kw: dict[str, Any] = dict(self.extra)
         s = self.seq_len
-        kw = {"input_ids": ids((b, s))}
+        if self.main_input == "pixel_values" or self.task == CONTRASTIVE:
+            kw["pixel_values"] = floats((b, *self.input_size))
+        elif self.main_input == "input_features":
+            kw["input_features"] = floats((b, *self.input_size))
+        if self.main_input == "input_ids" or self.task == CONTRASTIVE:
+            kw["input_ids"] = ints((b, s), self.vocab_size, token=True)
         if self.task in TOKEN_LABELS:
             kw["labels"] = kw["input_ids"].clone()
-        elif self.task == SEQUENCE_CLASSIFICATION:
-            kw["labels"] = torch.randint(0, max(1, self.num_classes or 2), (b,), generator=gen) \
-                if real else torch.zeros(b, dtype=torch.long, device="meta")
+        elif self.task == SPEECH_SEQ2SEQ:
+            kw["labels"] = ints((b, s), self.vocab_size, token=True)
+        elif self.task in (SEQUENCE_CLASSIFICATION, IMAGE_CLASSIFICATION):
+            kw["labels"] = ints((b,), self.num_classes)
+        elif self.task == TOKEN_CLASSIFICATION:
+            kw["labels"] = ints((b, s), self.num_classes)
+        elif self.task == QUESTION_ANSWERING:
+            kw["start_positions"] = ints((b,), s)
+            kw["end_positions"] = ints((b,), s)
+        elif self.task == CONTRASTIVE:
+            kw["return_loss"] = True
         return (), kw, None
 
 
@@ -138,10 +203,12 @@ def _config_of(obj: Any) -> dict:
     return c if isinstance(c, dict) else {}
 
 
-def _max_positions(cfg: dict) -> int | None:
+def _max_positions(cfg: dict, keys: Sequence[str] | None = None) -> int | None:
     sub = [cfg] + [cfg[k] for k in ("text_config", "decoder", "encoder") if isinstance(cfg.get(k), dict)]
+    if isinstance(cfg.get("text_config"), dict):
+        sub = [cfg["text_config"], cfg]  # contrastive: the text tower's positions
     for c in sub:
-        for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx"):
+        for key in keys or ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx"):
             v = c.get(key)
             if isinstance(v, int) and v > 0:
                 return v
@@ -188,15 +255,69 @@ def parse_input_size(text: str | int | Sequence[int], what: str = "--input-size"
     return dims
 
 
+#: config keys naming special tokens (a plain token is none of them).
+SPECIAL_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+                      "unk_token_id", "sep_token_id", "cls_token_id", "mask_token_id")
+
+
+def _plain_token(cfg: dict) -> int:
+    """The smallest token id that no special-token key of ``cfg`` (or its text config) names."""
+    special: set[int] = set()
+    for c in (cfg, cfg.get("text_config") or {}, cfg.get("decoder") or {}):
+        if not isinstance(c, dict):
+            continue
+        for key in SPECIAL_TOKEN_KEYS:
+            v = c.get(key)
+            for x in (v if isinstance(v, list) else [v]):
+                if isinstance(x, int) and not isinstance(x, bool):
+                    special.add(x)
+    token = 0
+    while token in special:
+        token += 1
+    vocab = _vocab(cfg)
+    return token if vocab is None or token < vocab else 0
+
+
+def _main_input_of(cfg: dict) -> str:
+    """The main input a transformers config's model takes, from the config alone (a ModelSpec has
+    no module to ask ``main_input_name``)."""
+    if "num_mel_bins" in cfg:
+        return "input_features"
+    if isinstance(cfg.get("text_config"), dict) and isinstance(cfg.get("vision_config"), dict):
+        return "input_ids"  # contrastive: both, the text is the main input
+    if "image_size" in cfg and "vocab_size" not in cfg:
+        return "pixel_values"
+    return "input_ids"
+
+
+def _image_size_of(cfg: dict) -> tuple[int, int, int]:
+    """(C, H, W) a transformers vision config describes (its ``vision_config`` for CLIP)."""
+    c = cfg["vision_config"] if isinstance(cfg.get("vision_config"), dict) else cfg
+    side = c.get("image_size", 224)
+    h, w = (side, side) if isinstance(side, int) else tuple(side)[:2]
+    return int(c.get("num_channels") or 3), int(h), int(w)
+
+
+def _seq_len(cfg: dict, seq_len: int | None, limit_keys: Sequence[str] | None = None) -> int:
+    limit = _max_positions(cfg, limit_keys)
+    if seq_len is None:
+        return min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
+    if limit and seq_len > limit:
+        raise PlanError(f"--seq-len {seq_len} exceeds the model's {limit} positions: give ≤ {limit}")
+    return seq_len
+
+
 def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str | None = None,
                    seq_len: int | None = None) -> InputSpec:
     """The batch a training step of ``model`` (a :class:`~smmf_plan.model.ModelSpec` or an
     ``nn.Module``) consumes.
 
     Image models (timm): ``(B, C, H, W)`` with ``(C, H, W)`` from ``input_size`` or the model's
-    ``pretrained_cfg["input_size"]`` (3×224×224 if it states none). Text models (transformers):
-    ``seq_len`` tokens, default :data:`DEFAULT_SEQ_LEN` (128) or the config's maximum positions
-    if smaller; the task (one of :data:`TASKS`) comes from the architecture."""
+    ``pretrained_cfg["input_size"]`` (3×224×224 if it states none). transformers models: the
+    task (one of :data:`TASKS`) from the architecture, the inputs from the main input and the
+    config: images of the config's ``image_size``/``num_channels`` (or ``input_size``), speech
+    features of its mel bins × the frames its encoder requires, ``seq_len`` tokens (default
+    :data:`DEFAULT_SEQ_LEN`, 128, or the config's maximum positions if smaller)."""
     _check_positive(batch_size, "--batch-size")
     if seq_len is not None:
         _check_positive(seq_len, "--seq-len")
@@ -205,6 +326,8 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
         library, task, arch = meta.get("library"), meta.get("task"), meta.get("architecture") or ""
         default_size = meta.get("input_size")
         num_classes = meta.get("num_classes")
+        cfg = _config_of(model)
+        main = _main_input_of(cfg) if library == "transformers" else None
     else:
         cfg_obj = getattr(model, "pretrained_cfg", None)
         library = "timm" if cfg_obj is not None and not hasattr(model, "config") else "transformers"
@@ -214,38 +337,70 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
         if default_size and isinstance(pe_size, (tuple, list)) and len(pe_size) == 2:
             default_size = (default_size[0], *pe_size)  # built with img_size=...: that wins
         num_classes = getattr(model, "num_classes", None)
-        task = None
+        task, cfg, main = None, {}, None
         if library == "transformers":
-            # function-level: the sources import this module's task names (a cycle otherwise)
-            from ..sources.hf_config import task_of
-
-            task = task_of(arch, _config_of(model))
-    if library == "transformers" and task == IMAGE_CLASSIFICATION:  # a transformers vision classifier
-        cfg = _config_of(model)
-        side = cfg.get("image_size") if isinstance(cfg.get("image_size"), int) else 224
-        default_size = (int(cfg.get("num_channels") or 3), side, side)
-        num_classes = _num_labels(cfg) or num_classes
-        library = "timm"  # the same (B, C, H, W) + class-id batch
+            cfg = _config_of(model)
+            main = getattr(model, "main_input_name", None) or _main_input_of(cfg)
+            if isinstance(cfg.get("text_config"), dict) and isinstance(cfg.get("vision_config"), dict):
+                main = "input_ids"
     if library == "timm" or (library is None and input_size is not None):
         size = parse_input_size(input_size) if input_size is not None else \
             tuple(default_size) if default_size else DEFAULT_IMAGE_SIZE
         return InputSpec(IMAGE_CLASSIFICATION, batch_size, input_size=tuple(int(s) for s in size),
                          num_classes=num_classes)
     if library != "transformers":
-        raise PlanError("no architecture to run for activations: the model comes from weights "
+        raise TraceError("no architecture to run for activations: the model comes from weights "
                         "without a config; put its config.json beside the weights")
-    if input_size is not None:
+    # function-level: the sources import this module's task names (a cycle otherwise)
+    from ..sources.hf_config import task_of
+
+    task = task_of(arch, cfg) or BASE
+    if main == "pixel_values":
+        if seq_len is not None:
+            raise PlanError("--seq-len is for text models; use --input-size C,H,W for an image model")
+        size = _image_size_of(cfg)
+        extra: tuple[tuple[str, Any], ...] = ()
+        if input_size is not None:
+            given = tuple(parse_input_size(input_size))
+            if given != size and "interpolate_pos_encoding" in _forward_params(model):
+                extra = (("interpolate_pos_encoding", True),)
+            size = given
+        task = task if task in (IMAGE_CLASSIFICATION, BASE) else BASE
+        return InputSpec(task, batch_size, input_size=size, main_input="pixel_values", extra=extra,
+                         num_classes=_num_labels(cfg) if task == IMAGE_CLASSIFICATION else None)
+    if main == "input_features":
+        if input_size is not None:
+            raise PlanError("--input-size is for image models; a speech model's input features are "
+                            "fixed by its config (use --seq-len for the label tokens)")
+        frames = 2 * int(cfg.get("max_source_positions") or 1500)
+        features = (int(cfg.get("num_mel_bins") or 80), frames)
+        s = _seq_len(cfg, seq_len, ("max_target_positions",))
+        return InputSpec(SPEECH_SEQ2SEQ if task == SPEECH_SEQ2SEQ else BASE, batch_size,
+                         input_size=features, seq_len=s, vocab_size=_vocab(cfg),
+                         main_input="input_features", plain_token=_plain_token(cfg))
+    if main != "input_ids":
+        raise TraceError(f"{arch} takes {main!r} as its input, for which no synthetic batch is built "
+                        "(images, speech features and token ids are): activations cannot be "
+                        "estimated for it")
+    size = None
+    if task == CONTRASTIVE:
+        size = tuple(parse_input_size(input_size)) if input_size is not None else _image_size_of(cfg)
+    elif input_size is not None:
         raise PlanError("--input-size is for image models; use --seq-len for text models")
-    cfg = _config_of(model)
-    limit = _max_positions(cfg)
-    if seq_len is None:
-        seq_len = min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
-    elif limit and seq_len > limit:
-        raise PlanError(f"--seq-len {seq_len} exceeds the model's {limit} positions: give ≤ {limit}")
-    if task not in TOKEN_LABELS:
-        task = SEQUENCE_CLASSIFICATION if "ForSequenceClassification" in arch else BASE
-    return InputSpec(task, batch_size, seq_len=seq_len, vocab_size=_vocab(cfg),
-                     num_classes=_num_labels(cfg) if task == SEQUENCE_CLASSIFICATION else None)
+    s = _seq_len(cfg, seq_len)
+    num = _num_labels(cfg) if task in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION) else None
+    return InputSpec(task, batch_size, input_size=size, seq_len=s, vocab_size=_vocab(cfg),
+                     num_classes=num, main_input="input_ids", plain_token=_plain_token(cfg))
+
+
+def _forward_params(model: Any) -> frozenset[str]:
+    import inspect
+
+    forward = getattr(model, "forward", None)
+    try:
+        return frozenset(inspect.signature(forward).parameters) if forward else frozenset()
+    except (TypeError, ValueError):
+        return frozenset()
 
 
 def default_loss(out, target):

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 
 from ..allocators import QUANTUM as ROUNDING
 from ..allocators.sequence import StepLog
-from ..errors import PlanError
+from ..errors import PlanError, TraceError
 from .inputs import InputSpec, default_loss
 from .storage import StorageTracker, storage_bytes
 
@@ -39,12 +39,25 @@ class ActivationTrace:
 
 
 def _enable_checkpointing(module) -> None:
-    if hasattr(module, "gradient_checkpointing_enable"):
+    """Switch recomputation on as a training script would: transformers'
+    ``activation_checkpointing_enable`` (``gradient_checkpointing_enable`` before transformers 5),
+    non-reentrant ``torch.utils.checkpoint``, the KV cache off (it is off in training with
+    checkpointing anyway); timm's ``set_grad_checkpointing``."""
+    enable = getattr(module, "activation_checkpointing_enable", None)
+    kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
+    if enable is None and hasattr(module, "gradient_checkpointing_enable"):
+        enable, kwargs = module.gradient_checkpointing_enable, {
+            "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    if enable is not None:
+        config = getattr(module, "config", None)
+        if getattr(config, "use_cache", None):
+            config.use_cache = False
         try:
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable(**kwargs)
             return
         except Exception as e:  # noqa: BLE001
-            raise PlanError(f"this model does not support gradient checkpointing ({e}); "
+            raise PlanError(f"this model does not support gradient checkpointing "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                             "drop --grad-checkpointing") from None
     if hasattr(module, "set_grad_checkpointing"):
         try:
@@ -83,7 +96,8 @@ def _to_fake(module, fake_mode):
 
 def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
                grad_checkpointing: bool = False, amp_dtype: Any = None,
-               target: Any = None) -> ActivationTrace:
+               target: Any = None, accumulate: bool = False,
+               offload_grads_from: int | None = None) -> ActivationTrace:
     """Run one forward + backward of ``module`` (on the meta device, its parameters without
     storage) and count what the step allocates; see the module docstring.
 
@@ -92,22 +106,33 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
     ``loss`` if it returns one, cross entropy for ``(B, classes)`` logits with a target, else the
     mean of the first output. ``amp_dtype`` (``torch.bfloat16``/``torch.float16``) runs forward
     under CPU autocast on fake CPU tensors (autocast does not act on meta tensors). The module is
-    put in train mode; parameter gradients are removed again afterwards."""
+    put in train mode; parameter gradients are removed again afterwards.
+
+    ``accumulate``: trace a later micro-step of gradient accumulation — every trainable
+    parameter's gradient exists before forward (backward adds into it, each new gradient a
+    transient). ``offload_grads_from``: free each gradient of a parameter of at least that many
+    elements as soon as it is accumulated (offloaded to the host, torchao's
+    ``offload_gradients``)."""
     import torch
+
+    from ..quiet import quiet_libraries
 
     t0 = time.perf_counter()
     batch = None
+    known: dict[str, Any] = {}
     if isinstance(example_inputs, InputSpec):
         batch = example_inputs.batch_size
         args, kwargs, tgt = example_inputs.make("meta")
         target = tgt if target is None else target
+        known = example_inputs.values()
     elif isinstance(example_inputs, Mapping):
         args, kwargs = (), dict(example_inputs)
     else:
         args, kwargs = tuple(example_inputs), {}
     module.train()
     if grad_checkpointing:
-        _enable_checkpointing(module)
+        with quiet_libraries():
+            _enable_checkpointing(module)
     mode_name = "meta"
     fake_ctx: Any = contextlib.nullcontext()
     if amp_dtype is not None:
@@ -132,10 +157,23 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
     for t in list(args) + list(kwargs.values()) + [target]:
         if isinstance(t, torch.Tensor):
             tracker.add(t)
+    for key, value in known.items():  # the batch's token ids and labels: a clean batch
+        tracker.know(kwargs[key], value)
     loss_fn = loss_fn or default_loss
     amp = torch.autocast("cpu", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    trainable = [p for p in params if p.requires_grad]
+    hooks = []
+    if offload_grads_from is not None:
+        def drop(p):
+            p.grad = None
+
+        hooks = [p.register_post_accumulate_grad_hook(drop) for p in trainable
+                 if p.numel() >= offload_grads_from]
     try:
-        with fake_ctx, tracker.mode():
+        with fake_ctx, tracker.mode(), quiet_libraries():
+            if accumulate:
+                for p in trainable:
+                    p.grad = torch.zeros_like(p)
             with amp:
                 out = module(*args, **kwargs)
                 loss = loss_fn(out, target)
@@ -155,10 +193,12 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
         raise
     except Exception as e:  # noqa: BLE001 - any failure is "cannot trace this model"
         msg = str(e).splitlines()[0] if str(e) else ""
-        raise PlanError(f"could not trace a training step of {type(module).__name__} without data "
+        raise TraceError(f"could not trace a training step of {type(module).__name__} without data "
                         f"({type(e).__name__}: {msg[:200]}); activations cannot be estimated for it"
                         ) from None
     finally:
+        for h in hooks:
+            h.remove()
         for p in params:
             p.grad = None
     return ActivationTrace(batch, saved_bytes, dict(tracker.peak), grad_bytes, retained, forward,

@@ -6,7 +6,7 @@ import contextlib
 import weakref
 
 from ..allocators import QUANTUM as ROUNDING, round_up as _round
-from .attention import sdpa_as_cpu
+from .values import KnownValues, _no_data
 
 
 class StorageTracker:
@@ -17,20 +17,38 @@ class StorageTracker:
     long as the storage) is its free. Storages registered with :meth:`ignore` (parameters,
     buffers, pre-existing state) are never counted. Works on meta, fake and real tensors.
 
+    Tensors without data cannot answer a data-dependent question (``.item()``). A model's checks
+    of its batch — is any position padded, are sequences packed — read small integer and boolean
+    tensors derived from the batch: their values are carried through the step
+    (:mod:`smmf_plan.trace.values`; :meth:`know` gives the batch's). Where no value is known, an
+    ``all()`` / ``any()`` reduction is answered as for a clean batch: ``all`` true, ``any``
+    false (:attr:`answered` counts them). Any other value read from a tensor without data fails
+    the trace.
+
     With ``log=True`` every allocation and free is also recorded in order in :attr:`log`, in the
     encoding of :mod:`smmf_plan.allocators.sequence` (``n >= 0``: a block of ``n`` bytes, ``~i``:
     block ``i`` freed), for an allocator model to replay; :meth:`block_id` names a live storage's
     block."""
+
+    #: the reductions whose scalar result is answered, and the answer.
+    ANSWERS = {"all": True, "any": False}
 
     def __init__(self, log: bool = False) -> None:
         self.live = {k: 0 for k in ROUNDING}
         self.peak = {k: 0 for k in ROUNDING}
         self._sizes: dict[int, int] = {}
         self._ignored: set[int] = set()
+        self._answers: dict[int, bool] = {}
+        self.values = KnownValues()
         self.ops = 0
         self.log: list[int] | None = [] if log else None
         self._ids: dict[int, int] = {}
         self._blocks = 0
+        self.answered = 0
+
+    def know(self, tensor, value) -> None:
+        """``tensor`` (without data) holds ``value`` (a CPU tensor): the synthetic batch's ids."""
+        self.values.know(tensor, value)
 
     def ignore(self, tensors) -> None:
         for t in tensors:
@@ -89,9 +107,9 @@ class StorageTracker:
     def mode(self):
         """A fresh dispatch mode feeding this tracker (enter it with ``with``); on meta tensors it
         also routes attention to the CPU kernel (see :mod:`smmf_plan.trace.attention`)."""
-        import torch
-        from torch.overrides import TorchFunctionMode
         from torch.utils._python_dispatch import TorchDispatchMode
+
+        from .attention import cpu_attention
 
         tracker = self
 
@@ -99,28 +117,36 @@ class StorageTracker:
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 return tracker._dispatch(func, args, kwargs or {})
 
-        class _Attention(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                if func is torch.nn.functional.scaled_dot_product_attention:
-                    out = sdpa_as_cpu(args, kwargs)
-                    if out is not None:
-                        return out
-                return func(*args, **kwargs)
-
         @contextlib.contextmanager
         def both():
-            with _Mode(), _Attention():
+            with _Mode(), cpu_attention():
                 yield
 
         return both()
 
     def _dispatch(self, func, args, kwargs):
+        import torch
+
+        if func is torch.ops.aten._local_scalar_dense.default and _no_data(args[0]):
+            value = self.values.get(args[0])
+            if value is not None:
+                return value.item()
+            if id(args[0]) in self._answers:
+                self.answered += 1
+                return self._answers[id(args[0])]
         out = func(*args, **kwargs)
         self.ops += 1
-        for t in _tensors(out):
+        outputs = _tensors(out)
+        for t in outputs:
             self._track(t)
         self._bump()
+        if any(_no_data(t) for t in outputs):
+            self.values.propagate(func, args, kwargs, out, outputs)
+        answer = self.ANSWERS.get(func.overloadpacket.__name__)
+        if answer is not None and isinstance(out, torch.Tensor) and out.dim() == 0 and _no_data(out):
+            key = id(out)
+            self._answers[key] = answer
+            weakref.finalize(out, self._answers.pop, key, None)
         return out
 
 

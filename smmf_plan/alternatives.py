@@ -5,17 +5,23 @@ allocator model as the verdict), never by a rule of thumb.
 The changes, from the smallest to the largest (:data:`ORDER`; the first that fits is named):
 
 1. ``batch`` - a smaller batch (the largest that fits; same model, same step, fewer samples);
-2. ``grad-checkpointing`` - recompute activations in backward (same results, ~1/3 more compute);
-3. ``amp-bf16`` - bf16 autocast with fp32 master weights (activations in bf16; standard practice);
-4. ``smmf`` - the SMMF optimizer instead (factorized state; a different optimizer);
-5. ``bf16`` - pure bf16 training (weights, gradients and state in bf16: the numerics change);
-6. ``lora`` - rank-8 LoRA adapters on the attention projections PEFT targets by default, the base
+2. ``grad-accum`` - micro-batch 1 with gradient accumulation over the planned batch (the same
+   effective batch; more, smaller steps);
+3. ``grad-checkpointing`` - recompute activations in backward (same results, ~1/3 more compute);
+4. ``amp-bf16`` - bf16 autocast with fp32 master weights (activations in bf16; standard practice);
+5. ``smmf`` - the SMMF optimizer instead (factorized state; a different optimizer);
+6. ``offload`` - the optimizer state and its step on the GPU's host (torchao's
+   ``CPUOffloadOptimizer``; GPUs with a host of their own only; slower steps);
+7. ``bf16`` - pure bf16 training (weights, gradients and state in bf16: the numerics change);
+8. ``lora`` - rank-8 LoRA adapters on the attention projections PEFT targets by default, the base
    frozen (a different training problem: only adapters learn);
-7. ``combined`` - the changes 2-6 that apply, stacked in that order, the first stack that fits;
-8. ``device`` - the smallest catalog device that runs PyTorch and fits the run unchanged.
+9. ``qlora`` - the same adapters on an NF4 bitsandbytes base (QLoRA; the base's numerics change);
+10. ``combined`` - the changes 2-9 that apply, stacked in that order, the first stack that fits;
+11. ``device`` - the smallest catalog device that runs PyTorch and fits the run unchanged.
 
 A change that does not apply (checkpointing already on, no switch for it in the model, LoRA on a
-model without attention projections, SMMF for SMMF) is skipped and reported as such. Each
+model without attention projections, SMMF for SMMF, accumulation at batch 1, offload on a device
+without a host of its own) is skipped and reported as such. Each
 candidate is judged on the same device under its allocator model at the planned batch size.
 """
 
@@ -32,7 +38,8 @@ from .memory import estimate
 from .units import format_bytes
 
 #: the changes in the order they are tried (smallest first); see the module docstring.
-ORDER = ("batch", "grad-checkpointing", "amp-bf16", "smmf", "bf16", "lora", "combined", "device")
+ORDER = ("batch", "grad-accum", "grad-checkpointing", "amp-bf16", "smmf", "offload", "bf16", "lora",
+         "qlora", "combined", "device")
 
 #: LoRA targets by the module names a model has: PEFT's default target modules per architecture
 #: (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``: llama/mistral q_proj,v_proj; gpt2
@@ -111,9 +118,18 @@ def lora_targets(param_names: Sequence[str]) -> tuple[str, ...] | None:
 Planner = Callable[[Any, Any], Mapping[str, Any]]
 
 
-def _candidates(m, step, spec) -> list[tuple[str, str, Any, Any, str | None]]:
-    """(change, args, model options, step options, why skipped) for changes 2-6, in order."""
+def _candidates(m, step, spec, device=None) -> list[tuple[str, str, Any, Any, str | None]]:
+    """(change, args, model options, step options, why skipped) for changes 2-9, in order."""
     out = []
+    effective = step.batch * (step.grad_accum or 1)
+    if step.batch == 1:
+        out.append(("grad-accum", "--grad-accum", m, step, "batch 1: nothing to accumulate"))
+    elif step.offload == "optimizer+grads":
+        out.append(("grad-accum", "--grad-accum", m, step,
+                    "--offload optimizer+grads frees each gradient: it cannot accumulate"))
+    else:
+        out.append(("grad-accum", f"-b 1 --grad-accum {effective}", m,
+                    replace(step, batch_size=1, grad_accum=effective), None))
     if step.grad_checkpointing:
         out.append(("grad-checkpointing", "--grad-checkpointing", m, step, "already on"))
     else:
@@ -125,6 +141,18 @@ def _candidates(m, step, spec) -> list[tuple[str, str, Any, Any, str | None]]:
     else:
         out.append(("amp-bf16", "--amp bf16", m, replace(step, amp="bf16"), None))
     out.append(("smmf", "-o smmf", replace(m, optimizers=("smmf",)), step, None))
+    no_host = None
+    if device is not None:
+        try:
+            device.check_offload("optimizer")
+        except PlanError:
+            no_host = f"{device.id} has no host memory of its own"
+    if step.offload is not None:
+        out.append(("offload", "--offload optimizer", m, step, "offload already"))
+    elif no_host:
+        out.append(("offload", "--offload optimizer", m, step, no_host))
+    else:
+        out.append(("offload", "--offload optimizer", m, replace(step, offload="optimizer"), None))
     if step.amp or half:
         out.append(("bf16", "--dtype bf16", m, step,
                     "with --amp the master weights stay fp32" if step.amp else "already half"))
@@ -139,6 +167,17 @@ def _candidates(m, step, spec) -> list[tuple[str, str, Any, Any, str | None]]:
         out.append(("lora", f"--lora-rank {LORA_RANK} --lora-targets {','.join(targets)}",
                     replace(m, lora_rank=LORA_RANK, lora_targets=targets, trainable=(), freeze=()),
                     step, None))
+    qargs = "--quantize-base nf4 --lora-rank"
+    if m.quantize_base is not None:
+        out.append(("qlora", qargs, m, step, "quantized base already"))
+    elif m.lora_rank is None and targets is None:
+        out.append(("qlora", qargs, m, step, "no attention projections PEFT targets"))
+    else:
+        rank, tgts = (m.lora_rank, m.lora_targets) if m.lora_rank is not None else (LORA_RANK, targets)
+        args = "--quantize-base nf4" + ("" if m.lora_rank is not None else
+                                        f" --lora-rank {rank} --lora-targets {','.join(tgts)}")
+        out.append(("qlora", args, replace(m, lora_rank=rank, lora_targets=tgts, trainable=(),
+                                           freeze=(), quantize_base="nf4"), step, None))
     return out
 
 
@@ -174,7 +213,7 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
             settle(o, Tried("batch", "-b 1", steps[o].total_at(1), False, 0), None)
 
     # 2-6. one change each, planned only while an optimizer still needs one
-    candidates = _candidates(m, step, spec)
+    candidates = _candidates(m, step, spec, device)
     for change, args, cm, cstep, skipped in candidates:
         pending = [o for o in todo if out[o].found is None]
         if not pending:
@@ -228,6 +267,8 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
 
 def _stack(m, step, change, cm, cstep):
     """``m``/``step`` with ``change`` (as ``cm``/``cstep`` make it from the planned run) added."""
+    if change == "grad-accum":
+        return m, replace(step, batch_size=cstep.batch_size, grad_accum=cstep.grad_accum)
     if change == "grad-checkpointing":
         return m, replace(step, grad_checkpointing=True)
     if change == "amp-bf16":
@@ -237,9 +278,11 @@ def _stack(m, step, change, cm, cstep):
     if change == "bf16":
         # pure bf16 replaces mixed precision: autocast is redundant on bf16 weights
         return replace(m, dtype="bfloat16"), replace(step, amp=None)
-    if change == "lora":
+    if change == "offload":
+        return m, replace(step, offload="optimizer")
+    if change in ("lora", "qlora"):
         return replace(m, lora_rank=cm.lora_rank, lora_targets=cm.lora_targets, trainable=(),
-                       freeze=()), step
+                       freeze=(), quantize_base=cm.quantize_base), step
     return m, step
 
 
@@ -263,7 +306,7 @@ def _try(change, args, cm, cstep, skipped, todo, out, settle, plan, device, batc
         s = steps.get("smmf" if cm.optimizers == ("smmf",) else o)
         if s is None:
             continue
-        f = judge_one(s, device, batch)
+        f = judge_one(s, device, cstep.batch)  # an accumulating run is judged at its micro-batch
         settle(o, Tried(change, args, f.total_bytes, f.fits, f.max_batch_size), f.headroom_bytes)
 
 

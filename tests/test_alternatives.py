@@ -120,3 +120,43 @@ def test_lora_targets_are_pefts_defaults_where_the_model_has_them():
                          "model.layers.0.self_attn.v_proj.weight"]) == ("q_proj", "v_proj")
     assert lora_targets(["h.0.attn.c_attn.weight", "h.0.attn.c_attn.bias"]) == ("c_attn",)
     assert lora_targets(["conv1.weight", "fc.weight"]) is None
+
+
+def test_accumulation_offload_and_qlora_are_candidates_planned_under_their_recipe(llama):
+    """The recipe changes are candidates in ORDER, skipped where they cannot apply, and each one
+    planned for real changes the step the way its recipe says."""
+    from smmf_plan.alternatives import _candidates, planner
+    from smmf_plan.devices import get_device
+    from smmf_plan.options import ModelOptions, StepOptions
+
+    m = ModelOptions(model=llama, optimizers=("adam",))
+    step = StepOptions(batch_size=4, seq_len=32)
+    spec = m.load(m.recipe(step))
+    gpu = get_device("t4")
+    cands = {c[0]: c for c in _candidates(m, step, spec, gpu)}
+    assert [c for c in ORDER if c in cands] == list(cands)  # tried in ORDER
+    assert ORDER.index("batch") < ORDER.index("grad-accum") < ORDER.index("grad-checkpointing")
+    assert ORDER.index("lora") < ORDER.index("qlora") < ORDER.index("combined")
+    assert all(cands[c][4] is None for c in ("grad-accum", "offload", "qlora"))
+    assert cands["grad-accum"][1] == "-b 1 --grad-accum 4"
+    assert cands["qlora"][1] == "--quantize-base nf4 --lora-rank 8 --lora-targets q_proj,v_proj"
+    # where they cannot apply: batch 1, a device without its own host, a quantized base already
+    skip = {c[0]: c[4] for c in _candidates(m, StepOptions(batch_size=1, seq_len=32), spec,
+                                            get_device("rpi-5-8gb"))}
+    assert skip["grad-accum"] and "no host memory" in skip["offload"]
+    q = ModelOptions(model=llama, optimizers=("adam",), lora_rank=8, lora_targets=("q_proj", "v_proj"),
+                     quantize_base="nf4")
+    assert "already" in {c[0]: c[4] for c in _candidates(q, step, spec, gpu)}["qlora"]
+
+    plan = planner("cuda")
+    base = plan(m, step)["adam"].breakdown
+    _, _, cm, cs, _ = cands["grad-accum"]
+    accum = plan(cm, cs)["adam"].breakdown
+    assert accum["activations"] < base["activations"] and accum["state_allocated"] == base["state_allocated"]
+    _, _, cm, cs, _ = cands["offload"]
+    off = plan(cm, cs)["adam"].breakdown
+    assert off["host_state"] > 0 and off["state_allocated"] < base["state_allocated"]
+    _, _, cm, cs, _ = cands["qlora"]
+    ql = plan(cm, cs)["adam"].breakdown
+    lora = plan(*cands["lora"][2:4])["adam"].breakdown
+    assert ql["weights"] < lora["weights"] and ql["state_allocated"] == lora["state_allocated"]

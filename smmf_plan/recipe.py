@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import dtypes
 from .errors import PlanError
+from .model import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import ModelSpec
     from .options import ModelOptions, StepOptions
     from .shapes import ParamSpec
 
@@ -210,8 +210,6 @@ class Recipe:
     def apply(self, spec: "ModelSpec") -> "ModelSpec":
         """``spec`` with every parameter in the dtype this recipe stores it in (a new ModelSpec;
         applying twice gives the same result)."""
-        from .model import ModelSpec
-
         stored = stored_dtype(spec)
         params = []
         for p in spec.params:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 from xml.sax.saxutils import escape
 
+from ..atomic import write_text_atomic
 from ..breakdown import Breakdown, Part, shown
 from ..errors import PlanError
 from ..units import format_bytes
@@ -234,8 +235,6 @@ def write_svg(path: str | os.PathLike, rows: Sequence[BarRow], usable_bytes: int
         raise PlanError(f"--svg {str(path)!r} is a folder: give a file name such as bars.svg")
     if not folder.is_dir():
         raise PlanError(f"--svg {str(path)!r}: folder {str(folder)!r} does not exist")
-    from ..atomic import write_text_atomic
-
     try:
         write_text_atomic(target, svg_text(rows, usable_bytes, title))
     except OSError as e:

@@ -134,10 +134,9 @@ def cpu_jobs():
 
 def estimate_cpu(name, model, size, seq, batch, opt, allocator) -> tuple[int, int]:
     """(the estimate without its import terms, its allocator part) under ``allocator``."""
-    from test_memory import _meta_factory
-
     from smmf_plan.memory import estimate, spec_of_module
     from smmf_plan.optimizers import parse_many
+    from test_memory import _meta_factory
 
     make = _meta_factory(model)
     est = estimate(spec_of_module(make(), name), parse_many(opt), batch_size=batch,

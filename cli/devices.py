@@ -21,7 +21,6 @@ def devices(
         o.emit_json(devices_document(found))
         return
     from smmf_plan.report.console import console as make_console
-
     from smmf_plan.report.fit_table import devices_table
 
     console = make_console()

@@ -30,8 +30,9 @@ def models(
             "timm": timm_names,
         })
         return
-    from smmf_plan.report.console import console as make_console
     from rich.table import Table
+
+    from smmf_plan.report.console import console as make_console
 
     console = make_console()
     table = Table(title="Bundled checkpoints (offline configs)", title_justify="left", header_style="bold")

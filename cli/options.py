@@ -23,8 +23,8 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 import typer
 
 from smmf_plan import dtypes
-from smmf_plan.errors import PlanError
 from smmf_plan.allocators.models import IDS as ALLOCATOR_IDS
+from smmf_plan.errors import PlanError
 from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
 from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 from smmf_plan.trace.inputs import TASKS  # torch-free

@@ -82,7 +82,6 @@ def plan(
                                   would_fit=would))
         return
     from smmf_plan.report.console import console as make_console
-
     from smmf_plan.report.state_table import model_header, recipe_line, state_table
 
     console = make_console()

@@ -19,7 +19,6 @@ def shapes(m: ModelOptions, json_out: o.Json = False) -> None:
         o.emit_json(shapes_document(spec, layouts))
         return
     from smmf_plan.report.console import console as make_console
-
     from smmf_plan.report.state_table import model_header, shapes_table
 
     console = make_console()

@@ -148,9 +148,9 @@ def _write_svg(path: str, spec, result: dict, batch: int):
 
 
 def _print(spec, dtype, batch: int, result: dict) -> None:
-    from smmf_plan.report.console import console as make_console
     from rich.text import Text
 
+    from smmf_plan.report.console import console as make_console
     from smmf_plan.report.fit_table import size_table
     from smmf_plan.report.state_table import model_header
 

@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import dtypes
-from .allocators import DEVICE_ALLOCATORS as ALLOCATORS, QUANTUM as _QUANTUM, pinned_round, round_up
+from .allocators import DEVICE_ALLOCATORS as ALLOCATORS
+from .allocators import QUANTUM as _QUANTUM
 from .allocators import models as allocator_models
+from .allocators import pinned_round, round_up
 from .allocators.sequence import OptimizerStep, StepLog
 from .breakdown import Breakdown, StepMemory
 from .errors import PlanError, TraceError

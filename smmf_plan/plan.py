@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from .optimizers import OptimizerVariant, StateTensor, Unsupported, parse
 from .model import ModelSpec
+from .optimizers import OptimizerVariant, StateTensor, Unsupported, parse
 from .shapes import ParamSpec
 
 #: the allocators a plan reports allocated bytes for, in the tables' and JSON's order.

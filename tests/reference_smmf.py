@@ -16,8 +16,9 @@ Everything else is kept on purpose, defects included: coupled (``adam``) weight 
 never raised, ``if scale != 0`` syncs with the host.
 """
 
-import torch
 from typing import Optional
+
+import torch
 
 
 class SMMF(torch.optim.Optimizer):

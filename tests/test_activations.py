@@ -5,13 +5,12 @@ graph, and torch's profiler (allocator events of tensor storages, tests/allocati
 forward + backward passes."""
 
 import pytest
-import torch
 import timm
-from allocations import tensor_peak
+import torch
 
-from smmf_plan.trace import (StorageTracker, activation_model, default_loss, input_spec_for,
-                             parse_input_size, trace_step)
+from allocations import tensor_peak
 from smmf_plan.errors import PlanError
+from smmf_plan.trace import StorageTracker, activation_model, default_loss, input_spec_for, parse_input_size, trace_step
 
 
 def _timm_meta(name, **kw):

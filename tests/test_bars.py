@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from rich.console import Console
 
-from smmf_plan.breakdown import PARTS as ALL_PARTS, Breakdown
+from smmf_plan.breakdown import PARTS as ALL_PARTS
+from smmf_plan.breakdown import Breakdown
 from smmf_plan.errors import PlanError
 from smmf_plan.report.bars import MARKER, BarRow, cells, render_bars, svg_text, write_svg
 

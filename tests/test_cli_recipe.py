@@ -175,8 +175,8 @@ def test_probe_refuses_recipe_options(capsys):
 
 def test_size_of_weights_without_a_config_says_not_known(capsys, tmp_path):
     """No architecture: no device is 'the smallest that fits' — whether any fits is not known."""
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     path = tmp_path / "w.safetensors"
     save_file({"w": torch.zeros(64, 32)}, path)

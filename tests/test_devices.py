@@ -7,7 +7,13 @@ import re
 import pytest
 
 from smmf_plan.devices import (
-    ALLOCATORS, MEMORY_KINDS, PYTORCH_LEVELS, catalog, find_pyproject, get_device, list_devices,
+    ALLOCATORS,
+    MEMORY_KINDS,
+    PYTORCH_LEVELS,
+    catalog,
+    find_pyproject,
+    get_device,
+    list_devices,
     load_devices_file,
 )
 from smmf_plan.errors import PlanError

@@ -9,13 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smmf_plan import dtypes
+from smmf_plan.allocators import round_up
 from smmf_plan.devices import get_device
 from smmf_plan.errors import PlanError
 from smmf_plan.fit import (
-    MAX_BATCH, Fit, affine, check_batch_size, fit, max_batch, recommendation, smallest_device,
+    MAX_BATCH,
+    Fit,
+    affine,
+    check_batch_size,
+    fit,
+    max_batch,
+    recommendation,
+    smallest_device,
 )
 from smmf_plan.optimizers import parse_many
-from smmf_plan.allocators import round_up
 from smmf_plan.plan import plan_state
 
 MiB = 2**20
@@ -135,8 +142,8 @@ def step_without_activations(specs, layout, allocator):
 def test_resnet18_on_an_ad_hoc_budget(resnet18):
     """resnet18: 11.69 M fp32 params. Adam's state is 2 × weights, SMMF's a small fraction, so a
     budget between their totals separates them, and the verdict numbers are exact integers."""
-    layouts = {l.id: l for l in parse_many("adam,smmf")}
-    fixed = {oid: step_without_activations(resnet18, l, "cpu") for oid, l in layouts.items()}
+    layouts = {v.id: v for v in parse_many("adam,smmf")}
+    fixed = {oid: step_without_activations(resnet18, v, "cpu") for oid, v in layouts.items()}
     per_sample = 3 * 2**20  # an activation slope; the fit logic only needs it to be affine
     device = get_device("120MiB")
     fits = {oid: fit(affine(f, per_sample), device.usable_bytes, 1) for oid, f in fixed.items()}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from smmf_plan.errors import PlanError
-from smmf_plan.optimizers import parse_many
 from smmf_plan.memory import estimate, spec_of_module
+from smmf_plan.optimizers import parse_many
 from smmf_plan.peak import measure_in_subprocess
 
 GPT2 = {"config_class": "GPT2Config", "model_class": "GPT2LMHeadModel",

@@ -11,8 +11,8 @@ minutes on two cores, by ``bench/bench_zoo_temporaries.py`` (reports/benchmarks.
 
 import pytest
 import torch
-from allocations import tensor_peak
 
+from allocations import tensor_peak
 from smmf_plan.optimizers import ALL_IDS, FAMILIES, parse
 from smmf_plan.optimizers.base import DEVICES
 from smmf_plan.shapes import ParamSpec

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from smmf_plan.optimizers.smmf import smmf_state
 from smmf_plan.optim import SMMF, _cpp
+from smmf_plan.optimizers.smmf import smmf_state
 
 
 def _kernel_of(opt, p):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 
 import pytest
-import sharded_smmf as S
 import torch
 from filelock import FileLock
 
+import sharded_smmf as S
 from smmf_plan.optim.sharded import segments
 from smmf_plan.shapes import square_matricize
 

@@ -8,10 +8,10 @@ import io
 import pytest
 import torch
 
-from smmf_plan.optimizers import parse
-from smmf_plan.optimizers.smmf import smmf_state
 from smmf_plan.measure import state_bytes
 from smmf_plan.optim import SMMF
+from smmf_plan.optimizers import parse
+from smmf_plan.optimizers.smmf import smmf_state
 from smmf_plan.shapes import ParamSpec
 
 SHAPES = [(), (1,), (7,), (1000003,), (1024,), (1, 768), (13, 17), (1009, 1013), (4, 5, 6),

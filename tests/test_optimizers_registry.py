@@ -13,8 +13,17 @@ import pytest
 
 from smmf_plan.cli import main
 from smmf_plan.optimizers import (
-    ALL_IDS, DEFAULT_IDS, FAMILIES, OptimizerInfo, OptimizerVariant, ParamGroup, StateTensor,
-    UnknownOptimizer, by_paper_name, parse, parse_many,
+    ALL_IDS,
+    DEFAULT_IDS,
+    FAMILIES,
+    OptimizerInfo,
+    OptimizerVariant,
+    ParamGroup,
+    StateTensor,
+    UnknownOptimizer,
+    by_paper_name,
+    parse,
+    parse_many,
 )
 from smmf_plan.optimizers.base import KINDS, Interval, Option, Requirement
 from smmf_plan.plan import plan_state

@@ -9,6 +9,7 @@ import math
 import shlex
 
 import pytest
+
 import smmf_plan.cli.probe  # noqa: F401  (registers the command)
 from smmf_plan.cli import main
 

@@ -14,8 +14,7 @@ import warnings
 import bitsandbytes as bnb
 import pytest
 import torch
-from transformers import (BitsAndBytesConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM)
+from transformers import BitsAndBytesConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from smmf_plan.errors import PlanError
 from smmf_plan.memory import spec_of_module

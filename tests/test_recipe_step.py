@@ -96,8 +96,9 @@ def test_pinned_blocks_are_powers_of_two():
 
 
 def test_minimal_size_is_torchaos():
-    from torchao.optim import CPUOffloadOptimizer
     import inspect
+
+    from torchao.optim import CPUOffloadOptimizer
 
     assert inspect.signature(CPUOffloadOptimizer).parameters["minimal_size"].default == OFFLOAD_MINIMAL_SIZE
 

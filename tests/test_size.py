@@ -10,10 +10,10 @@ import pytest
 import smmf_plan.cli.devices  # noqa: F401  (registers the command)
 import smmf_plan.cli.size as size_cli
 from smmf_plan import dtypes
+from smmf_plan.allocators import round_up
 from smmf_plan.cli import main
 from smmf_plan.devices import catalog, get_device
 from smmf_plan.optimizers import parse_many
-from smmf_plan.allocators import round_up
 from smmf_plan.plan import plan_state
 
 
@@ -73,8 +73,8 @@ def test_size_totals_add_up_and_verdicts_follow(resnet18_doc):
 
 
 def test_fixed_parts_are_exact(resnet18_doc):
-    import torch
     import timm
+    import torch
 
     from smmf_plan.sources.module import specs_from_module
 

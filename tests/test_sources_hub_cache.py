@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from smmf_plan.errors import OfflineError, SourceError
+from smmf_plan.errors import OfflineError
 from smmf_plan.sources import cache, load_model
 
 

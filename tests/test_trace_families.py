@@ -19,16 +19,25 @@ import sys
 import pytest
 import torch
 import transformers as tf
-from allocations import tensor_peak
 
+from allocations import tensor_peak
 from smmf_plan.errors import PlanError
 from smmf_plan.memory import estimate, spec_of_module
 from smmf_plan.optimizers import parse_many
 from smmf_plan.recipe import Recipe
 from smmf_plan.sources import registry
 from smmf_plan.sources.hf_config import build
-from smmf_plan.trace import (CAUSAL_LM, CONTRASTIVE, IMAGE_CLASSIFICATION, MASKED_LM,
-                             QUESTION_ANSWERING, SEQ2SEQ_LM, SPEECH_SEQ2SEQ, input_spec_for, trace_step)
+from smmf_plan.trace import (
+    CAUSAL_LM,
+    CONTRASTIVE,
+    IMAGE_CLASSIFICATION,
+    MASKED_LM,
+    QUESTION_ANSWERING,
+    SEQ2SEQ_LM,
+    SPEECH_SEQ2SEQ,
+    input_spec_for,
+    trace_step,
+)
 from smmf_plan.trace.step import default_loss
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=101)

@@ -15,8 +15,20 @@ Torch-free.
 
 from __future__ import annotations
 
-from .rounding import (CPU, CPU_ROUND, CUDA, CUDA_ROUND, DEVICE_ALLOCATORS, QUANTUM, RAW, ROUNDINGS,
-                       Allocator, get, pinned_round, round_up)
+from .rounding import (
+                       CPU,
+                       CPU_ROUND,
+                       CUDA,
+                       CUDA_ROUND,
+                       DEVICE_ALLOCATORS,
+                       QUANTUM,
+                       RAW,
+                       ROUNDINGS,
+                       Allocator,
+                       get,
+                       pinned_round,
+                       round_up,
+)
 
 __all__ = ["CPU", "CPU_ROUND", "CUDA", "CUDA_ROUND", "DEVICE_ALLOCATORS", "QUANTUM", "RAW",
            "ROUNDINGS", "Allocator", "get", "pinned_round", "round_up"]

@@ -40,10 +40,20 @@ Nothing here imports torch at import time; models are loaded only inside :func:`
 
 from __future__ import annotations
 
-from .baseline import BASELINE_KIND, BASELINE_SCHEMA_VERSION, Baseline, baseline_document, \
-    load_baseline, write_baseline
-from .config import BUDGET_KEYS, CHECK_KEYS, METRICS, TOP_KEYS, Check, CheckConfig, Tolerance, \
-    load_config, parse_check, parse_config, parse_tolerance
+from .baseline import BASELINE_KIND, BASELINE_SCHEMA_VERSION, Baseline, baseline_document, load_baseline, write_baseline
+from .config import (
+    BUDGET_KEYS,
+    CHECK_KEYS,
+    METRICS,
+    TOP_KEYS,
+    Check,
+    CheckConfig,
+    Tolerance,
+    load_config,
+    parse_check,
+    parse_config,
+    parse_tolerance,
+)
 from .evaluate import Evaluated, Measurement, evaluate, evaluate_check
 from .gate import FAIL, IMPROVED, NEW, PASS, STATUSES, UPDATED, CheckReport, Result, compare, judge, run
 

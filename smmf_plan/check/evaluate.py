@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..devices import get_device
-from ..errors import PlanError
 from ..dist.estimate import step_estimate
-from ..options import ModelOptions
+from ..errors import PlanError
 from ..optimizers import Unsupported
+from ..options import ModelOptions
 from ..plan import plan_state
 from .config import BUDGET_KEYS, Check, CheckConfig
 

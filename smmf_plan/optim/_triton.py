@@ -28,7 +28,8 @@ from __future__ import annotations
 import functools
 import threading
 
-from ._layout import TRITON_ROWS as ROWS, triton_scratch
+from ._layout import TRITON_ROWS as ROWS
+from ._layout import triton_scratch
 
 #: columns per tile of the sweep (rows per task: ``ROWS``); columns per program of the finish
 COLS = 128

@@ -6,7 +6,6 @@ import triton
 import triton.language as tl
 
 
-
 @triton.jit
 def _ptr(meta, field, ty):
     return tl.load(meta + field).to(tl.pointer_type(ty))

@@ -59,11 +59,28 @@ is run with a non-default value).
 """
 
 from .base import (
-    CODE_PATHS, Implementation, Interval, OptimizerInfo, OptimizerVariant, Option, ParamGroup,
-    Requirement, StateTensor, UnknownOptimizer, Unsupported,
+    CODE_PATHS,
+    Implementation,
+    Interval,
+    OptimizerInfo,
+    OptimizerVariant,
+    Option,
+    ParamGroup,
+    Requirement,
+    StateTensor,
+    UnknownOptimizer,
+    Unsupported,
 )
 from .registry import (
-    ALL_IDS, DEFAULT_IDS, FAMILIES, by_paper_name, describe, get, parse, parse_many, suggest,
+    ALL_IDS,
+    DEFAULT_IDS,
+    FAMILIES,
+    by_paper_name,
+    describe,
+    get,
+    parse,
+    parse_many,
+    suggest,
 )
 
 __all__ = [

@@ -18,7 +18,18 @@ from typing import Sequence
 
 from .. import dtypes
 from ..shapes import ParamSpec
-from .base import DOES_NOT_RUN, ZERO_FLAT, VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    DOES_NOT_RUN,
+    VERIFIED_BY_TESTS,
+    ZERO_FLAT,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    param_dtype,
+)
 from .temporaries import loop_peak
 
 

@@ -34,7 +34,17 @@ from typing import Sequence
 from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, Unsupported, param_dtype
+from .base import (
+    VERIFIED_BY_TESTS,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    Unsupported,
+    param_dtype,
+)
 
 EMBED = ("embed", "embd", "wte")
 OUTPUT = ("lm_head", "output", "final_layer")

@@ -20,7 +20,16 @@ from typing import Sequence
 from .. import dtypes
 from ..shapes import ParamSpec
 from .adafactor import factored_second_moment
-from .base import DOES_NOT_RUN, ZERO_FLAT, VERIFIED_BY_TESTS, OptimizerInfo, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    DOES_NOT_RUN,
+    VERIFIED_BY_TESTS,
+    ZERO_FLAT,
+    OptimizerInfo,
+    Options,
+    Requirement,
+    StateTensor,
+    param_dtype,
+)
 from .temporaries import loop_peak
 
 

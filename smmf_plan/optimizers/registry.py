@@ -10,8 +10,26 @@ from __future__ import annotations
 import difflib
 
 from . import (
-    adalayer, adam_mini, ademamix, adafactor, adam, apollo, came, coap, hfac, fadam, galore, lion, lowbit, muon, schedulefree, sgd, signum,
-    sm3, smmf, soap,
+    adafactor,
+    adalayer,
+    adam,
+    adam_mini,
+    ademamix,
+    apollo,
+    came,
+    coap,
+    fadam,
+    galore,
+    hfac,
+    lion,
+    lowbit,
+    muon,
+    schedulefree,
+    sgd,
+    signum,
+    sm3,
+    smmf,
+    soap,
 )
 from .base import OptimizerInfo, OptimizerVariant, UnknownOptimizer
 

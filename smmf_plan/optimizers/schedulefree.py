@@ -16,7 +16,16 @@ Probe learning rate 2.5e-3, pytorch_optimizer's default.
 from __future__ import annotations
 
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Implementation, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    VERIFIED_BY_TESTS,
+    Implementation,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    param_dtype,
+)
 from .signum import PYTORCH_OPTIMIZER
 from .temporaries import foreach_peak, loop_peak
 

@@ -19,7 +19,18 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..shapes import ParamSpec
-from .base import DOES_NOT_RUN, ZERO_FLAT, VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    DOES_NOT_RUN,
+    VERIFIED_BY_TESTS,
+    ZERO_FLAT,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    param_dtype,
+)
 from .temporaries import foreach_peak, loop_peak
 
 

@@ -40,7 +40,7 @@ def shapes_document(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> di
             "numel": spec.numel,
             "trainable": spec.trainable,
             "smmf_shape": list(square_matricize(spec.shape)),
-            "state_bytes": {l.id: _param_bytes(l, spec) for l in layouts},
+            "state_bytes": {v.id: _param_bytes(v, spec) for v in layouts},
         })
     return {"schema_version": SCHEMA_VERSION, "model": model.summary(), "params": rows}
 

@@ -7,8 +7,8 @@ from typing import Sequence
 from rich.table import Table
 from rich.text import Text
 
-from ..optimizers import OptimizerVariant
 from ..model import ModelSpec
+from ..optimizers import OptimizerVariant
 from ..plan import StatePlan
 from ..shapes import square_matricize
 from ..units import format_bytes
@@ -96,7 +96,7 @@ def shapes_table(model: ModelSpec, layouts: Sequence[OptimizerVariant]) -> Table
         table.add_column(layout.id, justify="right")
     for spec in model.params:
         n, m = square_matricize(spec.shape)
-        cells = [_cell(l, spec) for l in layouts]
+        cells = [_cell(v, spec) for v in layouts]
         table.add_row(
             spec.name, "×".join(map(str, spec.shape)) or "()", spec.dtype, f"{spec.numel:,}",
             f"{n}×{m}", *cells, style=None if spec.trainable else "dim",

@@ -18,9 +18,19 @@ import copy
 from typing import Any
 
 from ..errors import SourceError
-from ..trace.inputs import (BASE, CAUSAL_LM, CONTRASTIVE, IMAGE_CLASSIFICATION, MASKED_LM,
-                            QUESTION_ANSWERING, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, SPEECH_SEQ2SEQ,
-                            TASKS, TOKEN_CLASSIFICATION)
+from ..trace.inputs import (
+    BASE,
+    CAUSAL_LM,
+    CONTRASTIVE,
+    IMAGE_CLASSIFICATION,
+    MASKED_LM,
+    QUESTION_ANSWERING,
+    SEQ2SEQ_LM,
+    SEQUENCE_CLASSIFICATION,
+    SPEECH_SEQ2SEQ,
+    TASKS,
+    TOKEN_CLASSIFICATION,
+)
 
 #: task → transformers' auto-mapping table of the head for that task (model_type → class name).
 TASK_MAPPINGS = {

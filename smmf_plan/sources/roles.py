@@ -23,6 +23,7 @@ from __future__ import annotations
 from ..shapes import ParamSpec
 from ..targets import HEAD_NAMES, NOT_LINEAR_WORDS
 
+
 def _leaf_module(name: str) -> str:
     module = name.rpartition(".")[0]
     return module.rpartition(".")[2]

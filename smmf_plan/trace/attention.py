@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 
-
 _SDP_CACHE: dict[tuple, int] = {}
 #: ``SDPBackend.flash_attention``: what ``_fused_sdp_choice`` returns for CPU flash attention.
 _FLASH = 1

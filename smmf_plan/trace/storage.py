@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import weakref
 
-from ..allocators import QUANTUM as ROUNDING, round_up as _round
+from ..allocators import QUANTUM as ROUNDING
+from ..allocators import round_up as _round
 from .values import KnownValues, _no_data
 
 

@@ -192,7 +192,8 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
     ``device``; ``devices`` and ``plan_for(device)`` (a planner under that device's allocator
     model) find the smallest device for the run unchanged."""
     batch = step.batch
-    todo = [o for o, f in fits.items() if not f.fits]
+    # an unknown verdict (activations not known) has no smallest change to search for
+    todo = [o for o, f in fits.items() if f.fits is False]
     out = {o: WouldFit(o, None, device.id) for o in todo}
     if not todo:
         return out
@@ -205,7 +206,7 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
     # 1. a smaller batch: the search the verdict already made
     for o in todo:
         f = fits[o]
-        if 0 < f.max_batch_size < batch:
+        if f.max_batch_size is not None and 0 < f.max_batch_size < batch:
             total = steps[o].total_at(f.max_batch_size)
             settle(o, Tried("batch", f"-b {f.max_batch_size}", total, True, f.max_batch_size),
                    device.usable_bytes - total)

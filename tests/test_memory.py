@@ -49,11 +49,12 @@ def test_total_is_exact_sum_and_parts_are_exact():
         assert b["weights"] == params + buffers and b["grads"] == params
         assert b.total_bytes == est.total_at(oid)(2) == sum(b.values())
         assert est.breakdown_at(oid, 2) == b
-        # every part with bytes; the distributed-only parts (master, comm) and the host parts
-        # (offload) have none here
+        # every part with bytes, the default glibc model's allocator part among them; the
+        # distributed-only parts (master, comm) and the host parts (offload) have none here
+        assert b["allocator"] > 0
         assert doc[oid]["breakdown"] == b.to_dict() == {
             k: v for k, v in b.items() if k in ("weights", "grads", "state_allocated", "activations",
-                                                "temporaries", "runtime")}
+                                                "temporaries", "runtime", "allocator")}
         assert doc[oid]["total_bytes"] == sum(b.values())
     # Adam: two fp32 moments per parameter + one fp32 `step` per tensor, logically
     n_tensors = len(list(module.parameters()))

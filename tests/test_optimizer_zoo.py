@@ -88,7 +88,7 @@ def test_the_shape_cache_keeps_the_facts():
 
 # --------------------------------------------------------------------------- exact totals by hand
 def test_galore_on_llama_7b_keeps_the_whole_svd_factor_of_fp32_weights(capsys):
-    code, out, _ = run(["llama-2-7b", "-o", "galore", "--target", "*q_proj*", "--json"], capsys)
+    code, out, _ = run(["llama-2-7b", "-o", "galore", "--target", "*q_proj*", "--dtype", "fp32", "--json"], capsys)
     entry = json.loads(out)["optimizers"]["galore"]
     assert code == 0 and entry["groups"] == {"galore": 32, "adamw": 259}
     # q_proj 4096×4096 (m ≥ n): Vh[:128] is a view of the 4096×4096 fp32 Vh, moments 4096×128;

@@ -15,6 +15,7 @@ from smmf_plan.memory import HOST_RUNTIME, OFFLOAD_MINIMAL_SIZE, estimate, spec_
 from smmf_plan.optimizers import parse_many
 from smmf_plan.recipe import Recipe
 from smmf_plan.sources import load_model
+from smmf_plan.tasks import IMAGE_CLASSIFICATION
 
 MiB = 2**20
 
@@ -45,7 +46,7 @@ def _flat_inputs(monkeypatch):
 
     def spec_for(model, batch_size, input_size=None, seq_len=None):
         if isinstance(model, nn.Sequential):
-            return inputs.InputSpec(inputs.IMAGE_CLASSIFICATION, batch_size, input_size=(64,),
+            return inputs.InputSpec(IMAGE_CLASSIFICATION, batch_size, input_size=(64,),
                                     num_classes=4)
         return real(model, batch_size, input_size, seq_len)
 

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import dtypes
+from ..allocators.models import get_model
 from ..errors import PlanError
+from ..fit import check_batch_size
 from ..optimizers import UnknownOptimizer, parse_many
 from ..options import DistOptions, ModelOptions, StepOptions
 from ..recipe import OFFLOADS, QUANTIZATIONS
+from ..tasks import check_task
 from ..tomlfile import find_pyproject, read_toml, tool_table
 from ..trace import parse_input_size
 from ..units import config_size, parse_size
@@ -145,8 +148,6 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
 
 
 def _task(value: Any, where: str) -> str:
-    from ..trace.inputs import check_task
-
     try:
         return check_task(_string(value, where, "task"))
     except PlanError as e:
@@ -160,8 +161,6 @@ def _positive_int(value: Any, where: str, key: str) -> int:
 
 
 def _batch_size(value: Any, where: str) -> int:
-    from ..fit import check_batch_size
-
     _positive_int(value, where, "batch-size")
     return check_batch_size(value, f"{where}: batch-size")
 
@@ -194,8 +193,6 @@ def _amp(value: Any, where: str) -> str:
 
 
 def _allocator(value: Any, where: str) -> str:
-    from ..allocators.models import get_model
-
     try:
         return get_model(_string(value, where, "allocator")).id
     except PlanError as e:

@@ -15,10 +15,12 @@ weight in by default (what ``from_pretrained`` loads). Configs needing remote co
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import Any
 
 from ..errors import SourceError
-from ..trace.inputs import (
+from ..quiet import quiet_libraries
+from ..tasks import (
     BASE,
     CAUSAL_LM,
     CONTRASTIVE,
@@ -54,7 +56,7 @@ def is_timm_config(cfg: dict) -> bool:
 
 
 def task_of(arch: str | None, cfg: dict) -> str | None:
-    """The task (:data:`smmf_plan.trace.inputs.TASKS`) the class named ``arch`` trains for."""
+    """The task (:data:`smmf_plan.tasks.TASKS`) the class named ``arch`` trains for."""
     if not arch:
         return None
     for suffix, task in (("ForSequenceClassification", SEQUENCE_CLASSIFICATION),
@@ -204,8 +206,6 @@ def select_class(cfg: dict, task: str | None = None, *, where: str = "config.jso
     cls = _transformers_class(name)
     if cls is None:
         raise SourceError(f"{where}: {name} is not in this transformers; upgrade transformers")
-    import difflib
-
     if named:
         close = difflib.get_close_matches(named, class_names(mt), n=3, cutoff=0.6)
         why = (f"architectures names {named!r}, which this transformers does not have"
@@ -224,8 +224,6 @@ def build(cfg: dict, *, num_classes: int | None = None, device: str = "meta",
     ``architecture`` forces a class by name (rebuilding what an earlier plan built); otherwise
     :func:`select_class` decides from ``task`` and the config. What transformers logs while
     importing and building is kept off stderr (:mod:`smmf_plan.quiet`)."""
-    from ..quiet import quiet_libraries
-
     with quiet_libraries():
         return _build(cfg, num_classes=num_classes, device=device, where=where, task=task,
                       architecture=architecture)

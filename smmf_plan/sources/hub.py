@@ -8,6 +8,8 @@ and an id that is not cached raises :class:`OfflineError` naming the fix.
 from __future__ import annotations
 
 import os
+import socket
+from urllib.parse import urlparse
 
 from ..errors import OfflineError, SourceError
 from .safetensors_header import validate_entries
@@ -31,9 +33,6 @@ def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
     """Why ``endpoint`` cannot be reached with a direct TCP connection (``None`` if it can, or if a
     proxy is configured, in which case huggingface_hub is left to find out). Avoids minutes of
     retries when the machine is simply offline."""
-    import socket
-    from urllib.parse import urlparse
-
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
         return None
     u = urlparse(endpoint)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from ..errors import PlanError, SourceError
 from ..model import ModelSpec
-from ..trace.inputs import IMAGE_CLASSIFICATION, check_task
+from ..tasks import IMAGE_CLASSIFICATION, check_task
 from . import cache, hf_config, hub, registry, timm_source
 from .checkpoint import (
     WEIGHT_SUFFIXES,
@@ -162,7 +162,7 @@ def _unknown(source: str) -> SourceError:
 
 def resolve(source: str, num_classes: int | None = None, task: str | None = None) -> ModelSpec:
     """The base spec of ``source`` (every parameter trainable), without the cache; ``task``
-    chooses the head built from a transformers config (:data:`smmf_plan.trace.inputs.TASKS`)."""
+    chooses the head built from a transformers config (:data:`smmf_plan.tasks.TASKS`)."""
     if not isinstance(source, str) or not source.strip():
         raise SourceError("empty model name: give a timm name, bundled name, path or hub id")
     path = os.path.expanduser(source)
@@ -193,7 +193,7 @@ def load_model(source: str, *, num_classes: int | None = None, trainable: Sequen
                lora_targets: Sequence[str] = (), targets: Sequence[str] = (),
                use_cache: bool = True, task: str | None = None) -> ModelSpec:
     """Resolve ``source`` to parameter specs without allocating weights; see the package docstring.
-    ``task`` (:data:`smmf_plan.trace.inputs.TASKS`) chooses the head built from a transformers
+    ``task`` (:data:`smmf_plan.tasks.TASKS`) chooses the head built from a transformers
     config."""
     task = check_task(task)
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):

@@ -20,6 +20,8 @@ Torch-free but :func:`module_roles`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..shapes import ParamSpec
 from ..targets import HEAD_NAMES, NOT_LINEAR_WORDS
 
@@ -41,8 +43,6 @@ def linear_by_name(name: str, shape) -> bool:
 
 def by_name(spec: ParamSpec) -> ParamSpec:
     """``spec`` with ``linear``/``head`` decided by the name rule (checkpoints without a config)."""
-    from dataclasses import replace
-
     names = (spec.name, *spec.aliases)
     return replace(spec, linear=any(linear_by_name(n, spec.shape) for n in names),
                    head=any(head_by_name(n) for n in names))

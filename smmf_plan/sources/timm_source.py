@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SourceError
-from ..trace.inputs import IMAGE_CLASSIFICATION
+from ..quiet import quiet_libraries
+from ..tasks import IMAGE_CLASSIFICATION
 
 
 def is_timm_name(name: str) -> bool:
@@ -22,7 +23,6 @@ def build(name: str, *, num_classes: int | None = None, device: str = "meta"):
     """``(module, info)`` for timm architecture ``name`` (no weights are downloaded)."""
     import torch
 
-    from ..quiet import quiet_libraries
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:

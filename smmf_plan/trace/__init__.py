@@ -45,25 +45,27 @@ inside the functions that run a trace.
 
 from __future__ import annotations
 
+from ..tasks import (
+    BASE,
+    CAUSAL_LM,
+    CONTRASTIVE,
+    IMAGE_CLASSIFICATION,
+    MASKED_LM,
+    QUESTION_ANSWERING,
+    SEQ2SEQ_LM,
+    SEQUENCE_CLASSIFICATION,
+    SPEECH_SEQ2SEQ,
+    TASKS,
+    TOKEN_CLASSIFICATION,
+)
 from .affine import TRACE_HIGH_BATCH, ActivationModel, Affine, activation_model, trace_batches
 from .inputs import (
-                     BASE,
-                     CAUSAL_LM,
-                     CONTRASTIVE,
-                     DEFAULT_IMAGE_SIZE,
-                     DEFAULT_SEQ_LEN,
-                     IMAGE_CLASSIFICATION,
-                     MASKED_LM,
-                     QUESTION_ANSWERING,
-                     SEQ2SEQ_LM,
-                     SEQUENCE_CLASSIFICATION,
-                     SPEECH_SEQ2SEQ,
-                     TASKS,
-                     TOKEN_CLASSIFICATION,
-                     InputSpec,
-                     default_loss,
-                     input_spec_for,
-                     parse_input_size,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_SEQ_LEN,
+    InputSpec,
+    default_loss,
+    input_spec_for,
+    parse_input_size,
 )
 from .step import ActivationTrace, trace_step
 from .storage import StorageTracker

@@ -8,63 +8,23 @@ model (vision transformers, contrastive image-text, speech) adds its task name h
 
 from __future__ import annotations
 
+import inspect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from ..errors import PlanError, TraceError
-
-# --------------------------------------------------------------------------- the task vocabulary
-# One name per task, used everywhere: the sources (``ModelSpec.meta["task"]``), InputSpec, the
-# probe and every JSON document.
-
-#: images ``(B, C, H, W)`` + integer class ids: ``x`` and cross entropy for timm, ``pixel_values``
-#: + ``labels`` and the model's own loss for transformers (ViT, Swin, ConvNeXt ...).
-IMAGE_CLASSIFICATION = "image-classification"
-#: ``input_ids`` + ``labels`` = the inputs, both ``(B, seq_len)``; the model's own loss.
-CAUSAL_LM = "causal-lm"
-#: as causal-lm (every position is a label).
-MASKED_LM = "masked-lm"
-#: ``input_ids`` + ``labels`` of the input length; the model derives ``decoder_input_ids``.
-SEQ2SEQ_LM = "seq2seq-lm"
-#: ``input_ids`` + ``labels (B,)``; the model's own loss.
-SEQUENCE_CLASSIFICATION = "sequence-classification"
-#: ``input_ids`` + ``labels (B, seq_len)`` of class ids; the model's own loss.
-TOKEN_CLASSIFICATION = "token-classification"
-#: ``input_ids`` + ``start_positions`` and ``end_positions (B,)`` (extractive QA); the model's loss.
-QUESTION_ANSWERING = "question-answering"
-#: speech encoder-decoder (Whisper): ``input_features (B, mel bins, frames)`` — the frames the
-#: encoder requires, 2 × its source positions — + ``labels (B, seq_len)``; the model derives the
-#: decoder inputs and computes its loss.
-SPEECH_SEQ2SEQ = "speech-seq2seq"
-#: image-text contrastive (CLIP, SigLIP): ``input_ids (B, seq_len)`` + ``pixel_values (B, C, H, W)``
-#: with ``return_loss=True``; the model's contrastive loss.
-CONTRASTIVE = "contrastive"
-#: the main input only (a bare encoder/decoder: ``input_ids``, or ``pixel_values`` for a bare
-#: vision model); the loss is the mean of the first output.
-BASE = "base"
-TASKS = (IMAGE_CLASSIFICATION, CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION,
-         TOKEN_CLASSIFICATION, QUESTION_ANSWERING, SPEECH_SEQ2SEQ, CONTRASTIVE, BASE)
-#: text tasks whose labels are the input tokens.
-TOKEN_LABELS = (CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM)
-#: transformers main inputs a batch can be built for (``PreTrainedModel.main_input_name``).
-MAIN_INPUTS = ("input_ids", "pixel_values", "input_features")
-
-
-def check_task(text: str | None) -> str | None:
-    """``text`` as a task name (``--task``; ``None`` stays ``None``); :class:`PlanError` naming
-    the closest tasks otherwise."""
-    import difflib
-
-    if text is None:
-        return None
-    key = str(text).strip().lower()
-    if key in TASKS:
-        return key
-    close = difflib.get_close_matches(key, TASKS, n=2, cutoff=0.5)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise PlanError(f"--task {text!r} is not a task: {hint}use one of {', '.join(TASKS)}")
-
+from ..sources.hf_config import task_of
+from ..tasks import (
+    BASE,
+    CONTRASTIVE,
+    IMAGE_CLASSIFICATION,
+    QUESTION_ANSWERING,
+    SEQUENCE_CLASSIFICATION,
+    SPEECH_SEQ2SEQ,
+    TOKEN_CLASSIFICATION,
+    TOKEN_LABELS,
+)
 
 #: documented default sequence length for text models (or the model's maximum positions if less).
 DEFAULT_SEQ_LEN = 128
@@ -75,7 +35,7 @@ DEFAULT_IMAGE_SIZE = (3, 224, 224)
 @dataclass(frozen=True)
 class InputSpec:
     """What one training batch looks like; :meth:`make` builds it on any device. ``task`` is one
-    of :data:`TASKS` (each constant documents its batch and loss)."""
+    of :data:`smmf_plan.tasks.TASKS` (each constant documents its batch and loss)."""
 
     task: str
     batch_size: int
@@ -131,8 +91,6 @@ class InputSpec:
                 if hasattr(v, "is_floating_point") and not v.is_floating_point()}
 
     def with_batch(self, batch_size: int) -> "InputSpec":
-        from dataclasses import replace
-
         return replace(self, batch_size=batch_size)
 
     def make(self, device: str = "meta", dtype: Any = None, *, plain: bool = False
@@ -314,7 +272,7 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
 
     Image models (timm): ``(B, C, H, W)`` with ``(C, H, W)`` from ``input_size`` or the model's
     ``pretrained_cfg["input_size"]`` (3×224×224 if it states none). transformers models: the
-    task (one of :data:`TASKS`) from the architecture, the inputs from the main input and the
+    task (one of :data:`smmf_plan.tasks.TASKS`) from the architecture, the inputs from the main input and the
     config: images of the config's ``image_size``/``num_channels`` (or ``input_size``), speech
     features of its mel bins × the frames its encoder requires, ``seq_len`` tokens (default
     :data:`DEFAULT_SEQ_LEN`, 128, or the config's maximum positions if smaller)."""
@@ -351,9 +309,6 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
     if library != "transformers":
         raise TraceError("no architecture to run for activations: the model comes from weights "
                         "without a config; put its config.json beside the weights")
-    # function-level: the sources import this module's task names (a cycle otherwise)
-    from ..sources.hf_config import task_of
-
     task = task_of(arch, cfg) or BASE
     if main == "pixel_values":
         if seq_len is not None:
@@ -394,8 +349,6 @@ def input_spec_for(model: Any, batch_size: int, input_size: Sequence[int] | str 
 
 
 def _forward_params(model: Any) -> frozenset[str]:
-    import inspect
-
     forward = getattr(model, "forward", None)
     try:
         return frozenset(inspect.signature(forward).parameters) if forward else frozenset()

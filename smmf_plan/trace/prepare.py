@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping, Sequence
 
+from ..allocators import round_up
 from ..shapes import ParamSpec
+from ..sources.lora import attach_lora
 
 
 def set_dtypes(module: Any, specs: Sequence[ParamSpec]) -> None:
@@ -122,8 +124,6 @@ def prepare(module: Any, specs: Sequence[ParamSpec], *, quantized: Mapping[str, 
     if quantized:
         quantize_linears(module, quantized, compute_dtype)
     if any(s.name.endswith(".lora_A.weight") for s in specs):
-        from ..sources.lora import attach_lora
-
         module = attach_lora(module, specs)
     return module
 
@@ -131,8 +131,6 @@ def prepare(module: Any, specs: Sequence[ParamSpec], *, quantized: Mapping[str, 
 def buffer_bytes(module: Any, quantum: int) -> int:
     """Bytes of the module's buffers, each rounded up to ``quantum`` (a quantized stand-in's
     placeholder is not one: the weights part counts the quantized weight)."""
-    from ..allocators import round_up
-
     cls = quantized_linear_class()
     total, seen = 0, set()
     for mod in module.modules():

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 from ..allocators import QUANTUM as ROUNDING
 from ..allocators.sequence import StepLog
 from ..errors import PlanError, TraceError
+from ..quiet import quiet_libraries
 from .inputs import InputSpec, default_loss
 from .storage import StorageTracker, storage_bytes
 
@@ -115,7 +116,6 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
     ``offload_gradients``)."""
     import torch
 
-    from ..quiet import quiet_libraries
 
     t0 = time.perf_counter()
     batch = None

@@ -7,6 +7,7 @@ import weakref
 
 from ..allocators import QUANTUM as ROUNDING
 from ..allocators import round_up as _round
+from .attention import cpu_attention
 from .values import KnownValues, _no_data
 
 
@@ -110,7 +111,6 @@ class StorageTracker:
         also routes attention to the CPU kernel (see :mod:`smmf_plan.trace.attention`)."""
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        from .attention import cpu_attention
 
         tracker = self
 

@@ -1,11 +1,12 @@
-"""The Typer application: every command registered here, in one place; the default command and
-error mapping.
+"""The Typer application: every command registered here, in one place (:data:`COMMANDS`); the
+default command and error mapping.
 
-Command modules hold plain functions and never import this module (no import cycle). Every one of
-them is imported at start-up, so at module level they import only typer, the shared options and
-small torch-free helpers; each command imports its own subsystem (estimate, probe, renderers, rich)
-in its body. torch, timm and transformers are imported only where a model is built, so
-``smmf-plan resnet50`` from the shape cache starts without them.
+Command modules hold plain functions and never import this module (no import cycle). They import
+what they use at module level, except torch, timm and transformers, which are imported only where
+a model is built, so ``smmf-plan resnet50`` from the shape cache runs without them. A run imports
+only the module of the command it runs (:func:`build`): ``smmf-plan resnet50`` loads the planner,
+not the probe, the paper reproduction or the CI gate; ``smmf-plan --help`` and the ``app``
+attribute load every command.
 
 ``smmf-plan MODEL`` is short for ``smmf-plan plan MODEL``. Every user error is one line on stderr
 with exit code 2: :class:`~smmf_plan.errors.PlanError` from the library and click's usage errors
@@ -14,33 +15,59 @@ alike; no traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Iterable
 
 import typer
+from rich.markup import escape
 
 from smmf_plan import __version__
 from smmf_plan.errors import PlanError
+from smmf_plan.quiet import quiet_libraries
 
-from . import check, devices, models, optimizers, plan, probe, reproduce, shapes, size
+#: every command in the order ``--help`` lists them: name -> (module of this package, function).
+COMMANDS = {
+    "plan": ("plan", "plan"),
+    "shapes": ("shapes", "shapes"),
+    "size": ("size", "size"),
+    "probe": ("probe", "probe"),
+    "check": ("check", "check"),
+    "devices": ("devices", "devices"),
+    "models": ("models", "models"),
+    "optimizers": ("optimizers", "optimizers"),
+    "reproduce": ("reproduce", "reproduce"),
+}
 
-app = typer.Typer(
-    name="smmf-plan",
-    help="Will training this model fit, with which optimizer, on which device?",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
 
-app.command("plan")(plan.plan)
-app.command("shapes")(shapes.shapes)
-app.command("size")(size.size)
-app.command("probe")(probe.probe)
-app.command("check")(check.check)
-app.command("devices")(devices.devices)
-app.command("models")(models.models)
-app.command("optimizers")(optimizers.optimizers)
-app.command("reproduce")(reproduce.reproduce)
+def _root() -> None:
+    pass
+
+
+def build(names: Iterable[str] | None = None) -> typer.Typer:
+    """The application with the commands ``names`` (default: all of :data:`COMMANDS`), each
+    command's module imported as it is registered."""
+    wanted = set(COMMANDS if names is None else names)
+    app = typer.Typer(
+        name="smmf-plan",
+        help="Will training this model fit, with which optimizer, on which device?",
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)  # a group even when one command is registered
+    for name, (module, function) in COMMANDS.items():
+        if name in wanted:
+            app.command(name)(getattr(importlib.import_module(f".{module}", __package__), function))
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":  # every command (tests, documentation tools)
+        globals()["app"] = built = build()
+        return built
+    raise AttributeError(name)
 
 
 def _click_errors():
@@ -54,8 +81,6 @@ def _click_errors():
 def _literal_help(command) -> None:
     """Escape rich markup in every help text of ``command`` and its subcommands: typer renders
     help as rich markup, which would swallow ``[tool.smmf-plan]`` or ``smmf-plan[compare]``."""
-    from rich.markup import escape
-
     for cmd in [command, *getattr(command, "commands", {}).values()]:
         for attr in ("help", "short_help", "epilog"):
             if getattr(cmd, attr, None):
@@ -66,8 +91,7 @@ def _literal_help(command) -> None:
 
 
 def _argv_with_default_command(argv: list[str]) -> list[str]:
-    names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    if argv and argv[0] not in names and argv[0] not in ("-h", "--help", "--version"):
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
         return ["plan", *argv]
     return argv
 
@@ -77,18 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["--version"]:
         print(f"smmf-plan {__version__}")
         raise SystemExit(0)
-    from smmf_plan.quiet import quiet_libraries
-
     ex = _click_errors()
-    command = typer.main.get_command(app)
+    args = _argv_with_default_command(args)
+    command = typer.main.get_command(build(args[:1] if args[:1] and args[0] in COMMANDS else None))
     _literal_help(command)
     try:
         with quiet_libraries():  # the libraries' chatter while we build and trace is not the user's
-            rc = command.main(args=_argv_with_default_command(args), prog_name="smmf-plan",
-                              standalone_mode=False)
+            rc = command.main(args=args, prog_name="smmf-plan", standalone_mode=False)
     except PlanError as e:
         _fail(str(e))
     except ex.UsageError as e:
+        if not e.format_message():  # no arguments: click has printed the help already
+            raise SystemExit(2)
         hint = f" (see: smmf-plan {e.ctx.info_name} --help)" if e.ctx and e.ctx.info_name != "smmf-plan" else ""
         _fail(e.format_message().replace("\n", " ") + hint)
     except ex.ClickException as e:

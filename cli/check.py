@@ -6,12 +6,15 @@ Exit codes: 0 every metric within budget and baseline (improvements included, wi
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
 
+from smmf_plan import check as gate
 from smmf_plan.atomic import write_text_atomic
 from smmf_plan.errors import PlanError
+from smmf_plan.report import check_report as render
 
 from . import options as o
 
@@ -45,8 +48,6 @@ def check(
     no_cache: o.NoCache = False,
 ) -> None:
     """Fail the build when optimizer state or the training footprint outgrows its budget or baseline."""
-    from smmf_plan import check as gate
-
     fmt = fmt.strip().lower()
     if fmt not in ("table", "markdown", "md"):
         raise PlanError(f"--format {fmt!r} is not known: use table or markdown (or --json)")
@@ -58,13 +59,9 @@ def check(
                   quiet):
         report = gate.run(cfg, baseline_path=baseline, tolerance=tol,
                           update_baseline=update_baseline, use_cache=not no_cache)
-    import sys
-
     for ev in report.evaluated:
         for note in ev.notes:  # what a model source had to guess: say so, also under --json
             print(f"warning: {ev.check.where}: {note}", file=sys.stderr)
-    from smmf_plan.report import check_report as render
-
     if junit:
         try:
             write_text_atomic(junit, render.junit_xml(report))

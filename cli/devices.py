@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from smmf_plan.devices import list_devices
+from smmf_plan.report.console import console as make_console
+from smmf_plan.report.fit_table import devices_document, devices_table
+
 from . import options as o
 
 Device, Devices, DevicesFile = o.Device, o.Devices, o.DevicesFile
@@ -12,16 +16,9 @@ def devices(
     devices_file: DevicesFile = None,
 ) -> None:
     """Devices smmf-plan knows: memory, usable memory (and its basis), allocator, PyTorch support."""
-    from smmf_plan.devices import list_devices
-
     found = list_devices(devices_file or ())
     if json_out:
-        from smmf_plan.report.fit_table import devices_document
-
         o.emit_json(devices_document(found))
         return
-    from smmf_plan.report.console import console as make_console
-    from smmf_plan.report.fit_table import devices_table
-
     console = make_console()
     console.print(devices_table(found, wide=console.width >= 120))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
+
+from smmf_plan.report import SCHEMA_VERSION
+from smmf_plan.report.console import console as make_console
+from smmf_plan.sources import bundled_models
+from smmf_plan.sources.registry import HUB_IDS
 
 from . import options as o
 
@@ -14,10 +21,6 @@ def models(
     json_out: o.Json = False,
 ) -> None:
     """Bundled transformers checkpoints (configs shipped with smmf-plan) and timm architectures."""
-    from smmf_plan.report import SCHEMA_VERSION
-    from smmf_plan.sources import bundled_models
-    from smmf_plan.sources.registry import HUB_IDS
-
     with o.status("Listing timm architectures…", json_out):
         import timm
 
@@ -30,9 +33,6 @@ def models(
             "timm": timm_names,
         })
         return
-    from rich.table import Table
-
-    from smmf_plan.report.console import console as make_console
 
     console = make_console()
     table = Table(title="Bundled checkpoints (offline configs)", title_justify="left", header_style="bold")
@@ -51,6 +51,4 @@ def models(
 
 
 def _match(name: str, pattern: str) -> bool:
-    import fnmatch
-
     return fnmatch.fnmatch(name, pattern)

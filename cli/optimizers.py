@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from rich import box
+from rich.table import Table
+
+from smmf_plan.optimizers import ALL_IDS, DEFAULT_IDS, FAMILIES, describe
+from smmf_plan.report import SCHEMA_VERSION
+from smmf_plan.report.console import console as make_console
+
 from . import options as o
 
 
 def optimizers(json_out: o.Json = False) -> None:
     """List every optimizer: id, variant options (default and valid values), the implementation
     each layout reproduces, the step's code path per device and the probe's learning rate."""
-    from smmf_plan.optimizers import ALL_IDS, DEFAULT_IDS, FAMILIES, describe
-    from smmf_plan.report import SCHEMA_VERSION
-
     rows = describe()
     for row in rows:
         info = FAMILIES[row["id"]]
@@ -21,10 +25,6 @@ def optimizers(json_out: o.Json = False) -> None:
         o.emit_json({"schema_version": SCHEMA_VERSION, "optimizers": rows,
                      "default": list(DEFAULT_IDS), "all": list(ALL_IDS)})
         return
-    from rich import box
-    from rich.table import Table
-
-    from smmf_plan.report.console import console as make_console
 
     console = make_console()  # markup off: ids, help and values print as written
     table = Table(title="Optimizers", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)

@@ -21,13 +21,17 @@ import sys
 from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
+from rich.text import Text
 
 from smmf_plan import dtypes
 from smmf_plan.allocators.models import IDS as ALLOCATOR_IDS
+from smmf_plan.allocators.models import get_model
 from smmf_plan.errors import PlanError
 from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
 from smmf_plan.options import DistOptions, ModelOptions, StepOptions
-from smmf_plan.trace.inputs import TASKS  # torch-free
+from smmf_plan.recipe import Recipe
+from smmf_plan.report.console import console
+from smmf_plan.tasks import TASKS, check_task
 from smmf_plan.units import parse_size
 
 Model = Annotated[str, typer.Argument(
@@ -138,9 +142,6 @@ def status(message: str, quiet: bool = False):
     if quiet or not sys.stderr.isatty():
         yield
         return
-    from rich.text import Text
-
-    from smmf_plan.report.console import console
 
     with console(stderr=True).status(Text(message)):  # a str would be parsed as markup
         yield
@@ -216,8 +217,6 @@ def model_options(model: str, optimizer: str | None = None, dtype: str | None = 
         if dt not in dtypes.FLOATING:
             raise PlanError(f"--dtype {dtype!r} is not a floating-point dtype: use fp32, bf16, fp16 "
                             "or fp64")
-    from smmf_plan.trace.inputs import check_task
-
     m = ModelOptions(model=model, optimizers=optimizer, dtype=dt, num_classes=num_classes,
                      task=check_task(task), trainable=tuple(trainable or ()),
                      freeze=tuple(freeze or ()), lora_rank=lora_rank, lora_targets=tuple(targets),
@@ -233,8 +232,6 @@ def step_options(batch_size: int | None = None, input_size: str | None = None,
                  offload: str | None = None, host_memory: str | None = None,
                  runtime: str | None = None, allocator: str | None = None) -> StepOptions:
     """The training-step options as given on the command line, validated."""
-    from smmf_plan.recipe import Recipe
-
     if batch_size is not None:
         from smmf_plan.fit import check_batch_size  # fit loads the device catalog's code
 
@@ -242,8 +239,6 @@ def step_options(batch_size: int | None = None, input_size: str | None = None,
     if seq_len is not None and seq_len < 1:
         raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number >= 1")
     if allocator is not None:
-        from smmf_plan.allocators.models import get_model
-
         allocator = get_model(allocator).id
     host = None
     if host_memory is not None:

@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import sys
 
+from smmf_plan.alternatives import search
+from smmf_plan.devices import get_device, list_devices
+from smmf_plan.dist.estimate import step_estimate
 from smmf_plan.errors import PlanError
 from smmf_plan.options import DistOptions, ModelOptions, StepOptions
+from smmf_plan.plan import adam_reference_bytes, plan_model
+from smmf_plan.report.bars import BarRow, write_svg
+from smmf_plan.report.console import console as make_console
+from smmf_plan.report.fit_table import device_report, judge, verdict_table
+from smmf_plan.report.rank_table import rank_table, sharding_header
+from smmf_plan.report.state_json import plan_document
+from smmf_plan.report.state_table import assumptions_text, model_header, recipe_line, state_table
 
 from . import options as o
 
@@ -27,8 +37,6 @@ def plan(
     gradients, state, activations, temporaries, allocator, runtime (and what an offload keeps on
     the host), and the fit. With --dist and --world, the step of every rank (the largest decides
     the fit)."""
-    from smmf_plan.plan import adam_reference_bytes, plan_model
-
     layouts = m.layouts()
     recipe = m.recipe(step)
     sharding = dist.sharding() if dist.given else None
@@ -38,8 +46,6 @@ def plan(
     if end_to_end:
         batch = step.batch
         if device is not None:
-            from smmf_plan.devices import get_device
-
             dev = step.device(get_device(device, tuple(devices_file or ())))
         elif svg is not None:
             raise PlanError(f"--svg {svg!r} draws the bars against a device's usable memory: add --device ID")
@@ -52,9 +58,6 @@ def plan(
     adam = adam_reference_bytes(spec)
     est = steps = fits = None
     if end_to_end:
-        from smmf_plan.dist.estimate import step_estimate
-        from smmf_plan.report.fit_table import judge
-
         with o.status("Estimating the training step (tracing on meta tensors)…", json_out):
             est = step_estimate(spec, layouts, sharding, batch_size=batch, allocator=allocator,
                                 **step.estimate_kwargs(m))
@@ -62,28 +65,18 @@ def plan(
         fits = judge(steps, dev, batch) if dev else None
     would = None  # what would fit: single-process plans (a --dist plan's changes are its own)
     if fits and sharding is None and not all(f.fits for f in fits.values()):
-        from smmf_plan.alternatives import search
-        from smmf_plan.devices import list_devices
-
         with o.status("Planning what would fit (each change estimated for real)…", json_out):
             would = search(m, step, dev, fits, steps, spec,
                            devices=list_devices(tuple(devices_file or ())))
     if svg is not None:
-        from smmf_plan.report.bars import BarRow, write_svg
-
         path = write_svg(svg, [BarRow(oid, s.breakdown) for oid, s in steps.items()],
                          dev.usable_bytes, f"{spec.name} · batch {batch} · {dev.id} ({dev.name})")
         if not est.complete:
             print(f"warning: {path}: activations not known, the bars are lower bounds", file=sys.stderr)
     if json_out:
-        from smmf_plan.report.state_json import plan_document
-
         o.emit_json(plan_document(spec, plans, adam, estimate=est, device=dev, fits=fits,
                                   would_fit=would))
         return
-    from smmf_plan.report.console import console as make_console
-    from smmf_plan.report.state_table import model_header, recipe_line, state_table
-
     console = make_console()
     console.print(model_header(spec))
     # under --dist this table is the whole model's state, before sharding; the per-rank figures follow
@@ -92,13 +85,8 @@ def plan(
     if not end_to_end:
         return
     console.print(recipe_line(est))
-    from smmf_plan.report.fit_table import device_report, verdict_table
-    from smmf_plan.report.state_table import assumptions_text
-
     order = sorted(steps, key=lambda oid: (steps[oid].total_bytes, oid))
     if sharding is not None:
-        from smmf_plan.report.rank_table import rank_table, sharding_header
-
         console.print(sharding_header(sharding))
     if dev is not None:
         console.print(device_report({oid: steps[oid] for oid in order}, dev, batch, fits,

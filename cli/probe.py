@@ -9,8 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from smmf_plan.atomic import write_text_atomic
+from smmf_plan.devices import get_device
 from smmf_plan.errors import PlanError
 from smmf_plan.options import DistOptions, ModelOptions, StepOptions
+from smmf_plan.probe import dist as d
+from smmf_plan.probe.runner import PROBE_RECIPE, run_probe
+from smmf_plan.report.console import console as make_console
+from smmf_plan.report.probe_report import failures, markdown, probe_table, rank_table, rank_verdicts, verdicts
+from smmf_plan.trace import parse_input_size
 
 from . import options as o
 
@@ -67,8 +73,6 @@ def probe(
 ) -> None:
     """Train MODEL (random weights, synthetic batch) a few steps with each optimizer, each in a fresh
     subprocess, and show measured state, peak memory and step times beside the plan."""
-    from smmf_plan.probe.runner import run_probe
-
     layouts = m.layouts()
     if dist.given or launcher:
         given = [flag for flag, v in (("--device", device), ("--report", report),
@@ -85,24 +89,16 @@ def probe(
         raise PlanError(f"--device-type {device_type!r}: use cpu or cuda")
     dev = None
     if device is not None:
-        from smmf_plan.devices import get_device
-
         dev = get_device(device)
-    from smmf_plan.probe.runner import PROBE_RECIPE
-
     spec = o.load(m, quiet=json_out, recipe=PROBE_RECIPE)
     size = None
     if step.input_size is not None:
-        from smmf_plan.trace import parse_input_size
-
         size = list(parse_input_size(step.input_size))
     doc = run_probe(spec, layouts, steps=steps, batch_size=step.batch, input_size=size,
                     seq_len=step.seq_len, device_type=device_type, device=dev, lr=lr,
                     progress=not json_out and sys.stderr.isatty(), timeout_s=timeout,
                     num_threads=threads, deterministic_malloc=not glibc_default)
     if report:
-        from smmf_plan.report.probe_report import markdown
-
         command = _command_line(m.model, optimizer=m.optimizers, steps=steps, batch_size=step.batch,
                                 input_size=step.input_size, seq_len=step.seq_len,
                                 device_type=device_type, device=device, lr=lr, threads=threads,
@@ -111,9 +107,6 @@ def probe(
             write_text_atomic(report, markdown(doc, command=command))
         except OSError as e:
             raise PlanError(f"--report {report}: cannot write ({e.strerror or e}); check the path") from None
-    from smmf_plan.report.console import console as make_console
-    from smmf_plan.report.probe_report import failures, probe_table, verdicts
-
     if json_out:
         o.emit_json(doc)
     else:
@@ -135,15 +128,11 @@ def probe(
 def _probe_dist(m: ModelOptions, step: StepOptions, layouts, dist: DistOptions, launcher: bool, *,
                 steps: int, lr, json_out: bool, threads, timeout) -> None:
     """``--dist``: one torchrun per optimizer; ``--launcher``: the cluster command, not run."""
-    from smmf_plan.probe import dist as d
-
     if not dist.given:
         raise PlanError("--launcher needs --dist and --world: e.g. --dist fsdp2 --world 8 --launcher")
     sharding = d.probe_sharding(dist)
     size = None
     if step.input_size is not None:
-        from smmf_plan.trace import parse_input_size
-
         size = list(parse_input_size(step.input_size))
     if launcher:
         lines = []
@@ -162,9 +151,6 @@ def _probe_dist(m: ModelOptions, step: StepOptions, layouts, dist: DistOptions, 
                            batch_size=step.batch or 1, input_size=size, seq_len=step.seq_len,
                            num_classes=m.num_classes, task=m.task, lr=lr, threads=threads,
                            timeout_s=timeout, progress=not json_out and sys.stderr.isatty())
-    from smmf_plan.report.console import console as make_console
-    from smmf_plan.report.probe_report import rank_table, rank_verdicts
-
     if json_out:
         o.emit_json(doc)
     else:

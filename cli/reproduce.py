@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from smmf_plan.errors import PlanError
+from smmf_plan.report import SCHEMA_VERSION
+from smmf_plan.reproduce import reproduce as run
 
 from . import options as o
 
@@ -18,8 +20,6 @@ Output = Annotated[Path, typer.Option(
 def reproduce(output: Output = Path("reports"), json_out: o.Json = False) -> None:
     """Plan every optimizer-memory and end-to-end figure of the SMMF paper (Tables 1-4, 6-13) and
     write the comparison report (Markdown + JSON)."""
-    from smmf_plan.reproduce import reproduce as run
-
     if output.exists() and not output.is_dir():
         raise PlanError(f"--output {output} is a file: pass a folder, e.g. --output reports/")
     with o.status("Building the paper's models on the meta device…", quiet=json_out):
@@ -28,8 +28,6 @@ def reproduce(output: Output = Path("reports"), json_out: o.Json = False) -> Non
         except OSError as e:
             raise PlanError(f"cannot write the report into {output}: {e.strerror or e}") from None
     if json_out:
-        from smmf_plan.report import SCHEMA_VERSION
-
         o.emit_json({"schema_version": SCHEMA_VERSION, "summary": summary.counts(),
                      "markdown": str(summary.markdown_path), "json": str(summary.json_path)})
         return

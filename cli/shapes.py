@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from smmf_plan.options import ModelOptions
+from smmf_plan.report.console import console as make_console
+from smmf_plan.report.state_json import shapes_document
+from smmf_plan.report.state_table import model_header, shapes_table
 
 from . import options as o
 
@@ -14,13 +17,8 @@ def shapes(m: ModelOptions, json_out: o.Json = False) -> None:
     spec = o.load(m, quiet=json_out)
     layouts = m.layouts(spec)
     if json_out:
-        from smmf_plan.report.state_json import shapes_document
-
         o.emit_json(shapes_document(spec, layouts))
         return
-    from smmf_plan.report.console import console as make_console
-    from smmf_plan.report.state_table import model_header, shapes_table
-
     console = make_console()
     console.print(model_header(spec))
     console.print(shapes_table(spec, layouts))

@@ -11,8 +11,21 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
+from rich.text import Text
+
+from smmf_plan import fit
+from smmf_plan.allocators import models
+from smmf_plan.devices import get_device, list_devices
+from smmf_plan.dist.estimate import step_estimate as estimate
+from smmf_plan.dist.search import smallest_worlds
 from smmf_plan.errors import PlanError
 from smmf_plan.options import DistOptions, ModelOptions, StepOptions
+from smmf_plan.report.bars import BarRow, write_svg
+from smmf_plan.report.console import console as make_console
+from smmf_plan.report.fit_table import device_report, size_table
+from smmf_plan.report.rank_table import answers_table, rank_table, sharding_header, world_table
+from smmf_plan.report.state_table import assumptions_text, model_header, recipe_line
+from smmf_plan.report.step_json import size_document, size_search_document
 from smmf_plan.units import format_bytes
 
 from . import options as o
@@ -22,8 +35,6 @@ def step_estimate(spec, layouts, allocator: str, *, batch_size: int, estimate_op
                   sharding=None):
     """The :class:`~smmf_plan.memory.MemoryEstimate` under ``allocator`` (the largest rank's under
     ``sharding``)."""
-    from smmf_plan.dist.estimate import step_estimate as estimate
-
     return estimate(spec, layouts, sharding, batch_size=batch_size, allocator=allocator,
                     **estimate_options)
 
@@ -32,8 +43,6 @@ def allocators_for(devices: Sequence, allocator: str | None) -> dict[str, str]:
     """device id → allocator model id: ``allocator`` (``--allocator``) on the devices it can
     describe, each other device's default; a model that describes none of them is a
     :class:`PlanError`."""
-    from smmf_plan.allocators import models
-
     chosen = models.get_model(allocator) if allocator is not None else None
     out = {}
     for d in devices:
@@ -49,8 +58,6 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
     """Everything ``size`` shows, computed once: steps per allocator model, the device × optimizer
     grid, the optimizer order (least memory first), the devices by usable memory and, per
     optimizer, the smallest device that fits (PyTorch running there, and on memory alone)."""
-    from smmf_plan import fit
-
     model_of = allocators_for(devices, allocator)
     estimates = {a: step_estimate(spec, layouts, a, batch_size=batch_size,
                                   estimate_options=estimate_options or {}, sharding=sharding)
@@ -67,8 +74,6 @@ def size_model(spec, layouts, devices: Sequence, *, batch_size: int,
     complete = all(s.complete for per in steps.values() for s in per.values())
     first = next(iter(estimates.values()), None)
     reason = next((e.incomplete_reason for e in estimates.values() if e.incomplete_reason), None)
-    from smmf_plan.report.state_table import recipe_line
-
     return {"steps": steps, "grid": grid, "order": order, "devices": by_memory,
             "smallest": smallest, "complete": complete, "incomplete_reason": reason,
             "sharding": sharding, "allocators": model_of,
@@ -89,8 +94,6 @@ def size(
     """Which devices can train MODEL, with which optimizer, at what batch size. With --dist and
     --world, per rank; with --dist alone, the smallest number of each device (default: the
     catalog's GPUs) that fits."""
-    from smmf_plan.devices import get_device, list_devices
-
     batch = step.batch
     layouts = m.layouts()
     dt = m.dtype
@@ -120,8 +123,6 @@ def size(
         result = size_model(spec, layouts, chosen, batch_size=batch, estimate_options=options,
                             sharding=sharding, allocator=step.allocator)
     if json_out:
-        from smmf_plan.report.step_json import size_document
-
         o.emit_json(size_document(spec, batch, result))
         if svg is not None:
             _write_svg(svg, spec, result, batch)
@@ -133,27 +134,17 @@ def size(
 
 
 def _bar_rows(result: dict, device) -> list:
-    from smmf_plan.report.bars import BarRow
-
     steps = result["steps"][result["allocators"][device.id]]
     return [BarRow(oid, steps[oid].breakdown) for oid in result["order"]]
 
 
 def _write_svg(path: str, spec, result: dict, batch: int):
-    from smmf_plan.report.bars import write_svg
-
     d = result["devices"][0]
     title = f"{spec.name} · batch {batch} · {d.id} ({d.name})"
     return write_svg(path, _bar_rows(result, d), d.usable_bytes, title)
 
 
 def _print(spec, dtype, batch: int, result: dict) -> None:
-    from rich.text import Text
-
-    from smmf_plan.report.console import console as make_console
-    from smmf_plan.report.fit_table import size_table
-    from smmf_plan.report.state_table import model_header
-
     console = make_console()
     console.print(model_header(spec))
     if result.get("recipe_line") is not None:
@@ -166,19 +157,13 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
     grid = result["grid"]
     sharding = result.get("sharding")
     if sharding is not None:
-        from smmf_plan.report.rank_table import sharding_header
-
         console.print(sharding_header(sharding))
     if len(devices) == 1:
-        from smmf_plan.report.fit_table import device_report
-
         d = devices[0]
         steps = result["steps"][result["allocators"][d.id]]
         console.print(device_report(steps, d, batch, grid[d.id],
                                     note=" · the largest rank" if sharding is not None else ""))
         if sharding is not None:
-            from smmf_plan.report.rank_table import rank_table
-
             console.print(rank_table(steps, sharding, batch))
         return
     console.print(size_table(devices, result["order"], grid, batch))
@@ -205,8 +190,6 @@ def _print(spec, dtype, batch: int, result: dict) -> None:
 def _search(m: ModelOptions, step: StepOptions, dist: DistOptions, devices: Sequence,
             json_out: bool) -> None:
     """``size MODEL --dist S`` without ``--world``: the smallest number of each device."""
-    from smmf_plan.dist.search import smallest_worlds
-
     if dist.nodes is not None:
         raise PlanError("--nodes needs --world: size --dist without --world searches the number "
                         "of ranks; drop --nodes")
@@ -218,15 +201,8 @@ def _search(m: ModelOptions, step: StepOptions, dist: DistOptions, devices: Sequ
                                  shard_group=dist.shard_group_size, **step.estimate_kwargs(m))
     order = [v.id for v in layouts]
     if json_out:
-        from smmf_plan.report.step_json import size_search_document
-
         o.emit_json(size_search_document(spec, batch, result, devices, order))
         return
-    from rich.text import Text
-
-    from smmf_plan.report.console import console as make_console
-    from smmf_plan.report.rank_table import answers_table, world_table
-    from smmf_plan.report.state_table import assumptions_text, model_header
 
     console = make_console()
     console.print(model_header(spec))

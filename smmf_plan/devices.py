@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -101,8 +101,6 @@ class Device:
         """This device with its host memory replaced (``nbytes`` None: unchanged)."""
         if nbytes is None:
             return self
-        from dataclasses import replace
-
         return replace(self, host_bytes=int(nbytes), host_basis=basis)
 
     def check_offload(self, offload: str | None) -> None:

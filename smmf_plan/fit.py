@@ -28,6 +28,7 @@ import operator
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .allocators.models import default_for
 from .breakdown import StepMemory
 from .devices import Device
 from .errors import PlanError
@@ -314,8 +315,6 @@ def grid(steps_by_allocator: Mapping[str, Mapping[str, StepMemory]], devices: Se
     allocator model (``allocator_of(device)``; default: the device's own,
     :func:`smmf_plan.allocators.models.default_for`)."""
     if allocator_of is None:
-        from .allocators.models import default_for
-
         def allocator_of(d: Device) -> str:
             return default_for(d).id
     out: dict[str, dict[str, Fit]] = {}

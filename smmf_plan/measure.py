@@ -15,6 +15,10 @@ Four rules make the measure match what memory really holds (and what the registr
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from typing import Any, Iterator
 
 #: how deep :func:`flat_tensors` looks into plain objects' attributes.
@@ -117,11 +121,6 @@ def step_rss_extra(oid: str, shape, dtype: str = "float32", steps: int = 3,
     fresh process (glibc's mmap threshold at 128 KiB, so freed buffers leave the RSS): how the
     temporaries of steps that run inside custom operators or compiled kernels are measured, where
     a dispatch-level tracker sees nothing. Linux only (``/proc/self/status``)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run([sys.executable, "-c", _RSS_STEP, oid, json.dumps(list(shape)), dtype,
                           str(steps)], capture_output=True, text=True, env=env, timeout=timeout,

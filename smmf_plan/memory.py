@@ -37,6 +37,9 @@ The parts are :data:`smmf_plan.breakdown.PARTS`; each optimizer's
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -49,13 +52,20 @@ from .allocators import pinned_round, round_up
 from .allocators.sequence import OptimizerStep, StepLog
 from .breakdown import Breakdown, StepMemory
 from .errors import PlanError, TraceError
+from .fit import check_batch_size
 from .model import ModelSpec
 from .optimizers import OptimizerVariant, Unsupported
 from .plan import plan_state
 from .quantize import quantized_weights, stored_tensors
 from .recipe import Recipe
 from .shapes import ParamSpec
-from .trace import DEFAULT_SEQ_LEN, IMAGE_CLASSIFICATION
+from .sources import build_module
+from .sources.cache import cache_dir, store_json, versions
+from .sources.module import specs_from_module
+from .sources.resolve import NO_ARCHITECTURE, has_architecture
+from .tasks import IMAGE_CLASSIFICATION
+from .trace import DEFAULT_SEQ_LEN, ActivationModel, Affine, activation_model, input_spec_for
+from .trace.prepare import buffer_bytes, prepare
 from .units import format_bytes
 
 MiB = 1 << 20
@@ -396,8 +406,6 @@ def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
     ``"cast"`` (the engine hands the model low-precision parameters — FSDP2's
     ``MixedPrecisionPolicy``, DeepSpeed's bf16/fp16 modes — so the step is traced in the AMP dtype
     without autocast, while the specs stay as the recipe stores them for the caller to place)."""
-    from .fit import check_batch_size
-
     t0 = time.perf_counter()
     batch_size = check_batch_size(batch_size)
     model = allocator_models.resolve(allocator)
@@ -519,8 +527,6 @@ FACTS_VERSION = 4
 def _raw_module(model_spec: ModelSpec, module_factory):
     if module_factory is not None:
         return module_factory()
-    from .sources import build_module
-
     return build_module(model_spec, device="meta")
 
 
@@ -545,9 +551,6 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, recipe: R
     """Trace the model as ``recipe`` trains it and return what an estimate needs from the trace
     (and the layers it quantizes), as plain JSON data."""
     import torch
-
-    from .trace import activation_model, input_spec_for
-    from .trace.prepare import buffer_bytes, prepare
 
     try:
         raw = _raw_module(model_spec, module_factory)
@@ -599,8 +602,6 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, recipe: R
 
 
 def _model_from_facts(facts: dict):
-    from .trace import ActivationModel, Affine
-
     return ActivationModel(
         batches=tuple(facts["batches"]),
         activation={k: Affine(*v) for k, v in facts["activation"].items()},
@@ -610,11 +611,6 @@ def _model_from_facts(facts: dict):
 
 
 def _facts_key(model_spec: ModelSpec, options: dict) -> str:
-    import hashlib
-    import json
-
-    from .sources.cache import versions
-
     spec = model_spec.to_dict()
     spec["meta"] = {k: v for k, v in spec["meta"].items() if k != "cache"}
     blob = json.dumps({"v": FACTS_VERSION, "spec": spec, "options": options, "versions": versions()},
@@ -626,15 +622,9 @@ def _cached_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, module_f
     """:func:`_trace_facts`, cached as JSON beside the shape cache so that a repeated estimate
     imports no torch. Only estimates of a resolved source are cached (a hand-built
     ``module_factory`` has no stable identity)."""
-    import json
-    import os
-
-    from .sources.cache import cache_dir, store_json
 
     if module_factory is not None:
         return _trace_facts(model_spec, specs, module_factory=module_factory, **options)
-    from .sources.resolve import NO_ARCHITECTURE, has_architecture
-
     if not has_architecture(model_spec):  # known without building it (or importing torch)
         return {"error": f"{model_spec.name}: {NO_ARCHITECTURE}",
                 "library": (model_spec.meta or {}).get("library"), "quantized": None}
@@ -655,8 +645,6 @@ def _cached_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, module_f
 
 def spec_of_module(module, name: str = "model", **meta: Any) -> ModelSpec:
     """A :class:`ModelSpec` for an ``nn.Module`` built by hand (tests, scripts)."""
-    from .sources.module import specs_from_module
-
     lib = "transformers" if hasattr(getattr(module, "config", None), "to_dict") else \
         "timm" if hasattr(module, "pretrained_cfg") else None
     return ModelSpec(name, lib or "module", specs_from_module(module), {"library": lib, **meta})

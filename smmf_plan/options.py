@@ -14,6 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .allocators import models as allocator_models
+from .dist import Sharding, parse_scheme
+from .errors import PlanError
+from .optimizers import UnknownOptimizer, parse, parse_many
+from .recipe import Recipe
+from .sources import load_model
+
 
 @dataclass(frozen=True)
 class ModelOptions:
@@ -29,7 +36,7 @@ class ModelOptions:
     dtype: str | None = None
     #: classifier size for timm models; None: the architecture's.
     num_classes: int | None = None
-    #: the head to build from a transformers config (:data:`smmf_plan.trace.inputs.TASKS`);
+    #: the head to build from a transformers config (:data:`smmf_plan.tasks.TASKS`);
     #: None: the config's ``architectures``, else the head its model_type is trained with.
     task: str | None = None
     #: globs of the parameters trained (the rest frozen) / frozen.
@@ -52,9 +59,6 @@ class ModelOptions:
         """The optimizer layouts to plan; an unknown id is a :class:`PlanError` with suggestions.
         Given the loaded ``model``, options that default to its facts (Adam-mini's hidden size and
         heads) are bound to them."""
-        from .errors import PlanError
-        from .optimizers import UnknownOptimizer, parse, parse_many
-
         try:
             if isinstance(self.optimizers, tuple):
                 out = [parse(i) for i in self.optimizers]
@@ -66,15 +70,11 @@ class ModelOptions:
 
     def recipe(self, step: "StepOptions | None" = None):
         """The :class:`~smmf_plan.recipe.Recipe` these options (and ``step``'s) ask for."""
-        from .recipe import Recipe
-
         return Recipe.from_options(self, step)
 
     def load(self, recipe=None):
         """The :class:`~smmf_plan.model.ModelSpec` (no weights allocated), every parameter in the
         dtype ``recipe`` (default: :meth:`recipe` of these options alone) stores it in."""
-        from .sources import load_model
-
         spec = load_model(self.model, num_classes=self.num_classes, trainable=self.trainable,
                           freeze=self.freeze, lora_rank=self.lora_rank,
                           lora_targets=self.lora_targets, targets=self.targets,
@@ -120,11 +120,9 @@ class StepOptions:
         """The allocator model id to estimate with on ``device``: :attr:`allocator` checked
         against it, else the device's default (``glibc`` without a device); a model that cannot
         describe the device is a :class:`~smmf_plan.errors.PlanError`."""
-        from .allocators import models
-
         if device is None:
-            return models.get_model(self.allocator or models.GLIBC.id).id
-        return models.for_device(device, self.allocator).id
+            return allocator_models.get_model(self.allocator or allocator_models.GLIBC.id).id
+        return allocator_models.for_device(device, self.allocator).id
 
     @property
     def batch(self) -> int:
@@ -166,8 +164,6 @@ class DistOptions:
     reshard_after_forward: bool | None = None
 
     def __post_init__(self) -> None:
-        from .errors import PlanError
-
         if self.scheme is None:
             given = [(f, example) for f, v, example in (
                 ("--world", self.world, "fsdp2"), ("--nodes", self.nodes, "fsdp2"),
@@ -180,8 +176,6 @@ class DistOptions:
                 raise PlanError(f"{flag} needs --dist: add e.g. --dist {example} (one of ddp, "
                                 "zero1, zero2, zero3, fsdp2)")
             return
-        from .dist import Sharding, parse_scheme
-
         object.__setattr__(self, "scheme", parse_scheme(self.scheme))
         if self.bucket_cap_mb is not None:
             if self.scheme != "ddp":
@@ -209,9 +203,6 @@ class DistOptions:
 
     def sharding(self, world: int | None = None):
         """The :class:`~smmf_plan.dist.Sharding` at ``world`` (default: the given one)."""
-        from .dist import Sharding
-        from .errors import PlanError
-
         world = self.world if world is None else world
         if world is None:
             raise PlanError(f"--dist {self.scheme} needs --world N: the number of ranks")
@@ -238,8 +229,6 @@ _RESHARD_FLAG = {True: "--reshard-after-forward", False: "--no-reshard-after-for
 
 def _group_size(value: int | str, world: int, nodes: int) -> int:
     """``--shard-group`` → ranks: a whole number, or ``node`` (the ranks of one node)."""
-    from .errors import PlanError
-
     if isinstance(value, str):
         text = value.strip().lower()
         if text == "node":

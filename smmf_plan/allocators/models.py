@@ -26,6 +26,7 @@ Every figure is stated in :func:`assumptions`. Torch-free.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -85,8 +86,6 @@ def get_model(allocator: str) -> AllocatorModel:
     key = str(allocator).strip().lower()
     if key in MODELS:
         return MODELS[key]
-    import difflib
-
     close = difflib.get_close_matches(key, IDS, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     raise PlanError(f"unknown allocator {allocator!r}: {hint}use one of {', '.join(IDS)}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..devices import get_device
+from ..dist import Context, plan_ranks
 from ..dist.estimate import step_estimate
 from ..errors import PlanError
 from ..optimizers import Unsupported
@@ -82,8 +83,6 @@ def state_bytes(spec, layout, sharding) -> int:
     """The ``state`` metric: the optimizer state of one process, or of the largest rank."""
     if sharding is None:
         return plan_state(spec.params, layout).state_bytes
-    from ..dist import Context, plan_ranks
-
     return max(c.figures.state_bytes for c in plan_ranks(Context(tuple(spec.params)), sharding, layout))
 
 

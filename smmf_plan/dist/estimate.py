@@ -23,6 +23,8 @@ from . import ddp, fsdp2, zero
 from .context import Context
 from .ranks import RankClass, RankFigures, RankRanges, group
 from .sharding import Sharding
+from ..memory import TEMPORARIES_ASSUMPTION
+from ..memory import estimate as single
 
 PLANNERS: dict[str, Callable[[Context, Sharding, OptimizerVariant], list[RankClass]]] = {
     "ddp": ddp.plan, "zero1": zero.plan, "zero2": zero.plan, "zero3": zero.plan,
@@ -188,8 +190,6 @@ def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
     """The per-rank estimate of every optimizer from a computed basis (no trace)."""
     t0 = time.perf_counter()
     ctx = Context(tuple(basis.specs), basis.rounding, basis.buffer_bytes, basis.amp)
-    from ..memory import TEMPORARIES_ASSUMPTION
-
     classes, skipped = {}, []
     for v in layouts:
         try:
@@ -230,8 +230,6 @@ def step_estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant],
     """One process's estimate (:func:`smmf_plan.memory.estimate`) without ``sharding``, the
     per-rank one with it: what ``plan``, ``size`` and ``check`` call."""
     if sharding is None:
-        from ..memory import estimate as single
-
         return single(model_spec, layouts, batch_size=batch_size, allocator=allocator, **options)
     return estimate(model_spec, layouts, sharding, batch_size=batch_size, allocator=allocator,
                     **options)

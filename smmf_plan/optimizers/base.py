@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -183,8 +184,6 @@ class Requirement(NamedTuple):
     source: str | None = None
 
     def installed(self) -> bool:
-        import importlib.util
-
         try:
             return importlib.util.find_spec(self.module) is not None
         except ModuleNotFoundError:  # a dotted module whose parent package is missing

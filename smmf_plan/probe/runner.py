@@ -39,10 +39,16 @@ import sys
 import tempfile
 from typing import Any, Sequence
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from ..errors import PlanError
+from ..fit import check_batch_size
+from ..memory import estimate
 from ..model import ModelSpec
+from ..plan import plan_state
 from ..recipe import Recipe
 from ..report import SCHEMA_VERSION
+from ..report.console import console
 from .inputs import resolve_input
 from .job import ProbeJob
 from .limits import killed_by_oom
@@ -94,8 +100,6 @@ def predict(spec: ModelSpec, layouts: Sequence, inp: dict, device_type: str,
     same quantity the probe measures); ``breakdown`` the estimate's parts (its ``state_allocated``
     is the allocator-rounded state) and ``total_bytes`` their sum; ``peak_bytes`` =
     ``total_bytes`` minus the runtime parts present before the baseline (:data:`BASELINE_PARTS`)."""
-    from ..memory import estimate
-
     allocator = allocator or probe_allocator(device_type)
     est = estimate(spec, list(layouts), batch_size=inp["batch_size"], recipe=PROBE_RECIPE,
                    input_size=inp.get("input_size"), seq_len=inp.get("seq_len"), allocator=allocator)
@@ -110,8 +114,6 @@ def predict(spec: ModelSpec, layouts: Sequence, inp: dict, device_type: str,
 
 
 def _state_only(spec: ModelSpec, layouts) -> dict[str, dict]:
-    from ..plan import plan_state
-
     return {lay.id: {"state_bytes": plan_state(spec.params, lay.bind(spec.facts)).state_bytes,
                      "breakdown": None, "total_bytes": None, "peak_bytes": None} for lay in layouts}
 
@@ -199,8 +201,6 @@ def run_probe(spec: ModelSpec, layouts: Sequence, *, steps: int = 10, batch_size
     comparison is with the ``glibc`` estimate."""
     if steps < 1:
         raise PlanError(f"--steps must be at least 1, got {steps}")
-    from ..fit import check_batch_size
-
     batch_size = check_batch_size(batch_size)
     if device_type not in ("cpu", "cuda"):
         raise PlanError(f"--device-type {device_type!r}: use cpu or cuda")
@@ -303,9 +303,6 @@ class _NoBar:
 def _progress(enabled: bool):
     if not enabled:
         return _NoBar()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..report.console import console
 
     # descriptions and notes are user text (ids, error messages): no markup
     return Progress(TextColumn("{task.description:<22}", markup=False), BarColumn(),

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from html import escape as _html_escape
 from pathlib import Path
 from typing import Mapping, Sequence
-from xml.sax.saxutils import escape
+
+from rich.table import Table
+from rich.text import Text
 
 from ..atomic import write_text_atomic
 from ..breakdown import Breakdown, Part, shown
 from ..errors import PlanError
 from ..units import format_bytes
+
+
+def escape(text: str) -> str:
+    """``&``, ``<`` and ``>`` as XML entities (SVG text and titles)."""
+    return _html_escape(text, quote=False)
+
 
 MARKER = "┃"
 
@@ -87,8 +96,6 @@ class Bars:
 
     def bar_text(self, row: BarRow, width: int):
         """The bar of ``row`` as rich Text, exactly ``width`` cells plus the marker."""
-        from rich.text import Text
-
         scale = _scale(self.rows, self.usable_bytes)
         mark = None if self.usable_bytes is None else round(self.usable_bytes * width / scale)
         bar = Text()
@@ -107,9 +114,6 @@ class Bars:
         return bar
 
     def __rich_console__(self, console, options):
-        from rich.table import Table
-        from rich.text import Text
-
         label_w = max([len(r.label) for r in self.rows] + [4])
         totals = [format_bytes(r.total, 0) for r in self.rows]
         status = [_status(r, self.usable_bytes) for r in self.rows]

@@ -12,6 +12,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Iterable
 
+from rich.table import Table
+from rich.text import Text
+
 from ..breakdown import StepMemory
 from ..check import FAIL, IMPROVED, NEW, PASS, UPDATED, CheckReport, Evaluated, Result
 from ..units import format_bytes
@@ -55,9 +58,6 @@ _RIGHT = {"budget", "baseline", "now", "delta"}
 
 def check_table(report: CheckReport):
     """The rich table: one row per check × optimizer × metric, failures in bold red."""
-    from rich.table import Table
-    from rich.text import Text
-
     title = "smmf-plan check" + (f" · baseline {report.baseline_path}" if report.baseline_path else "")
     table = Table(title=title, title_justify="left", header_style="bold")
     for col in COLUMNS:
@@ -102,9 +102,6 @@ def messages(report: CheckReport) -> list[str]:
 
 
 def print_table(report: CheckReport, console=None) -> None:
-    from rich.text import Text
-
-
     if console is None:
         console = make_console()
         if not console.is_terminal:  # CI logs: no wrapping at 80 columns; tables stay content-wide

@@ -8,9 +8,9 @@ text, and rich would swallow ``[compare]`` in ``pip install 'smmf-plan[compare]'
 
 from __future__ import annotations
 
+from rich.console import Console
+
 
 def console(*, stderr: bool = False, **kwargs):
     """A ``rich.console.Console`` that prints strings exactly as written."""
-    from rich.console import Console
-
     return Console(stderr=stderr, markup=False, emoji=False, **kwargs)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from rich import box
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from ..breakdown import StepMemory, shown
 from ..devices import Device
-from ..fit import Fit
+from ..fit import Fit, recommendation
+from ..fit import judge as judge_one
 from ..units import format_bytes
 from . import SCHEMA_VERSION
+from .bars import BarRow, render_bars
 
 _PT_STYLE = {"yes": "green", "limited": "", "marginal": "yellow", "no": "red", "unknown": "dim"}
 
@@ -25,8 +29,6 @@ _PT_STYLE = {"yes": "green", "limited": "", "marginal": "yellow", "no": "red", "
 def devices_table(devices: Sequence[Device], wide: bool = True) -> Table:
     """The catalog; ``wide=False`` (terminals under ~120 columns) drops the name, the allocator
     and the PyTorch reason so that each device stays on one line."""
-    from rich import box
-
     table = Table(title="Devices", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   caption="usable: what one training process can allocate once the OS/runtime is "
                           "up; smmf-plan devices --json gives each figure's basis and sources",
@@ -94,8 +96,6 @@ def verdict_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | Non
     """One row per optimizer (labelled by the keys of ``steps``, heading ``first``): every part,
     the total and (with a device) fits / headroom / largest batch. Rows keep the order of
     ``steps``. Sizes are compact (M = MiB, G = GiB)."""
-    from rich import box
-
     complete = all(s.complete for s in steps.values())
     table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   padding=(0, 0))
@@ -137,8 +137,6 @@ def host_table(steps: Mapping[str, StepMemory], fits: Mapping[str, Fit] | None =
                device: Device | None = None) -> Table | None:
     """What an offloading recipe keeps on the host, per optimizer: one column per host part, the
     host total and (with a device) whether it fits its host memory. None without host parts."""
-    from rich import box
-
     parts = shown((s.breakdown for s in steps.values()), where="host")
     if not parts:
         return None
@@ -170,8 +168,6 @@ def size_table(devices: Sequence[Device], optimizers: Sequence[str],
                fits: Mapping[str, Mapping[str, Fit]], batch_size: int) -> Table:
     """Devices (rows, in the given order) × optimizers (columns): memory left or missing and the
     largest batch that fits."""
-    from rich import box
-
     any_batch = any(not f.capped and f.max_batch_size for row in fits.values() for f in row.values())
     unknown = any(f.fits is None or f.headroom_bytes is None for row in fits.values() for f in row.values())
     caption = "✓ fits, with that much memory free · ✗ does not fit, short by that much"
@@ -203,16 +199,12 @@ def size_table(devices: Sequence[Device], optimizers: Sequence[str],
 
 def judge(steps: Mapping[str, StepMemory], device: Device, batch_size: int) -> dict[str, Fit]:
     """Each optimizer's :class:`Fit` on ``device`` (steps must use ``device.allocator``)."""
-    from ..fit import judge as judge_one
-
     return {oid: judge_one(s, device, batch_size) for oid, s in steps.items()}
 
 
 def would_fit_table(would_fit: Mapping, device: Device) -> Table:
     """One row per optimizer that does not fit: the smallest change that would (planned for real,
     see :mod:`smmf_plan.alternatives`), its total, what it leaves free and its largest batch."""
-    from rich import box
-
     table = Table(title=f"What would fit on {device.id} (the smallest change that fits)",
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
     for col, just in (("optimizer", "left"), ("change", "left"), ("total", "right"),
@@ -236,10 +228,6 @@ def device_report(steps: Mapping[str, StepMemory], device: Device, batch_size: i
     """Device line, step table with verdicts, stacked bars, what would fit (``would_fit``) and the
     one-line recommendation, as one rich renderable (what ``smmf-plan MODEL --device X`` shows
     below the model line); ``note`` is appended to the step table's title."""
-    from rich.console import Group
-
-    from ..fit import recommendation
-    from .bars import BarRow, render_bars
 
     fits = dict(fits) if fits is not None else judge(steps, device, batch_size)
     order = sorted(steps, key=lambda o: (steps[o].device_bytes, o))

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
 from ..units import format_bytes
 from .breakdown_md import breakdown_table, legend, mib
 
@@ -106,10 +110,6 @@ TERMINAL = [(0, "optimizer"), (1, "status"), (3, "state\nMiB"), (4, "state\nerr"
 
 def probe_table(doc: dict):
     """A rich table: one row per optimizer (sizes in MiB)."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
     t = Table(title=header_line(doc), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table_rows = rows(doc)
     for i, head in TERMINAL:
@@ -128,10 +128,6 @@ def probe_table(doc: dict):
 
 def rank_table(doc: dict):
     """A rich table for ``probe --dist``: one row per optimizer and rank (state in bytes, exact)."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
     st, mo = doc["settings"], doc["model"]
     title = (f"{mo['name']} · {mo['num_params'] / 1e6:.2f} M params · {st['dist']} over "
              f"{st['world']} ranks ({st['backend']}) · batch {doc['input']['batch_size']} per rank · "

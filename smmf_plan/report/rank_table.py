@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -28,8 +29,6 @@ def rank_table(steps: Mapping[str, StepMemory], sharding, batch_size: int) -> Ta
     the ranks, how many, the logical state, the parts in which ranks differ and the total; the
     largest and the smallest rank marked. A 1,024-rank plan has as many rows per optimizer as it has distinct
     rank shapes."""
-    from rich import box
-
     rows = [r.breakdown for s in steps.values() for r in s.ranks]
     # the parts in which some ranks differ (the step table above has the largest rank's others)
     parts = [p for p in shown(rows)
@@ -78,8 +77,6 @@ def world_cell(answer) -> Text:
 
 def world_table(search, devices, order, batch_size: int) -> Table:
     """Devices (rows) × optimizers: the smallest number of that device that fits."""
-    from rich import box
-
     table = Table(title=f"Smallest number of each device that fits ({search.scheme}, batch "
                         f"{batch_size} per rank)", title_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, padding=(0, 1),
@@ -98,8 +95,6 @@ def world_table(search, devices, order, batch_size: int) -> Table:
 
 def answers_table(search, devices, order) -> Table:
     """The largest rank's breakdown behind each answer: one row per device × optimizer."""
-    from rich import box
-
     answers = [search.answers[d.id][o] for d in devices for o in order]
     parts = shown(a.step.breakdown for a in answers)
     table = Table(title="The largest rank behind each answer", title_justify="left",

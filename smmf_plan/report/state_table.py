@@ -8,10 +8,11 @@ from rich.table import Table
 from rich.text import Text
 
 from ..model import ModelSpec
-from ..optimizers import OptimizerVariant
+from ..optimizers import OptimizerVariant, parse
 from ..plan import StatePlan
 from ..shapes import square_matricize
 from ..units import format_bytes
+from .state_json import _param_bytes
 
 
 def model_header(model: ModelSpec) -> Text:
@@ -72,8 +73,6 @@ def state_table(plans: dict[str, StatePlan], adam_bytes: int, title: str = "Opti
 def state_notes(plans: dict[str, StatePlan]) -> list[str]:
     """One line per optimizer that cannot run on the model (why) or treats parameter groups
     differently (how many in each), and the rule that chose the groups, once."""
-    from ..optimizers import parse
-
     notes, rules = [], []
     for oid, p in plans.items():
         if p.unsupported:
@@ -127,8 +126,6 @@ def assumptions_text(assumptions: Sequence[str]) -> Text:
 
 
 def _cell(layout: OptimizerVariant, spec) -> str:
-    from .state_json import _param_bytes
-
     if not spec.trainable:
         return "frozen"
     n = _param_bytes(layout, spec)

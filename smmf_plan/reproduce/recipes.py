@@ -25,6 +25,7 @@ Two accountings of training memory appear (``Recipe.training``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
@@ -154,8 +155,6 @@ def yolov5(depth_multiple: float, width_multiple: float, num_classes: int = 80) 
     Ultralytics' ``model.{i}.cv1.conv.weight`` scheme. nc=80 (COCO). YOLOv5s is
     ``(0.33, 0.50)``, YOLOv5m ``(0.67, 0.75)``; Ultralytics reports 7,235,389 and 21,190,557
     parameters for them, which these builds reproduce exactly (checked in the tests)."""
-    import math
-
     import torch
     from torch import nn
 
@@ -268,8 +267,6 @@ def _wmt_vocab(d_model: int, heads: int, d_ff: int) -> OpenDetail:
     """The WMT32k vocabulary of :func:`transformer_wmt` as an open detail: another vocabulary
     changes exactly the three vocab × d matrices."""
     def build(vocab: int) -> list[ParamSpec]:
-        from dataclasses import replace
-
         return [replace(s, shape=(vocab, d_model)) if s.name in WMT_VOCAB_PARAMS else s
                 for s in transformer_wmt(d_model, heads, d_ff)]
 

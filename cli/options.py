@@ -27,7 +27,8 @@ from smmf_plan import dtypes
 from smmf_plan.allocators.models import IDS as ALLOCATOR_IDS
 from smmf_plan.allocators.models import get_model
 from smmf_plan.errors import PlanError
-from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS  # torch-free, a few ms
+from smmf_plan.fit import check_batch_size
+from smmf_plan.optimizers.registry import ALL_IDS, DEFAULT_IDS
 from smmf_plan.options import DistOptions, ModelOptions, StepOptions
 from smmf_plan.recipe import Recipe
 from smmf_plan.report.console import console
@@ -233,8 +234,6 @@ def step_options(batch_size: int | None = None, input_size: str | None = None,
                  runtime: str | None = None, allocator: str | None = None) -> StepOptions:
     """The training-step options as given on the command line, validated."""
     if batch_size is not None:
-        from smmf_plan.fit import check_batch_size  # fit loads the device catalog's code
-
         check_batch_size(batch_size)
     if seq_len is not None and seq_len < 1:
         raise PlanError(f"--seq-len {seq_len} is not a sequence length: give a whole number >= 1")

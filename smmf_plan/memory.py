@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from . import dtypes
@@ -569,8 +569,6 @@ def _trace_facts(model_spec: ModelSpec, specs: Sequence[ParamSpec], *, recipe: R
     try:
         spec_in = input_spec_for(module, batch_size, input_size, seq_len)
         if recipe.amp is None and compute in dtypes.HALF:
-            from dataclasses import replace
-
             spec_in = replace(spec_in, float_dtype=compute)
         buffers = {a: buffer_bytes(module, _QUANTUM[a]) for a in ALLOCATORS}
         first = [module]

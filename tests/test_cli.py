@@ -396,6 +396,61 @@ def test_probe_takes_the_shared_options_it_can_honour(capsys):
     assert code == 2 and "--batch-size" in err and out == ""
 
 
+#: what may be imported inside a function: the heavy libraries (so planning stays torch-free),
+#: the optional optimizer packages, and what only some platforms or versions have.
+LAZY_ALLOWED = ("torch", "timm", "transformers", "triton", "ninja", "huggingface_hub",
+                "resource", "typer._click", "click", "traceback")
+#: function-level imports of project modules that load torch (the SMMF kernels' own helpers)
+#: or are module ``__getattr__`` lazies (``smmf_plan.reproduce``, ``smmf_plan.cli``).
+LAZY_PROJECT = {("smmf_plan/optim/_cpp.py", "._layout"), ("smmf_plan/optim/_triton.py", "._kernels"),
+                ("smmf_plan/optim/_triton.py", "."), ("smmf_plan/reproduce/__init__.py", "."),
+                ("cli/__init__.py", ".")}
+
+
+def test_function_level_imports_are_only_the_heavy_libraries():
+    """Issue 10.3's rule: every import is at module level except torch, timm, transformers and
+    their kin (so the warm planning path stays torch-free), walked over every module."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted([*root.glob("smmf_plan/**/*.py"), *root.glob("cli/*.py")]):
+        rel = path.relative_to(root).as_posix()
+        if "/reference/" in rel:  # the paper's reference code, kept as printed
+            continue
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = ["." * node.level + (node.module or "")]
+                else:
+                    continue
+                for name in names:
+                    if (rel, name) in LAZY_PROJECT or (
+                            not name.startswith(".") and name.split(".")[0] in LAZY_ALLOWED
+                            or name in LAZY_ALLOWED):
+                        continue
+                    found.append(f"{rel}:{node.lineno} {name}")
+    assert found == []
+
+
+def test_a_run_imports_only_its_command():
+    """`smmf-plan MODEL` registers the plan command alone: the probe, the CI gate and the paper
+    reproduction stay unimported; `--help` lists every command."""
+    code = ("import sys\nfrom smmf_plan.cli import main\n"
+            "try:\n    main(['optimizers', '--json'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('smmf_plan.cli.probe', 'smmf_plan.cli.check', "
+            "'smmf_plan.cli.reproduce', 'smmf_plan.cli.optimizers') if m in sys.modules), "
+            "file=sys.stderr)\n")
+    run_ = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run_.returncode == 0, run_.stderr
+    assert run_.stderr.strip().splitlines()[-1] == "['smmf_plan.cli.optimizers']"
+
+
 def test_warm_plan_from_the_shape_cache_imports_no_torch(tmp_path):
     """`smmf-plan resnet50 --json` a second time reads the shape cache and never imports torch,
     timm or transformers (the CLI imports them only inside the functions that need them)."""

@@ -39,7 +39,7 @@ def _estimate(recipe: Recipe, allocator="cuda", batch=4, optimizers="adam", deep
 @pytest.fixture(autouse=True)
 def _flat_inputs(monkeypatch):
     """The MLP takes (B, 64) inputs: an "image" of size (64,) is what the trace builds for it."""
-    from smmf_plan import trace
+    from smmf_plan import memory
     from smmf_plan.trace import inputs
 
     real = inputs.input_spec_for
@@ -50,7 +50,7 @@ def _flat_inputs(monkeypatch):
                                     num_classes=4)
         return real(model, batch_size, input_size, seq_len)
 
-    monkeypatch.setattr(trace, "input_spec_for", spec_for)
+    monkeypatch.setattr(memory, "input_spec_for", spec_for)
 
 
 def test_accumulation_traces_a_later_micro_step():

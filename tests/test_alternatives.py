@@ -6,24 +6,12 @@ import json
 
 import pytest
 
+from cli_run import isolated_cache, run  # noqa: F401 - isolated_cache is an autouse fixture
 from smmf_plan.alternatives import ORDER, lora_targets
-from smmf_plan.cli import main
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
          "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64}
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture

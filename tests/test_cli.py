@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from smmf_plan.cli import main
+from cli_run import isolated_cache, run  # noqa: F401 - isolated_cache is an autouse fixture
 
 
 def gpt2_shapes() -> list[tuple[int, ...]]:
@@ -44,18 +44,6 @@ def gpt2_state_bytes() -> dict[str, int]:
         rows, cols = _square(n)
         out["smmf"] += 4 * 2 * (rows + cols) + -(-n // 8)           # 4 vectors + 1-bit sign
     return out
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def test_default_command_is_plan_and_json_schema(capsys):

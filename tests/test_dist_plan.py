@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smmf_plan.cli import main
+from cli_run import isolated_cache, run  # noqa: F401 - isolated_cache is an autouse fixture
 from smmf_plan.dist import Context, Sharding, ddp, fsdp2, plan_ranks, zero
 from smmf_plan.errors import PlanError
 from smmf_plan.optimizers import FAMILIES, parse
@@ -29,18 +29,6 @@ def mlp_specs(dtype: str = "float32") -> tuple[ParamSpec, ...]:
     for i, (a, b) in enumerate(zip(MLP, MLP[1:])):
         out += [ParamSpec(f"{i}.weight", (b, a), dtype), ParamSpec(f"{i}.bias", (b,), dtype)]
     return tuple(out)
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path / "cache"))
 
 
 # ------------------------------------------------------------------ FSDP2's dim-0 chunk rule

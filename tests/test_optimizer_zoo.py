@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from smmf_plan.cli import main
+from cli_run import isolated_cache, run  # noqa: F401 - isolated_cache is an autouse fixture
 from smmf_plan.errors import PlanError
 from smmf_plan.model import SPEC_FORMAT, ModelSpec
 from smmf_plan.optimizers import Unsupported, parse
@@ -20,18 +20,6 @@ from smmf_plan.sources import load_model
 from smmf_plan.targets import is_target
 
 LLAMA_7B_PARAMS = 6_738_415_616
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path / "cache"))
 
 
 # --------------------------------------------------------------------------- what is targeted

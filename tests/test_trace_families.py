@@ -27,7 +27,7 @@ from smmf_plan.optimizers import parse_many
 from smmf_plan.recipe import Recipe
 from smmf_plan.sources import registry
 from smmf_plan.sources.hf_config import build
-from smmf_plan.trace import (
+from smmf_plan.tasks import (
     CAUSAL_LM,
     CONTRASTIVE,
     IMAGE_CLASSIFICATION,
@@ -35,9 +35,8 @@ from smmf_plan.trace import (
     QUESTION_ANSWERING,
     SEQ2SEQ_LM,
     SPEECH_SEQ2SEQ,
-    input_spec_for,
-    trace_step,
 )
+from smmf_plan.trace import input_spec_for, trace_step
 from smmf_plan.trace.step import default_loss
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=101)

@@ -20,6 +20,7 @@ from .. import dtypes
 from ..shapes import ParamSpec
 from .base import (
     DOES_NOT_RUN,
+    LOOP_ONLY,
     VERIFIED_BY_TESTS,
     ZERO_FLAT,
     Interval,
@@ -75,7 +76,7 @@ INFO = OptimizerInfo(
                              Interval(0, 1))},
     state=state,
     temporaries={"for-loop": _loop},
-    paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+    paths=LOOP_ONLY,
     probe_lr=1e-3, constructor=constructor,
     dist_caveats={
         "fsdp2": DOES_NOT_RUN + "transformers' Adafactor fails at its first step on FSDP2's DTensor "

@@ -24,7 +24,7 @@ from typing import Sequence
 from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
-from .base import OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import LOOP_ONLY, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 
 SOURCE = ("https://github.com/rosieyzh/optimizers-llm (olmo/optim.py at a1f8a3f; part of an OLMo "
           "fork, not a package)")
@@ -80,6 +80,6 @@ INFO = OptimizerInfo(
     named_params=True,
     state=state,
     temporaries={"for-loop": _loop},
-    paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+    paths=LOOP_ONLY,
     probe_lr=1e-3, constructor=lambda o: dict(lr=1e-3, **dict(o)),
 )

@@ -21,7 +21,18 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    TORCH_PATH_ARGS,
+    TORCH_PATHS,
+    VERIFIED_BY_TESTS,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    param_dtype,
+)
 from .temporaries import foreach_peak, loop_peak, no_temporaries
 
 TORCH = Requirement("torch", "torch")
@@ -75,9 +86,8 @@ def _info(cls: str, *, paper_name: str | None, summary: str, weight_decay: float
         implementation=f"torch.optim:{cls}", requires=TORCH, reproduces=_REPRODUCES.format(cls),
         verified=VERIFIED_BY_TESTS, options=_options(weight_decay), state=state,
         temporaries={"for-loop": _loop(decoupled), "foreach": _foreach, "fused": no_temporaries},
-        paths={"cpu": ("for-loop", "foreach", "fused"), "cuda": ("foreach", "for-loop", "fused")},
-        path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True},
-                   "fused": {"fused": True}},
+        paths=TORCH_PATHS,
+        path_args=TORCH_PATH_ARGS,
         probe_lr=1e-3, constructor=constructor,
     )
 

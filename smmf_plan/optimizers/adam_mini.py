@@ -35,6 +35,7 @@ from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
 from .base import (
+    LOOP_ONLY,
     VERIFIED_BY_TESTS,
     Interval,
     OptimizerInfo,
@@ -155,6 +156,6 @@ INFO = OptimizerInfo(
     named_params=True,
     state=state,
     temporaries={"for-loop": _loop},
-    paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+    paths=LOOP_ONLY,
     probe_lr=1e-3, constructor=constructor,
 )

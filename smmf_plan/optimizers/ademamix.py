@@ -12,7 +12,7 @@ Probe learning rate 1e-3.
 from __future__ import annotations
 
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, OptimizerInfo, Options, StateTensor, param_dtype
+from .base import FOREACH_FIRST, FOREACH_FLAG, VERIFIED_BY_TESTS, OptimizerInfo, Options, StateTensor, param_dtype
 from .signum import PYTORCH_OPTIMIZER
 from .temporaries import foreach_peak, loop_peak
 
@@ -30,7 +30,7 @@ INFO = OptimizerInfo(
     state=state,
     temporaries={"foreach": lambda o, s, q: foreach_peak(s, q, copies=2),
                  "for-loop": lambda o, s, q: loop_peak(s, q, full=2)},
-    paths={"cpu": ("foreach", "for-loop"), "cuda": ("foreach", "for-loop")},
-    path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True}},
+    paths=FOREACH_FIRST,
+    path_args=FOREACH_FLAG,
     probe_lr=1e-3, constructor=lambda o: dict(lr=1e-3),
 )

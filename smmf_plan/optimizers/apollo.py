@@ -29,7 +29,17 @@ from ..allocators import round_up
 from ..shapes import ParamSpec
 from ..targets import TARGET_RULE
 from ._groups import adamw_moments, per_parameter_peak, targeted
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    LOOP_ONLY,
+    VERIFIED_BY_TESTS,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    param_dtype,
+)
 from .galore import GAP, RANK, projected
 
 REQUIRES = Requirement("apollo-torch", "apollo_torch", extra="compare")
@@ -75,7 +85,7 @@ def _info(id: str, display: str, summary: str, rank: int, scale_type: str, scale
         },
         state=state, groups=targeted("apollo", _hyper), target_rule=TARGET_RULE,
         temporaries={"for-loop": _loop},
-        paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+        paths=LOOP_ONLY,
         probe_lr=1e-3, constructor=lambda o: dict(lr=1e-3),
         peak_step=lambda o: o["update_proj_gap"] + 1,
     )

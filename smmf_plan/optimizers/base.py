@@ -24,6 +24,16 @@ from ..shapes import ParamSpec, Shape
 #: the code paths an optimizer step can take (torch's vocabulary): one kernel launch sequence per
 #: parameter, one per group of parameters (``foreach``), or one fused kernel.
 CODE_PATHS = ("for-loop", "foreach", "fused")
+#: ``paths`` of an implementation with the for-loop only, on both devices.
+LOOP_ONLY = {"cpu": ("for-loop",), "cuda": ("for-loop",)}
+#: ``paths`` of one whose default is foreach on both devices, the for-loop on request.
+FOREACH_FIRST = {"cpu": ("foreach", "for-loop"), "cuda": ("foreach", "for-loop")}
+#: ``path_args`` of one that takes ``foreach=`` (torch.optim's and pytorch_optimizer's flag).
+FOREACH_FLAG = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}}
+#: ``paths`` and ``path_args`` of a torch.optim optimizer: the for-loop by default on CPU, foreach
+#: on CUDA, ``fused=True`` on request on both.
+TORCH_PATHS = {"cpu": ("for-loop", "foreach", "fused"), "cuda": ("foreach", "for-loop", "fused")}
+TORCH_PATH_ARGS = {**FOREACH_FLAG, "fused": {"fused": True}}
 #: the devices a code path is chosen for, by the allocator a plan rounds with.
 DEVICES = allocators.DEVICE_ALLOCATORS
 

@@ -22,6 +22,7 @@ from ..shapes import ParamSpec
 from .adafactor import factored_second_moment
 from .base import (
     DOES_NOT_RUN,
+    LOOP_ONLY,
     VERIFIED_BY_TESTS,
     ZERO_FLAT,
     OptimizerInfo,
@@ -57,7 +58,7 @@ INFO = OptimizerInfo(
     verified=VERIFIED_BY_TESTS,
     state=state,
     temporaries={"for-loop": _loop},
-    paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+    paths=LOOP_ONLY,
     probe_lr=2e-4, constructor=lambda o: dict(lr=2e-4),
     dist_caveats={
         "fsdp2": DOES_NOT_RUN + "came_pytorch's CAME fails at its first step on FSDP2's DTensor "

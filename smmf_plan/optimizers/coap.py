@@ -37,7 +37,7 @@ from ..allocators import round_up
 from ..shapes import ParamSpec
 from ..targets import TARGET_RULE
 from ._groups import adamw_moments, per_parameter_peak, targeted
-from .base import Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import LOOP_ONLY, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
 
 SOURCE = "git+https://github.com/bytedance/coap@deabc3a671f63f9a8b49066c925d9df6b260089e"
 
@@ -102,7 +102,7 @@ INFO = OptimizerInfo(
     },
     state=state, groups=targeted("coap", _hyper), target_rule=TARGET_RULE,
     temporaries={"for-loop": _loop},
-    paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+    paths=LOOP_ONLY,
     params_keyword="grouped_params_with_proj", peak_step=lambda o: o["update_interval"] + 1,
     probe_lr=1e-3, constructor=lambda o: dict(lr=1e-3),
 )

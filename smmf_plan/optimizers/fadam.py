@@ -14,7 +14,7 @@ Probe learning rate 1e-3.
 from __future__ import annotations
 
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, OptimizerInfo, Options, StateTensor
+from .base import FOREACH_FIRST, FOREACH_FLAG, VERIFIED_BY_TESTS, OptimizerInfo, Options, StateTensor
 from .signum import PYTORCH_OPTIMIZER
 from .temporaries import foreach_peak, loop_peak
 
@@ -31,7 +31,7 @@ INFO = OptimizerInfo(
     state=state,
     temporaries={"foreach": lambda o, s, q: foreach_peak(s, q, copies=3),
                  "for-loop": lambda o, s, q: loop_peak(s, q, full=3)},
-    paths={"cpu": ("foreach", "for-loop"), "cuda": ("foreach", "for-loop")},
-    path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True}},
+    paths=FOREACH_FIRST,
+    path_args=FOREACH_FLAG,
     probe_lr=1e-3, constructor=lambda o: dict(lr=1e-3),
 )

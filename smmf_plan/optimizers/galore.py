@@ -31,7 +31,17 @@ from ..allocators import round_up
 from ..shapes import ParamSpec
 from ..targets import TARGET_RULE
 from ._groups import adamw_moments, per_parameter_peak, targeted
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    LOOP_ONLY,
+    VERIFIED_BY_TESTS,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    param_dtype,
+)
 
 RANK = Interval(1, None)
 GAP = Interval(1, None)
@@ -92,7 +102,7 @@ INFO = OptimizerInfo(
     },
     state=state, groups=targeted("galore", _hyper), target_rule=TARGET_RULE,
     temporaries={"for-loop": _loop},
-    paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+    paths=LOOP_ONLY,
     probe_lr=1e-3, constructor=lambda o: dict(lr=1e-3, no_deprecation_warning=True),
     peak_step=lambda o: o["update_proj_gap"] + 1,
 )

@@ -30,7 +30,7 @@ from typing import Sequence
 from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec, Shape, square_matricize
-from .base import Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
+from .base import LOOP_ONLY, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor
 
 FACTORS = ("u", "v", "r", "s")
 
@@ -80,6 +80,6 @@ INFO = OptimizerInfo(
                                       Interval(0, None, low_closed=False))},
     state=state,
     temporaries={"for-loop": _loop},
-    paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+    paths=LOOP_ONLY,
     probe_lr=1e-3, constructor=lambda o: dict(lr=1e-3, clip_threshold=o["clip_threshold"]),
 )

@@ -25,7 +25,16 @@ from ..shapes import ParamSpec
 from ..targets import TARGET_RULE, is_target
 from . import adam
 from ._groups import targeted
-from .base import VERIFIED_BY_TESTS, OptimizerInfo, Option, Options, StateTensor, param_dtype
+from .base import (
+    TORCH_PATH_ARGS,
+    TORCH_PATHS,
+    VERIFIED_BY_TESTS,
+    OptimizerInfo,
+    Option,
+    Options,
+    StateTensor,
+    param_dtype,
+)
 from .temporaries import foreach_peak, no_temporaries
 
 
@@ -73,8 +82,8 @@ INFO = OptimizerInfo(
     temporaries={"for-loop": _path(_adamw_loop),
                  "foreach": _path(lambda o, s, q: foreach_peak(s, q)),
                  "fused": _path(no_temporaries)},
-    paths={"cpu": ("for-loop", "foreach", "fused"), "cuda": ("foreach", "for-loop", "fused")},
-    path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}},
+    paths=TORCH_PATHS,
+    path_args=TORCH_PATH_ARGS,
     probe_lr=0.02,
     constructor=lambda o: dict(lr=0.02, adamw_lr=3e-4, **({"fused": True} if o["fused"] else {})),
 )

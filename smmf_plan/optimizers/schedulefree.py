@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from ..shapes import ParamSpec
 from .base import (
+    FOREACH_FIRST,
+    FOREACH_FLAG,
     VERIFIED_BY_TESTS,
     Implementation,
     OptimizerInfo,
@@ -58,8 +60,8 @@ INFO = OptimizerInfo(
     options={"impl": Option("pytorch_optimizer", "choice", "which implementation", choices=IMPLS)},
     state=state,
     temporaries={"foreach": _foreach, "for-loop": _loop},
-    paths={"cpu": ("foreach", "for-loop"), "cuda": ("foreach", "for-loop")},
-    path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True}},
+    paths=FOREACH_FIRST,
+    path_args=FOREACH_FLAG,
     probe_lr=2.5e-3, constructor=lambda o: dict(lr=2.5e-3),
     prepare=lambda optimizer: optimizer.train(),
 )

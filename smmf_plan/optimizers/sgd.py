@@ -21,7 +21,17 @@ from typing import Sequence
 
 from ..shapes import ParamSpec
 from .adam import TORCH
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, StateTensor, param_dtype
+from .base import (
+    TORCH_PATH_ARGS,
+    TORCH_PATHS,
+    VERIFIED_BY_TESTS,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    StateTensor,
+    param_dtype,
+)
 from .temporaries import foreach_peak, loop_peak, no_temporaries
 
 
@@ -65,7 +75,7 @@ INFO = OptimizerInfo(
     },
     state=state,
     temporaries={"for-loop": _loop, "foreach": _foreach, "fused": no_temporaries},
-    paths={"cpu": ("for-loop", "foreach", "fused"), "cuda": ("foreach", "for-loop", "fused")},
-    path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}},
+    paths=TORCH_PATHS,
+    path_args=TORCH_PATH_ARGS,
     probe_lr=1e-2, constructor=constructor,
 )

@@ -13,7 +13,18 @@ Probe learning rate 1e-4 (sign steps move every weight by the learning rate).
 from __future__ import annotations
 
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, Requirement, StateTensor, param_dtype
+from .base import (
+    FOREACH_FIRST,
+    FOREACH_FLAG,
+    VERIFIED_BY_TESTS,
+    Interval,
+    OptimizerInfo,
+    Option,
+    Options,
+    Requirement,
+    StateTensor,
+    param_dtype,
+)
 from .temporaries import foreach_peak, loop_peak
 
 PYTORCH_OPTIMIZER = Requirement("pytorch-optimizer", "pytorch_optimizer")  # a main dependency
@@ -35,7 +46,7 @@ INFO = OptimizerInfo(
     state=state,
     temporaries={"foreach": lambda o, s, q: foreach_peak(s, q),
                  "for-loop": lambda o, s, q: loop_peak(s, q, full=1)},
-    paths={"cpu": ("foreach", "for-loop"), "cuda": ("foreach", "for-loop")},
-    path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True}},
+    paths=FOREACH_FIRST,
+    path_args=FOREACH_FLAG,
     probe_lr=1e-4, constructor=lambda o: dict(lr=1e-4, momentum=o["momentum"]),
 )

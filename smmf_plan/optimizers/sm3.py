@@ -21,6 +21,7 @@ from typing import Sequence
 from ..shapes import ParamSpec
 from .base import (
     DOES_NOT_RUN,
+    FOREACH_FLAG,
     VERIFIED_BY_TESTS,
     ZERO_FLAT,
     Interval,
@@ -67,7 +68,7 @@ INFO = OptimizerInfo(
     state=state,
     temporaries={"for-loop": _loop, "foreach": _foreach},
     paths={"cpu": ("for-loop", "foreach"), "cuda": ("foreach", "for-loop")},
-    path_args={"for-loop": {"foreach": False}, "foreach": {"foreach": True}},
+    path_args=FOREACH_FLAG,
     probe_lr=1e-2, constructor=lambda o: dict(lr=1e-1, momentum=o["momentum"]),
     dist_caveats={
         "fsdp2": DOES_NOT_RUN + "pytorch_optimizer's SM3 fails at its first step on FSDP2's "

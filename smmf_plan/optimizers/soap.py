@@ -27,7 +27,7 @@ from typing import Sequence
 from .. import dtypes
 from ..allocators import round_up
 from ..shapes import ParamSpec
-from .base import VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, StateTensor, param_dtype
+from .base import LOOP_ONLY, VERIFIED_BY_TESTS, Interval, OptimizerInfo, Option, Options, StateTensor, param_dtype
 from .signum import PYTORCH_OPTIMIZER
 
 
@@ -84,7 +84,7 @@ INFO = OptimizerInfo(
     },
     state=state,
     temporaries={"for-loop": _loop},
-    paths={"cpu": ("for-loop",), "cuda": ("for-loop",)},
+    paths=LOOP_ONLY,
     probe_lr=3e-3, peak_step=lambda o: 11,
     constructor=lambda o: dict(lr=3e-3, max_precondition_dim=o["max_precondition_dim"],
                                precondition_1d=o["precondition_1d"]),

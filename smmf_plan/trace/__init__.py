@@ -45,19 +45,6 @@ inside the functions that run a trace.
 
 from __future__ import annotations
 
-from ..tasks import (
-    BASE,
-    CAUSAL_LM,
-    CONTRASTIVE,
-    IMAGE_CLASSIFICATION,
-    MASKED_LM,
-    QUESTION_ANSWERING,
-    SEQ2SEQ_LM,
-    SEQUENCE_CLASSIFICATION,
-    SPEECH_SEQ2SEQ,
-    TASKS,
-    TOKEN_CLASSIFICATION,
-)
 from .affine import TRACE_HIGH_BATCH, ActivationModel, Affine, activation_model, trace_batches
 from .inputs import (
     DEFAULT_IMAGE_SIZE,
@@ -71,9 +58,7 @@ from .step import ActivationTrace, trace_step
 from .storage import StorageTracker
 
 __all__ = [
-    "BASE", "CAUSAL_LM", "CONTRASTIVE", "IMAGE_CLASSIFICATION", "MASKED_LM", "QUESTION_ANSWERING",
-    "SEQ2SEQ_LM", "SEQUENCE_CLASSIFICATION", "SPEECH_SEQ2SEQ", "TOKEN_CLASSIFICATION",
-    "TASKS", "DEFAULT_IMAGE_SIZE", "DEFAULT_SEQ_LEN", "TRACE_HIGH_BATCH", "ActivationModel", "ActivationTrace",
+    "DEFAULT_IMAGE_SIZE", "DEFAULT_SEQ_LEN", "TRACE_HIGH_BATCH", "ActivationModel", "ActivationTrace",
     "Affine", "InputSpec", "StorageTracker", "activation_model", "default_loss", "input_spec_for",
     "parse_input_size", "trace_batches", "trace_step",
 ]

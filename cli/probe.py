@@ -74,6 +74,14 @@ def probe(
     """Train MODEL (random weights, synthetic batch) a few steps with each optimizer, each in a fresh
     subprocess, and show measured state, peak memory and step times beside the plan."""
     layouts = m.layouts()
+    # "-o all" means every optimizer that can run here: those whose implementation is not
+    # installed are named and left out (one named explicitly still fails the probe)
+    not_probed = {}
+    if isinstance(m.optimizers, str) and m.optimizers.strip().lower() == "all":
+        not_probed = {v.id: v.missing_requirement() for v in layouts if v.missing_requirement()}
+        layouts = [v for v in layouts if v.id not in not_probed]
+        for reason in not_probed.values():
+            print(f"not probed: {reason}", file=sys.stderr)
     if dist.given or launcher:
         given = [flag for flag, v in (("--device", device), ("--report", report),
                                       ("--glibc-default", glibc_default)) if v]
@@ -98,6 +106,8 @@ def probe(
                     seq_len=step.seq_len, device_type=device_type, device=dev, lr=lr,
                     progress=not json_out and sys.stderr.isatty(), timeout_s=timeout,
                     num_threads=threads, deterministic_malloc=not glibc_default)
+    if not_probed:
+        doc["not_probed"] = not_probed
     if report:
         command = _command_line(m.model, optimizer=m.optimizers, steps=steps, batch_size=step.batch,
                                 input_size=step.input_size, seq_len=step.seq_len,

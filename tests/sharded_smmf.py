@@ -205,6 +205,11 @@ def run_rank(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
         losses += _train(model, opt, rank, world, RESUME_AT, STEPS, counts)
         result["fsdp"] = dict(losses=losses, params=_full(model), counts=counts,
                               state_bytes=_state_bytes(opt), rows=_local_rows(opt))
+        try:  # the sharded step is eager: asking for the fused kernel is an error, not ignored
+            SMMF(model.parameters(), **HYPER, fused=True)
+            result["fused_error"] = None
+        except RuntimeError as e:
+            result["fused_error"] = str(e)
         if world == 2:
             # bool signs, dense-path vectors and coupled weight decay, checkpointed too
             model = _fsdp_model()

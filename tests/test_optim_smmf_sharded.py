@@ -82,6 +82,8 @@ def test_sharded_smmf_follows_single_process(runs):
             assert fsdp["state_bytes"] == {
                 n: _planned_state_bytes(s, world, rank) for n, s in zip(names, shapes)}, (world, rank)
     assert any(r == 0 for r in runs[4][3]["fsdp"]["rows"].values())  # an empty shard was stepped
+    # fused=True cannot be honoured on DTensor parameters: a RuntimeError, never a silent fallback
+    assert all("DTensor" in r["fused_error"] for ranks in runs.values() for r in ranks)
 
     for rank, res in enumerate(runs[2]):
         ddp = res["ddp"]

@@ -76,6 +76,23 @@ def test_launcher_prints_the_cluster_command_without_running(capsys):
         assert words[words.index("--dist") + 1] == "fsdp2"
 
 
+def test_all_leaves_out_what_is_not_installed_and_says_so(capsys):
+    """`-o all` is every optimizer that can run here: COAP and Adalayer are on no package index
+    (their registry entries read their sources), so they are named on stderr, not launched."""
+    from smmf_plan.optimizers import parse_many
+
+    code, out, err = _cli(["probe", "test_vit", "--dist", "fsdp2", "--world", "2",
+                           "--optimizer", "all", "--launcher"], capsys)
+    assert code == 0, err
+    launched = [shlex.split(line.replace("$MASTER_ADDR", "h")) for line in out.strip().splitlines()]
+    launched = [w[w.index("--optimizer") + 1] for w in launched]
+    skipped = [line for line in err.splitlines() if line.startswith("not probed: ")]
+    assert any(line.startswith("not probed: coap needs coap-torch") for line in skipped)
+    assert any(line.startswith("not probed: adalayer needs optimizers-llm") for line in skipped)
+    assert "coap" not in launched and "adalayer" not in launched and "smmf" in launched
+    assert len(launched) + len(skipped) == len(parse_many("all"))
+
+
 @pytest.mark.parametrize("args,message", [
     (["--dist", "fsdp2", "--world", "0"], "error: --world 0 is not a number of ranks"),
     (["--dist", "zero2", "--world", "2"], "error: probe --dist zero2: the probe runs fsdp2 or ddp"),

@@ -51,8 +51,8 @@ Kernels (chosen like ``torch.optim.Adam``'s ``foreach``/``fused``, by the ``fuse
   ``(n̂, m̂)``, dtype, device and step are updated together; small ones are stacked into one batch.
 
 ``fused=None`` (default) takes the fused kernel where one applies and can be built, else the eager
-one; ``fused=True`` requires it (``RuntimeError`` naming what is missing); ``fused=False`` never
-uses it. The environment variable ``SMMF_PLAN_KERNEL`` (``auto``, ``eager`` or ``fused``) overrides
+one; ``fused=True`` requires it (``RuntimeError`` naming what is missing, also for DTensor
+parameters under FSDP2, whose exact sharded step is eager); ``fused=False`` never uses it. The environment variable ``SMMF_PLAN_KERNEL`` (``auto``, ``eager`` or ``fused``) overrides
 the automatic choice (``fused=None``) only. Floating-point operations are ordered differently from
 the code, so trajectories agree with it to rounding rather than bit for bit; every kernel is
 checked against the reference run in float64 (``tests/test_optim_smmf_accuracy.py``).
@@ -161,6 +161,9 @@ class SMMF(torch.optim.Optimizer):
             if group["fused"]:
                 for p in group["params"]:
                     self._kernel(group, p)  # fused=True: fail now, not at the first step
+        if any(g["fused"] for g in self.param_groups) and _sharded.applies(self):
+            raise RuntimeError("SMMF(fused=True): DTensor (FSDP2) parameters take the exact sharded "
+                               "step, which has no fused kernel; pass fused=None or fused=False")
         _sharded.install(self)  # FSDP2: checkpoints hold DTensor state (see .sharded)
 
     # ------------------------------------------------------------------ state

@@ -128,7 +128,8 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
     ``recipe``: ``{"model": {"timm": NAME, "kwargs": {...}} | {"transformers": {"config_class",
     "model_class", "config": {...}}} | {"source": NAME}, "optimizer": ID, "batch_size": B,
     "input_size": [C, H, W] | None, "seq_len": S | None, "steps": 3, "tensor_level": bool,
-    "threads": 1}``. With ``"batch_sizes": [...]`` instead of ``batch_size`` the same model and
+    "threads": 1, "grad_checkpointing": bool}``: checkpointing switched on as a training script
+    does (transformers' ``gradient_checkpointing_enable``, timm's ``set_grad_checkpointing``). With ``"batch_sizes": [...]`` instead of ``batch_size`` the same model and
     optimizer are measured at each batch in turn (a list comes back)."""
     _import_for(recipe)
     import torch
@@ -138,6 +139,8 @@ def measure_step(recipe: dict) -> StepMeasurement | list[StepMeasurement]:
     baseline = rss.rss_bytes()
     t0 = time.perf_counter()
     model = _build(recipe)
+    if recipe.get("grad_checkpointing"):
+        _enable_checkpointing(model)
     model.train()
     # the specs carry the Linear / output-head facts and names grouped optimizers decide by
     pairs = [(s, p) for s, p in zip(specs_from_module(model), model.parameters()) if p.requires_grad]

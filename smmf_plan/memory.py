@@ -379,7 +379,7 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
         slack[layout.id] = allocator_models.allocator_part(
             model, weights=weight_blocks, logs=basis.logs,
             step=_optimizer_step(layout, on_device, rounding), tensors_at=tensors_at,
-            churn_at=churn_at)
+            churn_at=churn_at, recomputes=recipe.grad_checkpointing)
         act, temp = parts_at(basis.batch_size)
         breakdowns[layout.id] = _breakdown(f, act, temp, slack[layout.id](basis.batch_size), runtime)
     assumptions = assumptions + rules + [TEMPORARIES_ASSUMPTION]

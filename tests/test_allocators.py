@@ -113,6 +113,29 @@ def test_largest_class_counts_the_largest_heap_block_size():
     assert glibc.largest_class_bytes([40 * MiB]) == 0
 
 
+def test_a_size_class_recomputed_one_block_at_a_time_counts_its_live_blocks_three_times():
+    # checkpointed backward: the 24 MiB block of each layer recomputed, used, freed, then the next
+    # layer's (five times, never two alive together): the holes it leaves are refilled, so it
+    # counts as three times its blocks alive at once, not five times
+    one_at_a_time = [24 * MiB, ~0, 24 * MiB, ~1, 24 * MiB, ~2, 24 * MiB, ~3, 24 * MiB, ~4]
+    assert glibc.live_at_once(one_at_a_time, 24 * MiB) == 1
+    assert glibc.HOLES_PER_LIVE == 3
+    assert glibc.largest_class_bytes([24 * MiB] * 5, one_at_a_time) == 3 * 24 * MiB
+    # saved for backward: three alive together, freed in backward; five allocations stay five
+    saved = [24 * MiB, 24 * MiB, 5, 24 * MiB, ~0, ~1, 24 * MiB - 10, ~3, 24 * MiB, ~2]
+    assert glibc.live_at_once(saved, 24 * MiB) == 3 and glibc.live_at_once(saved, 64) == 1
+    assert glibc.largest_class_bytes([24 * MiB] * 5, saved) == 5 * 24 * MiB
+
+
+def test_the_heap_share_of_a_checkpointed_step_leaves_the_recomputed_blocks_out():
+    # forward: a segment's input kept (8), its intermediates 4 and 6 freed at once (not saved),
+    # the 40 MiB logits; backward: 4 and 6 recomputed, freed with the logits, a gradient (8) kept
+    events = [8, 4, ~1, 6, ~2, 40 * MiB, 4, 6, ~3, ~4, 8, ~5]
+    assert glibc.without_recomputation(events, forward_end=6) == [8, 4, 6, 40 * MiB, 8]
+    # no recomputation: nothing left out
+    assert glibc.without_recomputation([8, 4, ~1, 8], forward_end=4) == [8, 4, 8]
+
+
 def test_retained_is_the_larger_term():
     assert glibc.retained_bytes(100 * MiB, 10 * MiB) == int(glibc.SAME_SIZE * 100 * MiB)
     assert glibc.retained_bytes(MiB, 1000 * MiB) == int(glibc.CHURN * 1000 * MiB)

@@ -27,7 +27,8 @@ to measurements rather than a replay. Two terms, the larger counts (:func:`retai
 
 * **same-size blocks**: the step's largest heap block size (≤ 32 MiB), allocated ``n`` times per
   step, leaves up to :data:`SAME_SIZE` × ``n`` × size resident (the holes those blocks cannot
-  refill);
+  refill), with ``n`` at most :data:`HOLES_PER_LIVE` × the most such blocks alive at once
+  (:func:`largest_class_bytes`);
 * **churn**: :data:`CHURN` × the bytes freed and allocated again every step (gradients,
   activations, step temporaries) in blocks the heap serves stay resident as holes; blocks above
   32 MiB (a large model's logits) are mapped and unmapped every time and hold nothing
@@ -37,15 +38,40 @@ The coefficients are the smallest round values that put the estimate at or above
 RSS growth of fresh processes (``MALLOC_MMAP_THRESHOLD_`` unset) on every configuration measured
 for ``reports/memory-accuracy.md``, within 25% above it; the report lists each one.
 
-Not modelled: thread arenas. A process whose worker threads allocate (oneDNN scratch, OpenMP
-reductions) gets per-thread heaps as well; measured with 2 threads here, resnet18 at batch 8 rose
-from 267 to 303 MiB, which the bound still covers. Torch-free.
+**Gradient checkpointing.** Backward recomputes each checkpointed segment's forward, uses it and
+frees it before the next segment's: the recomputed blocks refill the holes their twins left, they
+do not add holes. Measured (fresh processes, 1 thread, median of 3; reports/memory-accuracy.md):
+resnet50 at batch 8 allocates its largest class (24.5 MiB) 35 times per step with checkpointing
+against 27 without, yet the resident set beyond the glibc-mmap run's stayed 256 MiB against 241
+(vit_tiny 14 against 9, resnet18 27 against 32, mobilenetv2 63 against 57 MiB). Hence the cap on
+``n`` (a class alive 8 blocks at a time counts at most 24, however often it is recomputed;
+:data:`HOLES_PER_LIVE` = 3 is the smallest whole number that leaves every measured step without
+checkpointing where the uncapped count put it - their classes are allocated at most 2.25 times as
+often as they are alive at once - and keeps the checkpointed vision models at or above their
+medians) and a heap share that leaves the recomputed blocks out (:func:`without_recomputation`).
+With both, the checkpointed estimate is below the plain one on every model family and bundled
+config the tests trace (tests/test_trace_families.py). The small
+language models measured are the exception: their activations are small beside their logits and
+vocabulary-sized blocks, checkpointing saved 16-77 MiB of tensors there (glibc-mmap runs), and their resident set did
+not fall (the tiny GPT-2 at batch 8: 614 MiB median with checkpointing, 567 without; bert_tiny 662
+and 664; llama_tiny 842 and 854): the estimate is 0-3% under those three medians, inside each
+row's process-to-process range (the report).
+
+**Threads.** The figures are for 1 intra-op thread (``torch.set_num_threads(1)``), as measured. Worker
+threads that call malloc get their own arenas (up to 8 per core on 64-bit); measured here with 2
+and 4 threads (x86-64, 2 cores, fresh processes), the resident set stayed within the 1-thread
+process-to-process spread: resnet18 at batch 8 266 MiB median with 2 threads (268 and 279 in
+two processes with 4) against 270 with 1, vit_tiny at batch 8 157 against 153, bert_tiny 664
+against 664, the tiny GPT-2 at batch 4 386 against 406 (359-407 with 1 thread) - but one of its two
+4-thread processes reached 439 MiB, 4% over its estimate; with ``MALLOC_MMAP_THRESHOLD_`` set, 2
+threads added 2-3 MiB. Not modelled, stated with every estimate; not measured on ARM (a Raspberry Pi's
+aarch64 wheels run other GEMM and convolution kernels). Torch-free.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .rounding import CPU_ROUND, round_up
 
@@ -55,18 +81,39 @@ MMAP_THRESHOLD_MAX = 32 << 20
 MMAP_THRESHOLD = 131072
 #: share of one same-size class's allocations per step that stays resident as holes.
 SAME_SIZE = 0.75
+#: a size class leaves at most this many holes per block of it alive at once (see the docstring).
+HOLES_PER_LIVE = 3
 #: share of the step's churn (gradients + activations + temporaries) that stays resident as holes.
 CHURN = 0.55
 
 
-def largest_class_bytes(blocks: Iterable[int]) -> int:
+def largest_class_bytes(blocks: Iterable[int], events: Sequence[int] = ()) -> int:
     """The step's largest heap block size (64-B aligned, at most :data:`MMAP_THRESHOLD_MAX`) times
-    how often the step allocates it."""
+    how often the step allocates it, at most :data:`HOLES_PER_LIVE` times as often as ``events``
+    (a traced allocation sequence, :mod:`.sequence`'s encoding) holds such blocks alive at once."""
     counts = Counter(round_up(n, CPU_ROUND) for n in blocks if 0 < n <= MMAP_THRESHOLD_MAX)
     if not counts:
         return 0
     size = max(counts)
-    return size * counts[size]
+    n = counts[size]
+    if events:
+        n = min(n, HOLES_PER_LIVE * max(1, live_at_once(events, size)))
+    return size * n
+
+
+def live_at_once(events: Sequence[int], size: int) -> int:
+    """The most blocks of ``size`` (64-B aligned) alive together in an allocation sequence."""
+    sizes: list[int] = []
+    live = most = 0
+    for e in events:
+        if e >= 0:
+            sizes.append(round_up(e, CPU_ROUND))
+            if sizes[-1] == size:
+                live += 1
+                most = max(most, live)
+        elif sizes[~e] == size:
+            live -= 1
+    return most
 
 
 def heap_share(blocks: Iterable[int]) -> float:
@@ -75,6 +122,29 @@ def heap_share(blocks: Iterable[int]) -> float:
     sizes = [n for n in blocks if n > 0]
     total = sum(sizes)
     return sum(n for n in sizes if n <= MMAP_THRESHOLD_MAX) / total if total else 1.0
+
+
+def without_recomputation(events: Sequence[int], forward_end: int) -> list[int]:
+    """The block sizes a traced step allocates (``events`` in :mod:`.sequence`'s encoding),
+    less those gradient checkpointing recomputes: per block that forward allocated and freed
+    again before it ended (what checkpointing does not save), one backward allocation of that
+    size."""
+    sizes: list[int] = []
+    transient: Counter = Counter()
+    for k, e in enumerate(events):
+        if e >= 0:
+            sizes.append(e)
+        elif k < forward_end:
+            transient[sizes[~e]] += 1
+    kept = []
+    for k, e in enumerate(events):
+        if e < 0:
+            continue
+        if k >= forward_end and transient[e] > 0:
+            transient[e] -= 1
+            continue
+        kept.append(e)
+    return kept
 
 
 def retained_bytes(same_size_class: int, churn: int) -> int:

@@ -192,23 +192,34 @@ def host_parts(parts: Mapping[str, int]) -> int:
 
 def allocator_part(model: AllocatorModel, *, weights: Sequence[int], logs: Mapping[int, StepLog],
                    step: OptimizerStep, tensors_at: Callable[[int], int],
-                   churn_at: Callable[[int], int]) -> Callable[[int], int]:
+                   churn_at: Callable[[int], int], recomputes: bool = False
+                   ) -> Callable[[int], int]:
     """``batch -> bytes`` of the ``allocator`` part: memory the allocator holds beyond the live
     tensors at the peak, from the allocation logs of the traced batches (``logs``: batch -> log).
 
     ``weights``: the block sizes allocated before the first step (parameters, buffers);
     ``tensors_at(b)``: the step's tensor bytes at its peak as the breakdown counts them (weights +
     gradients + state + activations + temporaries + workspaces); ``churn_at(b)``: the bytes every
-    step frees and allocates again (gradients + activations + temporaries). Between and beyond
-    the traced batches the part is the line through them (never decreasing)."""
+    step frees and allocates again (gradients + activations + temporaries); ``recomputes``: the
+    logs were traced with gradient checkpointing. Between and beyond the traced batches the part
+    is the line through them (never decreasing).
+
+    Under ``glibc`` a checkpointed step's recomputed blocks refill the holes their forward twins
+    left (each layer's are freed before the next layer's are recomputed): the same-size term
+    counts at most :data:`.glibc.HOLES_PER_LIVE` blocks per block alive at once, and the heap share
+    of the churn is that of the step without them (:func:`.glibc.without_recomputation`)."""
     if model in (GLIBC_MMAP, MPS) or not logs:
         return lambda batch: 0
     (b1, l1), (b2, l2) = sorted(logs.items())[:2] if len(logs) > 1 else (sorted(logs.items()) * 2)[:2]
     if model is GLIBC:
         blocks = [_blocks(log, step) for log in (l1, l2)]
-        same = [glibc.largest_class_bytes(b) for b in blocks]
+        same = [glibc.largest_class_bytes(b, log.events) for b, log in zip(blocks, (l1, l2))]
         line = Affine.through(b1, same[0], b2, same[1]) if b2 != b1 else Affine(same[0], 0)
-        s1, s2 = (glibc.heap_share(b) for b in blocks)
+        if recomputes:
+            s1, s2 = (glibc.heap_share(_blocks(log, step, glibc.without_recomputation(
+                log.events, log.forward_end))) for log in (l1, l2))
+        else:
+            s1, s2 = (glibc.heap_share(b) for b in blocks)
 
         def share(batch: int) -> float:
             """Exact at the traced batches, linear between and clamped beyond them; every
@@ -230,12 +241,13 @@ def allocator_part(model: AllocatorModel, *, weights: Sequence[int], logs: Mappi
     return line.at
 
 
-def _blocks(log: StepLog, step: OptimizerStep) -> list[int]:
+def _blocks(log: StepLog, step: OptimizerStep, traced: list[int] | None = None) -> list[int]:
     """The blocks one steady-state step allocates that can leave holes: the traced ones and the
     optimizer's temporaries alive together - all of them on the foreach path, one parameter's on
     the for-loop path (each parameter's are freed before the next one's, next to each other, so
-    they merge and the next parameter reuses them: counted once, for the largest parameter)."""
-    blocks = [e for e in log.events if e >= 0]
+    they merge and the next parameter reuses them: counted once, for the largest parameter).
+    ``traced``: the traced blocks to count in place of the log's."""
+    blocks = [e for e in log.events if e >= 0] if traced is None else traced
     if step.path == "fused" or step.keeps_scratch or not step.temps:
         return blocks
     if step.path == "foreach":
@@ -255,10 +267,17 @@ def assumptions(model: AllocatorModel, parts: Mapping[str, int], library: str | 
             "glibc default: blocks up to 32 MiB come from the heap once the first step has freed "
             "its activations (dynamic mmap threshold) and the heap keeps freed blocks resident; the "
             f"allocator part is the larger of {glibc.SAME_SIZE:g} x the step's largest same-size "
-            f"blocks and {glibc.CHURN:g} x its gradients + activations + temporaries in blocks of "
+            f"blocks (counted at most {glibc.HOLES_PER_LIVE} per block of that size alive at once: "
+            "recomputed blocks refill their twins' holes) and "
+            f"{glibc.CHURN:g} x its gradients + activations + temporaries in blocks of "
             "at most 32 MiB (larger ones are unmapped when freed), fitted to "
             "measured peak RSS (reports/memory-accuracy.md); set MALLOC_MMAP_THRESHOLD_=131072 and "
             "plan with --allocator glibc-mmap for the tighter, deterministic figure")
+        out.append(
+            "threads: measured with 1 intra-op thread (torch.set_num_threads(1)); glibc gives "
+            "worker threads their own arenas, not modelled: with 2 and 4 threads (x86-64) the "
+            "resident set stayed within the 1-thread spread but for one process 4% over; not "
+            "measured on ARM - set torch.set_num_threads(1) for the figure as planned")
     elif model is GLIBC_MMAP:
         out.append("glibc-mmap: every block >= 128 KiB is its own mapping, returned when freed; "
                    "measured RSS = tensor-level peak + 24-43 MiB, deterministic")

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 REPORT = ROOT / "reports" / "memory-accuracy.md"
 MiB = 1 << 20
+CKPT = "checkpointing"
 
 GPT2 = {"config_class": "GPT2Config", "model_class": "GPT2LMHeadModel",
         "config": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256}}
@@ -49,19 +50,22 @@ BERT = {"config_class": "BertConfig", "model_class": "BertForMaskedLM",
         "config": {"vocab_size": 30522, "hidden_size": 128, "num_hidden_layers": 2,
                    "num_attention_heads": 2, "intermediate_size": 512}}
 
-#: CPU configurations: name -> (recipe model, input size, seq len, [(batch, optimizer), ...]).
-#: The first three are the models the test suite measures (tests/test_memory.py).
+#: CPU configurations: name -> (recipe model, input size, seq len, [(batch, optimizer[, recipe]),
+#: ...]); the recipe is "fp32" (the default) or "checkpointing" (gradient checkpointing, switched on
+#: as a training script does). The first three are the models the test suite measures
+#: (tests/test_memory.py).
 CPU_CASES = {
     "resnet18": ({"timm": "resnet18"}, [3, 96, 96], None,
-                 [(2, "adam"), (8, "adam"), (8, "smmf")]),
+                 [(2, "adam"), (8, "adam"), (8, "smmf"), (8, "adam", CKPT)]),
     "vit_tiny": ({"timm": "vit_tiny_patch16_224", "kwargs": {"img_size": 96}}, None, None,
-                 [(2, "adam"), (8, "adam")]),
+                 [(2, "adam"), (8, "adam"), (8, "adam", CKPT)]),
     "gpt2_tiny": ({"transformers": GPT2}, None, 64,
-                  [(2, "adam"), (4, "adam"), (8, "adam")]),
-    "resnet50": ({"timm": "resnet50"}, None, None, [(1, "adam"), (8, "adam")]),
-    "mobilenetv2_100": ({"timm": "mobilenetv2_100"}, [3, 128, 128], None, [(8, "adam")]),
-    "llama_tiny": ({"transformers": LLAMA}, None, 128, [(8, "adafactor")]),
-    "bert_tiny": ({"transformers": BERT}, None, 128, [(8, "adam")]),
+                  [(2, "adam"), (4, "adam"), (8, "adam"), (4, "adam", CKPT), (8, "adam", CKPT)]),
+    "resnet50": ({"timm": "resnet50"}, None, None, [(1, "adam"), (8, "adam"), (8, "adam", CKPT)]),
+    "mobilenetv2_100": ({"timm": "mobilenetv2_100"}, [3, 128, 128], None,
+                        [(8, "adam"), (8, "adam", CKPT)]),
+    "llama_tiny": ({"transformers": LLAMA}, None, 128, [(8, "adafactor"), (8, "adafactor", CKPT)]),
+    "bert_tiny": ({"transformers": BERT}, None, 128, [(8, "adam"), (8, "adam", CKPT)]),
 }
 
 #: CUDA jobs: (model, batch, input size, seq len, optimizer, recipe) - five models, four recipes.
@@ -128,19 +132,21 @@ def replace_section(name: str, body: str) -> None:
 
 def cpu_jobs():
     for name, (model, size, seq, runs) in CPU_CASES.items():
-        for batch, opt in runs:
-            yield name, model, size, seq, batch, opt
+        for batch, opt, *recipe in runs:
+            yield name, model, size, seq, batch, opt, (recipe or ["fp32"])[0]
 
 
-def estimate_cpu(name, model, size, seq, batch, opt, allocator) -> tuple[int, int]:
+def estimate_cpu(name, model, size, seq, batch, opt, recipe, allocator) -> tuple[int, int]:
     """(the estimate without its import terms, its allocator part) under ``allocator``."""
     from smmf_plan.memory import estimate, spec_of_module
     from smmf_plan.optimizers import parse_many
+    from smmf_plan.recipe import Recipe
     from test_memory import _meta_factory
 
     make = _meta_factory(model)
     est = estimate(spec_of_module(make(), name), parse_many(opt), batch_size=batch,
-                   input_size=size, seq_len=seq, module_factory=make, allocator=allocator)
+                   input_size=size, seq_len=seq, module_factory=make, allocator=allocator,
+                   recipe=Recipe(grad_checkpointing=recipe == CKPT))
     bd, rp = est.breakdowns[opt], est.runtime_parts
     return bd.total_bytes - rp["pytorch"] - rp.get("library", 0), bd["allocator"]
 
@@ -154,8 +160,9 @@ def run_cpu(runs: int, workers: int) -> str:
     jobs = list(cpu_jobs())
 
     def measure(job):
-        name, model, size, seq, batch, opt = job
-        recipe = {"model": model, "batch_size": batch, "optimizer": opt, "threads": 1}
+        name, model, size, seq, batch, opt, how = job
+        recipe = {"model": model, "batch_size": batch, "optimizer": opt, "threads": 1,
+                  "grad_checkpointing": how == CKPT}
         if size:
             recipe["input_size"] = size
         if seq:
@@ -167,13 +174,13 @@ def run_cpu(runs: int, workers: int) -> str:
     rows = []
     with ThreadPoolExecutor(workers) as pool:  # fresh processes: RSS is per process
         for job, (default, mmap) in zip(jobs, pool.map(measure, jobs)):
-            name, model, size, seq, batch, opt = job
-            est, slack = estimate_cpu(name, model, size, seq, batch, opt, "glibc")
-            est_mmap, _ = estimate_cpu(name, model, size, seq, batch, opt, "glibc-mmap")
+            name, model, size, seq, batch, opt, how = job
+            est, slack = estimate_cpu(*job, "glibc")
+            est_mmap, _ = estimate_cpu(*job, "glibc-mmap")
             med = statistics.median(default)
-            rows.append((name, batch, opt, med, min(default), max(default), est, slack,
+            rows.append((name, batch, opt, how, med, min(default), max(default), est, slack,
                          mmap.rss_growth, est_mmap, mmap.tensor_peak_bytes))
-            print(name, batch, opt, f"default {med / MiB:.1f} ({min(default) / MiB:.1f}-"
+            print(name, batch, opt, how, f"default {med / MiB:.1f} ({min(default) / MiB:.1f}-"
                   f"{max(default) / MiB:.1f}) est {est / MiB:.1f}; mmap {mmap.rss_growth / MiB:.1f}"
                   f" est {est_mmap / MiB:.1f}", flush=True)
             # written after every row: an interrupted run keeps what it measured, and says so
@@ -183,31 +190,40 @@ def run_cpu(runs: int, workers: int) -> str:
 
 def reestimate() -> None:
     """Recompute the estimate columns of the committed CPU section with the current model, keeping
-    every measured figure (for a model change without a new hour of measurements); the section
-    says so."""
+    every measured figure (for a model change without a new hour of measurements) and every
+    paragraph written by hand (notes on rows measured later); the section says so."""
     import re
 
     text = REPORT.read_text()
-    began = re.search(r"Machine: (.*?) \(at the start\)", text).group(1)
-    runs = int(re.search(r"median of (\d+) processes", text).group(1))
-    jobs = {(n, b, o): (n, m, size, seq, b, o) for n, m, size, seq, b, o in cpu_jobs()}
+    start, end = "<!-- bench:memory:cpu:start -->", "<!-- bench:memory:cpu:end -->"
+    old = text[text.index(start) + len(start):text.index(end)]
+    began = re.search(r"Machine: (.*?) \(at the start\)", old).group(1)
+    runs = int(re.search(r"median of (\d+) processes", old).group(1))
+    jobs = {(n, b, o, r): (n, m, size, seq, b, o, r) for n, m, size, seq, b, o, r in cpu_jobs()}
     rows = []
-    for line in text.splitlines():
+    for line in old.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 10 or not cells[1].isdigit():
+        if len(cells) not in (10, 11) or not cells[1].isdigit():
             continue
-        name, b, opt = cells[0], int(cells[1]), cells[2]
-        med, lo, hi = (float(x) * MiB for x in re.match(r"([\d.]+) \(([\d.]+)-([\d.]+)\)", cells[3]).groups())
-        mm, tensor = float(cells[6]) * MiB, float(cells[9]) * MiB
-        job = jobs[(name, b, opt)]
+        if len(cells) == 10:  # written before the recipe column: fp32
+            cells.insert(3, "fp32")
+        name, b, opt, how = cells[0], int(cells[1]), cells[2], cells[3]
+        med, lo, hi = (float(x) * MiB for x in re.match(r"([\d.]+) \(([\d.]+)-([\d.]+)\)", cells[4]).groups())
+        mm, tensor = float(cells[7]) * MiB, float(cells[10]) * MiB
+        job = jobs[(name, b, opt, how)]
         est, slack = estimate_cpu(*job, "glibc")
         est_mmap, _ = estimate_cpu(*job, "glibc-mmap")
-        rows.append((name, b, opt, med, lo, hi, est, slack, mm, est_mmap, tensor))
+        rows.append((name, b, opt, how, med, lo, hi, est, slack, mm, est_mmap, tensor))
+    order = list(jobs)
+    rows.sort(key=lambda r: order.index(r[:4]))
+    generated = ("## CPU", "Machine:", "Measured:", "|", "glibc estimate / measured median",
+                 "The estimate columns were recomputed")
+    notes = [p.strip() for p in old.split("\n\n") if p.strip() and not p.strip().startswith(generated)]
     section = cpu_section(began, runs, rows, len(jobs), machine_now=re.search(
-        r"\(at the start\); (.*?) when written", text).group(1))
-    replace_section("cpu", section + "\n\nThe estimate columns were recomputed with the current "
-                    "model after the measurements (`bench_memory.py --reestimate`); every measured "
-                    "figure is the run's.")
+        r"\(at the start\); (.*?) when written", old).group(1))
+    replace_section("cpu", "\n\n".join([section, *notes, (
+        "The estimate columns were recomputed with the current model after the measurements "
+        "(`bench_memory.py --reestimate`); every measured figure is the run's.")]))
 
 
 def cpu_section(began: str, runs: int, rows: list, total: int, machine_now: str | None = None) -> str:
@@ -221,20 +237,23 @@ def cpu_section(began: str, runs: int, rows: list, total: int, machine_now: str 
         f"thread, in fresh processes (`smmf_plan.peak`), one batch per process: **glibc** = glibc "
         f"as installed (`MALLOC_MMAP_THRESHOLD_` unset), median of {runs} processes (range in "
         "brackets); **glibc-mmap** = `MALLOC_MMAP_THRESHOLD_=131072`, one process "
-        "(deterministic). Estimated: `smmf_plan.memory.estimate` with `allocator=\"glibc\"` / "
-        "`\"glibc-mmap\"`, minus its import terms (PyTorch and the model library: the baseline is "
-        "taken after them). The glibc estimate's allocator part is in brackets.", "",
-        "| model | batch | optimizer | glibc measured MiB | glibc estimate MiB (allocator part) "
-        "| estimate / median | glibc-mmap measured MiB | glibc-mmap estimate MiB | error "
-        "| tensor-level peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(deterministic). Recipe `checkpointing`: gradient checkpointing switched on as a training "
+        "script does (transformers' `gradient_checkpointing_enable`, timm's "
+        "`set_grad_checkpointing`). Estimated: `smmf_plan.memory.estimate` with "
+        "`allocator=\"glibc\"` / `\"glibc-mmap\"`, minus its import terms (PyTorch and the model "
+        "library: the baseline is taken after them). The glibc estimate's allocator part is in "
+        "brackets.", "",
+        "| model | batch | optimizer | recipe | glibc measured MiB "
+        "| glibc estimate MiB (allocator part) | estimate / median | glibc-mmap measured MiB "
+        "| glibc-mmap estimate MiB | error | tensor-level peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (name, b, opt, med, lo, hi, est, slack, mm, est_mm, tensor) in rows:
+    for (name, b, opt, how, med, lo, hi, est, slack, mm, est_mm, tensor) in rows:
         lines.append(
-            f"| {name} | {b} | {opt} | {med / MiB:.1f} ({lo / MiB:.1f}-{hi / MiB:.1f}) "
+            f"| {name} | {b} | {opt} | {how} | {med / MiB:.1f} ({lo / MiB:.1f}-{hi / MiB:.1f}) "
             f"| {est / MiB:.1f} ({slack / MiB:.1f}) | {est / med:.2f} | {mm / MiB:.1f} "
             f"| {est_mm / MiB:.1f} | {(est_mm / mm - 1) * 100:+.1f}% | {tensor / MiB:.1f} |")
-    ratios = [r[6] / r[3] for r in rows]
+    ratios = [r[7] / r[4] for r in rows]
     lines += ["", f"glibc estimate / measured median: {min(ratios):.2f} to {max(ratios):.2f} over "
               f"{len(rows)} configurations (the model's claim: at or above the median, at most "
               "1.25x it). The coefficients in `smmf_plan/allocators/glibc.py` were chosen on "

@@ -39,32 +39,31 @@ RSS growth of fresh processes (``MALLOC_MMAP_THRESHOLD_`` unset) on every config
 for ``reports/memory-accuracy.md``, within 25% above it; the report lists each one.
 
 **Gradient checkpointing.** Backward recomputes each checkpointed segment's forward, uses it and
-frees it before the next segment's: the recomputed blocks refill the holes their twins left, they
-do not add holes. Measured (fresh processes, 1 thread, median of 3; reports/memory-accuracy.md):
+frees it before the next segment's: the recomputed blocks refill the holes their twins left, they do
+not add holes. Measured (fresh processes, 1 thread, median of 3; reports/memory-accuracy.md):
 resnet50 at batch 8 allocates its largest class (24.5 MiB) 35 times per step with checkpointing
 against 27 without, yet the resident set beyond the glibc-mmap run's stayed 256 MiB against 241
 (vit_tiny 14 against 9, resnet18 27 against 32, mobilenetv2 63 against 57 MiB). Hence the cap on
 ``n`` (a class alive 8 blocks at a time counts at most 24, however often it is recomputed;
 :data:`HOLES_PER_LIVE` = 3 is the smallest whole number that leaves every measured step without
-checkpointing where the uncapped count put it - their classes are allocated at most 2.25 times as
-often as they are alive at once - and keeps the checkpointed vision models at or above their
-medians) and a heap share that leaves the recomputed blocks out (:func:`without_recomputation`).
-With both, the checkpointed estimate is below the plain one on every model family and bundled
-config the tests trace (tests/test_trace_families.py). The small
-language models measured are the exception: their activations are small beside their logits and
-vocabulary-sized blocks, checkpointing saved 16-77 MiB of tensors there (glibc-mmap runs), and their resident set did
-not fall (the tiny GPT-2 at batch 8: 614 MiB median with checkpointing, 567 without; bert_tiny 662
-and 664; llama_tiny 842 and 854): the estimate is 0-3% under those three medians, inside each
-row's process-to-process range (the report).
+checkpointing where the uncapped count put it - their classes are allocated at most 3 times as often
+as they are alive at once - and keeps the checkpointed vision models at or above their medians) and
+a heap share that leaves the recomputed blocks out (:func:`without_recomputation`). With both, the
+checkpointed estimate is below the plain one on every model family and bundled config the tests
+trace (tests/test_trace_families.py). The small language models measured are the exception: their
+activations are small beside their logits and vocabulary-sized blocks, checkpointing saved 16-77 MiB
+of tensors there (glibc-mmap runs), and their resident set did not fall (the tiny GPT-2 at batch 8:
+614 MiB median with checkpointing, 567 without; bert_tiny 662 and 664; llama_tiny 842 and 854): the
+estimate is 0-3% under those three medians, inside each row's process-to-process range (the report).
 
-**Threads.** The figures are for 1 intra-op thread (``torch.set_num_threads(1)``), as measured. Worker
-threads that call malloc get their own arenas (up to 8 per core on 64-bit); measured here with 2
-and 4 threads (x86-64, 2 cores, fresh processes), the resident set stayed within the 1-thread
-process-to-process spread: resnet18 at batch 8 266 MiB median with 2 threads (268 and 279 in
-two processes with 4) against 270 with 1, vit_tiny at batch 8 157 against 153, bert_tiny 664
-against 664, the tiny GPT-2 at batch 4 386 against 406 (359-407 with 1 thread) - but one of its two
-4-thread processes reached 439 MiB, 4% over its estimate; with ``MALLOC_MMAP_THRESHOLD_`` set, 2
-threads added 2-3 MiB. Not modelled, stated with every estimate; not measured on ARM (a Raspberry Pi's
+**Threads.** The figures are for 1 intra-op thread (``torch.set_num_threads(1)``), as measured.
+Worker threads that call malloc get their own arenas (up to 8 per core on 64-bit); measured here
+with 2 and 4 threads (x86-64, 2 cores, fresh processes), the resident set stayed within the 1-thread
+process-to-process spread: resnet18 at batch 8 266 MiB median with 2 threads (268 and 279 in two
+processes with 4) against 270 with 1, vit_tiny at batch 8 157 against 153, bert_tiny 664 against
+664, the tiny GPT-2 at batch 4 386 against 406 (359-407 with 1 thread) - but one of its two 4-thread
+processes reached 439 MiB, 4% over its estimate; with ``MALLOC_MMAP_THRESHOLD_`` set, 2 threads
+added 2-3 MiB. Not modelled, stated with every estimate; not measured on ARM (a Raspberry Pi's
 aarch64 wheels run other GEMM and convolution kernels). Torch-free.
 """
 

@@ -293,6 +293,8 @@ class StepBasis:
     recipe_info: dict = field(default_factory=dict)
     #: why the activations are not known (None when they are).
     incomplete_reason: str | None = None
+    #: a quantized base: each quantized weight's name → its layer's (out, in) features.
+    quantized: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def runtime_bytes(self) -> int:
@@ -421,8 +423,9 @@ def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
     logs: dict[int, StepLog] = {}
     cast = recipe.amp is not None and amp_trace == "cast"
     # the engine casts the parameters itself: the step is traced as pure low precision
-    traced_recipe = Recipe(dtype=recipe.amp, grad_checkpointing=recipe.grad_checkpointing) \
-        if cast else recipe
+    # (a quantized base and accumulation traced as the recipe has them; the engine places the
+    # offloaded parts itself)
+    traced_recipe = recipe.with_(dtype=recipe.amp, amp=None, offload=None) if cast else recipe
     traced_specs = traced_recipe.apply(model_spec).params if cast else specs
     compute = traced_recipe.compute_dtype(model_spec)
 
@@ -477,7 +480,8 @@ def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
     assumptions += allocator_models.assumptions(model, rparts, library, runtime_bytes is not None)
     return StepBasis(list(specs), allocator, batch_size, am, buffer_bytes, in_desc, library, rparts,
                      assumptions, recipe.amp, t0, logs=logs, recipe=recipe, stored=stored,
-                     recipe_info=recipe.to_dict(model_spec, batch_size), incomplete_reason=reason)
+                     recipe_info=recipe.to_dict(model_spec, batch_size), incomplete_reason=reason,
+                     quantized=dict(quantized or {}))
 
 
 def _weights_assumption(planned: ModelSpec, recipe: Recipe, quantized: dict, buffer_bytes: int) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from . import dtypes
 from .errors import PlanError
 from .shapes import ParamSpec
 
@@ -45,11 +46,14 @@ def _blocks(n: int, size: int) -> int:
 
 
 def quantized_tensors(param: ParamSpec, quant: str, double_quant: bool = False,
-                      out_in: tuple[int, int] | None = None) -> list[ParamSpec]:
+                      out_in: tuple[int, int] | None = None, quant_storage: str = "uint8"
+                      ) -> list[ParamSpec]:
     """The tensors bitsandbytes stores for the weight ``param`` quantized as ``quant`` (see the
     module docstring), named after it, frozen. ``out_in``: the layer's (out, in) features, for a
     weight stored transposed (GPT-2's ``Conv1D`` keeps (in, out); bitsandbytes stores (out, in));
-    default ``param.shape``."""
+    default ``param.shape``. ``quant_storage``: the dtype the packed 4-bit codes are stored as
+    (``bnb_4bit_quant_storage``; a floating one lets FSDP and ZeRO-3 shard them):
+    ``quantize_4bit`` allocates ``((n + 1) // (2 · itemsize), 1)`` elements of it."""
     n, name = param.numel, param.name
     if quant == "int8":
         if len(param.shape) != 2:
@@ -60,7 +64,8 @@ def quantized_tensors(param: ParamSpec, quant: str, double_quant: bool = False,
     if quant not in ("nf4", "fp4"):
         raise ValueError(f"unknown quantization {quant!r}")
     blocks = _blocks(n, BLOCKSIZE_4BIT)
-    tensors = [ParamSpec(name, ((n + 1) // 2, 1), "uint8", False),
+    rows = (n + 1) // (2 * dtypes.itemsize(quant_storage))
+    tensors = [ParamSpec(name, (rows, 1), quant_storage, False),
                ParamSpec(f"{name}.absmax", (blocks,), "uint8" if double_quant else "float32", False),
                ParamSpec(f"{name}.quant_map", (CODE_4BIT,), "float32", False)]
     if double_quant:
@@ -71,14 +76,16 @@ def quantized_tensors(param: ParamSpec, quant: str, double_quant: bool = False,
 
 
 def stored_tensors(params: Iterable[ParamSpec], quantized: Mapping[str, tuple[int, int]],
-                   quant: str | None, double_quant: bool = False) -> list[ParamSpec]:
+                   quant: str | None, double_quant: bool = False, quant_storage: str = "uint8"
+                   ) -> list[ParamSpec]:
     """Every tensor the weights take: ``params`` as they are, except those named in ``quantized``
     (weight name → the layer's (out, in) features, :func:`quantized_weights`), which become their
-    quantized tensors."""
+    quantized tensors (the packed weight keeps the parameter's name, the quantization state's
+    tensors are named ``<weight>.<part>``)."""
     out: list[ParamSpec] = []
     for p in params:
         if quant is not None and p.name in quantized:
-            out += quantized_tensors(p, quant, double_quant, quantized[p.name])
+            out += quantized_tensors(p, quant, double_quant, quantized[p.name], quant_storage)
         else:
             out.append(p)
     return out

@@ -52,7 +52,13 @@ LORA = ("--lora-rank", "4", "--lora-targets", "q_proj,v_proj")
     (("--dtype", "bf16", "--amp", "bf16"), "every parameter is trained"),
     (("--amp", "bf16", "--dtype", "fp64", *LORA), "master weights"),
     (("--host-memory", "lots", "-d", "t4"), "--host-memory"),
-    (("--dist", "fsdp2", "--world", "2", "--grad-accum", "2", "-d", "t4"), "not planned per rank"),
+    (("--dist", "ddp", "--world", "2", "--offload", "optimizer", "-d", "t4"), "single-GPU"),
+    (("--dist", "fsdp2", "--world", "2", "--quantize-base", "int8", *LORA, "-d", "t4"),
+     "no floating storage"),
+    (("--dist", "zero3", "--world", "2", "--quantize-base", "int8", *LORA, "-d", "t4"),
+     "no floating storage"),
+    (("--dist", "zero2", "--world", "2", "--offload", "optimizer", "-d", "rpi-4-4gb"),
+     "drop --offload"),
 ])
 def test_bad_recipes_are_one_line_errors(capsys, llama, args, match):
     code, out, err = run(capsys, llama, *args)

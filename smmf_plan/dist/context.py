@@ -1,11 +1,12 @@
-"""What every scheme's per-rank planner is given: the model's parameters, the precision and the
-allocator (torch-free)."""
+"""What every scheme's per-rank planner is given: the model's parameters as the engine sees them,
+the precision, the recipe (accumulation, offload) and the allocator (torch-free)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .. import allocators, dtypes
+from ..recipe import Recipe
 from ..shapes import ParamSpec
 
 
@@ -13,14 +14,20 @@ from ..shapes import ParamSpec
 class Context:
     """One model, planned in one precision for one allocator."""
 
-    #: every parameter (frozen ones too), in the planned dtype: fp32 master weights under AMP.
+    #: every parameter (frozen ones too), in the planned dtype: fp32 master weights under AMP; a
+    #: quantized base's packed weights in place of its weights (:mod:`.quantized`).
     specs: tuple[ParamSpec, ...]
     #: "cpu", "cuda" or "raw": how each tensor is rounded.
     allocator: str = "raw"
-    #: buffers (BatchNorm statistics, …) as allocated: every scheme keeps them whole on every rank.
+    #: buffers (BatchNorm statistics, …) and a quantized base's quantization state, as
+    #: allocated: every scheme keeps them whole on every rank.
     buffer_bytes: int = 0
     #: the mixed-precision compute dtype (``--amp``), or None.
     amp: str | None = None
+    #: the recipe's accumulation and offload (its precision is already in ``specs``).
+    recipe: Recipe = Recipe()
+    #: the model library (the host runtime of an offloading rank).
+    library: str | None = None
 
     @property
     def quantum(self) -> int:

@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ..optimizers import OptimizerVariant
 from ..shapes import ParamSpec
+from . import offload
 from .context import Context
 from .ranks import RankClass, RankFigures, state_sum
 from .sharding import Sharding
@@ -45,6 +46,8 @@ def buckets(specs: Sequence[ParamSpec], bucket_cap_mb: float = 25.0) -> list[int
 
 
 def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[RankClass]:
+    """Every rank alike; accumulation (``no_sync``) keeps the same gradients and buckets."""
+    offload.check("ddp", ctx.recipe)
     specs, trainable = ctx.specs, ctx.trainable
     weights = sum(ctx.round(s.nbytes) for s in specs) + ctx.buffer_bytes
     grads = sum(ctx.round(s.nbytes) for s in trainable)

@@ -11,20 +11,20 @@ rank that decides whether the job fits), and beside it every group of ranks with
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from .. import dtypes
 from ..breakdown import Breakdown, StepMemory
-from ..errors import PlanError
-from ..memory import MemoryEstimate, StepBasis, act_temp, step_basis
+from ..memory import TEMPORARIES_ASSUMPTION, MemoryEstimate, StepBasis, act_temp, step_basis
+from ..memory import _offload_assumption as offload_assumption  # the one-process offload's words
+from ..memory import estimate as single
 from ..model import ModelSpec
 from ..optimizers import OptimizerVariant, Unsupported
-from . import ddp, fsdp2, zero
+from . import ddp, fsdp2, offload, quantized, zero
 from .context import Context
 from .ranks import RankClass, RankFigures, RankRanges, group
 from .sharding import Sharding
-from ..memory import TEMPORARIES_ASSUMPTION
-from ..memory import estimate as single
 
 PLANNERS: dict[str, Callable[[Context, Sharding, OptimizerVariant], list[RankClass]]] = {
     "ddp": ddp.plan, "zero1": zero.plan, "zero2": zero.plan, "zero3": zero.plan,
@@ -42,7 +42,7 @@ def breakdown_of(f: RankFigures, activations: int | None, temporaries: int, runt
     return Breakdown(weights=f.weights, master=f.master, grads=f.grads,
                      state_allocated=f.state_allocated, activations=activations or 0,
                      temporaries=temporaries, comm=f.comm, runtime=runtime,
-                     unknown=("activations",) if activations is None else ())
+                     unknown=("activations",) if activations is None else (), **dict(f.host))
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,18 @@ class RankStep(RankRanges):
         return self.breakdown.total_bytes
 
     def to_dict(self) -> dict:
-        """``{"ranks": [[first, last], …], "count", "state_bytes", "breakdown", "total_bytes"}``."""
+        """``{"ranks": [[first, last], …], "count", "state_bytes", "breakdown", "total_bytes",
+        "device_bytes", "host_bytes"}``."""
         return {"ranks": [list(r) for r in self.ranges], "count": self.count,
                 "state_bytes": self.state_bytes, "breakdown": self.breakdown.to_dict(),
-                "total_bytes": self.total_bytes}
+                "total_bytes": self.total_bytes, "device_bytes": self.breakdown.device_bytes,
+                "host_bytes": self.breakdown.host_bytes}
 
 
 def largest_of(steps: Sequence[RankStep]) -> RankStep:
-    """The group whose rank needs the most memory (the lowest ranks on a tie)."""
-    return max(steps, key=lambda s: (s.total_bytes, -s.first))
+    """The group whose rank needs the most device memory (then host memory; the lowest ranks on
+    a tie)."""
+    return max(steps, key=lambda s: (s.breakdown.device_bytes, s.breakdown.host_bytes, -s.first))
 
 
 @dataclass
@@ -114,9 +117,10 @@ class DistEstimate(MemoryEstimate):
 
 def assumptions_for(sharding: Sharding, ctx: Context) -> list[str]:
     """The per-rank model's assumptions, in words."""
+    k = ctx.recipe.grad_accum
     out = [f"distributed: {sharding.describe()}; --batch-size is the per-rank micro-batch "
-           f"(global batch = batch × {sharding.world:,} ranks, all data-parallel); activations "
-           "are one rank's"]
+           f"(effective batch = batch{f' × {k} micro-steps' if k > 1 else ''} × {sharding.world:,} "
+           "ranks, all data-parallel); activations are one rank's"]
     s = sharding.scheme
     if s == "ddp":
         out.append(f"ddp: every rank holds the whole model, gradients and optimizer state; "
@@ -155,8 +159,39 @@ def assumptions_for(sharding: Sharding, ctx: Context) -> list[str]:
                f"{sharding.param_persistence_threshold:,} elements stay whole on every rank, plus "
                "the largest module gathered with its gradients and the prefetch bucket"
                if stage == 3 else ""))
+    out += recipe_assumptions(sharding, ctx)
     out.append("not modelled: NCCL's own buffers (allocated outside PyTorch's allocator), "
                "the CUDA context of each rank, and allocator fragmentation under sharding")
+    return out
+
+
+def recipe_assumptions(sharding: Sharding, ctx: Context) -> list[str]:
+    """How each scheme runs the recipe's accumulation, quantized base and offload, in words."""
+    recipe, s, out = ctx.recipe, sharding.scheme, []
+    if recipe.grad_accum > 1:
+        k = recipe.grad_accum
+        if s == "ddp":
+            out.append(f"ddp accumulation: no_sync() for the first {k - 1} of {k} micro-steps, "
+                       "every rank accumulating its whole gradients in .grad; the buckets "
+                       "all-reduce on the last micro-step only (allocated once either way)")
+        elif s == "fsdp2":
+            out.append(
+                "fsdp2 accumulation: torch's default, set_requires_gradient_sync(True): every "
+                "micro-step reduce-scatters and the sharded gradients accumulate in place (one "
+                "unit's fresh reduce-scatter output beside them while it is added); with "
+                "set_requires_gradient_sync(False) each rank would instead keep every unsharded "
+                f"gradient across micro-steps: {fsdp2.unsynced_grad_bytes(ctx):,} B more, not "
+                "planned")
+        else:
+            out.append(f"{s} accumulation: gradient_accumulation_steps={k}; gradients accumulate "
+                       "in ZeRO's own buffers (stage 1: the full gradients, reduced at the "
+                       "boundary; stages 2/3: the reduced partition)")
+    if recipe.quantize_base is not None:
+        base = next((dt for p in ctx.specs if not p.trainable
+                     for dt in [dtypes.canonical(p.dtype)] if dt in dtypes.FLOATING), None)
+        out.append(quantized.assumption(s, recipe, ctx.amp, base))
+    if recipe.offload is not None:
+        out.append(offload.assumption(s, recipe, sharding.ranks_per_node))
     return out
 
 
@@ -172,24 +207,30 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], shardin
 def basis_for(model_spec: ModelSpec, scheme: str, **options: Any) -> StepBasis:
     """The step basis a scheme's ranks share: DDP runs mixed precision as torch autocast, the
     sharding engines hand the model low-precision parameters (``amp_trace="cast"``). The
-    per-rank planners place the specs themselves: a recipe that moves or quantizes them
-    (offload, a quantized base, accumulated gradients) is not planned per rank."""
+    per-rank planners place the specs themselves (sharded, quantized, offloaded); a recipe a
+    scheme cannot run is refused here, before any trace."""
     recipe = options.get("recipe")
     if recipe is not None:
-        asked = [flag for flag, on in (("--quantize-base", recipe.quantize_base is not None),
-                                       ("--offload", recipe.offload is not None),
-                                       ("--grad-accum", recipe.grad_accum > 1)) if on]
-        if asked:
-            raise PlanError(f"--dist {scheme} with {' and '.join(asked)} is not planned per rank "
-                            f"yet: drop {asked[0]} (or --dist for a one-process plan)")
+        quantized.check(scheme, recipe)
+        offload.check(scheme, recipe)
     return step_basis(model_spec, amp_trace="autocast" if scheme == "ddp" else "cast", **options)
+
+
+def context_of(basis: StepBasis, scheme: str) -> Context:
+    """What ``scheme``'s planner is given: the basis's specs as the engine holds them (a quantized
+    base's packed weights in place of its weights, its quantization state whole on every rank)."""
+    params, state = quantized.engine_tensors(basis.specs, basis.quantized, basis.recipe, scheme,
+                                             basis.amp)
+    ctx = Context(tuple(params), basis.rounding, basis.buffer_bytes, basis.amp,
+                  recipe=basis.recipe, library=basis.library)
+    return replace(ctx, buffer_bytes=ctx.buffer_bytes + sum(ctx.round(t.nbytes) for t in state))
 
 
 def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
                sharding: Sharding) -> DistEstimate:
     """The per-rank estimate of every optimizer from a computed basis (no trace)."""
     t0 = time.perf_counter()
-    ctx = Context(tuple(basis.specs), basis.rounding, basis.buffer_bytes, basis.amp)
+    ctx = context_of(basis, sharding.scheme)
     classes, skipped = {}, []
     for v in layouts:
         try:
@@ -197,13 +238,20 @@ def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
         except Unsupported as e:
             skipped.append(f"{v.id}: not estimated: {e}")
     layouts = [v for v in layouts if v.id in classes]
-    assumptions = (basis.assumptions + assumptions_for(sharding, ctx) + caveats(sharding, layouts)
-                   + skipped + [TEMPORARIES_ASSUMPTION])
+    if ctx.recipe.offload is not None:
+        skipped += [node_host_line(sharding, classes)]
+    assumptions = (per_rank(basis.assumptions, basis, sharding) + assumptions_for(sharding, ctx)
+                   + caveats(sharding, layouts) + skipped + [TEMPORARIES_ASSUMPTION])
+    info = dict(basis.recipe_info)
+    if "effective_batch_size" in info:  # every data-parallel rank's micro-batches
+        info["data_parallel_ranks"] = sharding.world
+        info["effective_batch_size"] = basis.batch_size * basis.recipe.grad_accum * sharding.world
     est = DistEstimate(
         model=name, batch_size=basis.batch_size, allocator=basis.allocator,
         breakdowns={}, activation_model=basis.activation_model, assumptions=assumptions,
         step_temp={}, runtime_parts=basis.runtime_parts, input=basis.input,
-        persistent={v.id: v.keeps_scratch for v in layouts}, sharding=sharding, classes=classes)
+        persistent={v.id: v.keeps_scratch for v in layouts}, sharding=sharding, classes=classes,
+        recipe=basis.recipe, recipe_info=info, incomplete_reason=basis.incomplete_reason)
     for v in layouts:
         top = est.largest(v.id)
         est.breakdowns[v.id] = top.breakdown
@@ -211,6 +259,36 @@ def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
         est.step_temp[v.id] = max(c.figures.step_temp for c in classes[v.id])
     est.seconds = time.perf_counter() - t0 + (t0 - basis.t0)
     return est
+
+
+def node_host_bytes(sharding: Sharding, classes: Sequence[RankClass]) -> int:
+    """The host bytes of the node whose ranks hold the most (nodes hold consecutive ranks)."""
+    per = sharding.ranks_per_node
+    nodes = [0] * sharding.nodes
+    for c in classes:
+        host = sum(n for _, n in c.figures.host)
+        for a, b in c.ranges:
+            for k in range(a // per, b // per + 1):
+                nodes[k] += host * (min(b, (k + 1) * per - 1) - max(a, k * per) + 1)
+    return max(nodes, default=0)
+
+
+def node_host_line(sharding: Sharding, classes: dict[str, list[RankClass]]) -> str:
+    per = sharding.ranks_per_node
+    figures = ", ".join(f"{oid} {node_host_bytes(sharding, cs):,} B" for oid, cs in classes.items())
+    return (f"host memory per node ({per} rank{'s' if per != 1 else ''} sharing its RAM; the "
+            f"fullest node): {figures}")
+
+
+def per_rank(assumptions: Sequence[str], basis: StepBasis, sharding: Sharding) -> list[str]:
+    """The basis's assumptions as they hold per rank: its one-process effective batch made one
+    rank's, and its one-process offload (torchao's) left to the scheme's own line."""
+    k = basis.batch_size * basis.recipe.grad_accum
+    one = f"(effective batch {k})"
+    every = f"(effective batch {k} per rank, × {sharding.world:,} ranks = {k * sharding.world:,})"
+    torchao = offload_assumption(basis.recipe, basis.library) if basis.recipe.offload else None
+    return [a.replace(one, every, 1) if a.startswith("gradient accumulation:") else a
+            for a in assumptions if a != torchao]
 
 
 def caveats(sharding: Sharding, layouts: Sequence[OptimizerVariant]) -> list[str]:

@@ -31,6 +31,14 @@ process, the ``fake`` process group) and real gloo runs:
   Without it every unit stays gathered from forward to backward.
 * HSDP (``shard_group`` < world): the same on ``S = shard_group``; the all-reduce across replicas
   runs in place on the reduce-scatter output.
+* **Gradient accumulation** (``foreach_reduce``, ``requires_gradient_sync`` True: torch's default,
+  every micro-step reduce-scatters): a later micro-step's reduce-scatter output is a fresh buffer
+  added into the sharded gradients, so one unit's sharded gradients exist twice while it is added.
+  With ``set_requires_gradient_sync(False)`` instead, every unit would keep its unsharded gradient
+  (in the reduce dtype) across micro-steps: :func:`unsynced_grad_bytes`, stated, not planned.
+* **Offload** (``CPUOffloadPolicy``, :mod:`.offload`): sharded parameters, gradients and the
+  optimizer on the host; on the device each unit's shards are copied in for its all-gather and its
+  reduce-scatter output lives until copied out.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from ..optimizers import OptimizerVariant
 from ..optimizers.base import local_spec
 from ..shapes import ParamSpec, Shape
 from .context import Context, nbytes
+from .offload import host_parts, pinned
 from .ranks import RankClass, RankFigures, state_sum
 from .sharding import Sharding
 
@@ -153,6 +162,8 @@ def unit_bytes(ctx: Context, unit: Unit, shards: int) -> UnitBytes:
     all_gather = ctx.round(nbytes(sum(padded) * shards, gather_dtype))
     if any(c != dtypes.canonical(s.dtype) for s, c in zip(specs, compute)):
         all_gather += ctx.round(nbytes(sum(padded), gather_dtype))
+    if ctx.recipe.offload is not None:  # each host shard copied to the device for the all-gather
+        all_gather += sum(ctx.round(nbytes(p, s.dtype)) for s, p in zip(specs, padded))
     train = [(s, p, c) for s, p, c in zip(specs, padded, compute) if s.trainable]
     grads = sum(ctx.round(nbytes(s.numel, c)) for s, _, c in train)
     reduce_dtype = "float32" if ctx.amp else gather_dtype
@@ -172,12 +183,19 @@ def transient_bytes(ctx: Context, sharding: Sharding, unit_list: Sequence[Unit],
         sizes = [unit_bytes(ctx, u, S) for u in unit_list]
     blocks = [b for u, b in zip(unit_list, sizes) if not u.is_root]
     root = next(b for u, b in zip(unit_list, sizes) if u.is_root)
+    # a reduce-scatter output beside the kept sharded gradients: added into them (accumulation)
+    # or copied to the host (offload)
+    fresh = ctx.recipe.grad_accum > 1 or ctx.recipe.offload is not None
+
+    def reduce(b: UnitBytes) -> int:
+        return b.grads + b.reduce_scatter + (b.sharded_grads if fresh else 0)
+
     if not sharding.reshard_after_forward:
         gathered = root.params + sum(b.params for b in blocks)
         per_unit = [b.all_gather for b in (*blocks, root)]
-        per_unit += [b.grads + b.reduce_scatter for b in (*blocks, root)]
+        per_unit += [reduce(b) for b in (*blocks, root)]
         return gathered + max(per_unit)
-    peak = max(root.all_gather, root.grads + root.reduce_scatter)
+    peak = max(root.all_gather, reduce(root))
     for i, b in enumerate(blocks):
         # forward: b gathered, the next unit's all-gather copied out; backward: b gathered, the
         # previous unit prefetched (and its all-gather copied out), b's gradients copied into its
@@ -186,8 +204,16 @@ def transient_bytes(ctx: Context, sharding: Sharding, unit_list: Sequence[Unit],
             if 0 <= j < len(blocks):
                 peak = max(peak, b.params + blocks[j].params + blocks[j].all_gather)
         prefetched = blocks[i - 1].params if i > 0 else 0
-        peak = max(peak, b.params + prefetched + b.grads + b.reduce_scatter)
+        peak = max(peak, b.params + prefetched + reduce(b))
     return root.params + peak
+
+
+def unsynced_grad_bytes(ctx: Context) -> int:
+    """Bytes every rank would keep across micro-steps with ``set_requires_gradient_sync(False)``:
+    each trainable parameter's unsharded gradient, up-cast to the reduce dtype (fp32 under
+    ``--amp``) when it differs (``FSDPParam.to_accumulated_grad_if_needed``)."""
+    return sum(ctx.round(nbytes(s.numel, "float32" if ctx.amp else ctx.compute_dtype(s)))
+               for s in ctx.trainable)
 
 
 # --------------------------------------------------------------------------- per rank
@@ -204,11 +230,13 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
     specs = ctx.specs
     check_shardable(specs)
     S = sharding.shards
+    offload = ctx.recipe.offload is not None
     unit_list = units(specs)
-    weights = sum(ctx.round(nbytes(padded_numel(s.shape, S), s.dtype)) for s in specs)
-    weights += ctx.buffer_bytes
+    shards = [nbytes(padded_numel(s.shape, S), s.dtype) for s in specs]
+    # offload: the sharded parameters live pinned on the host
+    weights = (0 if offload else sum(ctx.round(n) for n in shards)) + ctx.buffer_bytes
     sizes = [unit_bytes(ctx, u, S) for u in unit_list]
-    grads = sum(b.sharded_grads for b in sizes)
+    grads = 0 if offload else sum(b.sharded_grads for b in sizes)
     comm = transient_bytes(ctx, sharding, unit_list, sizes)
     trainable = ctx.trainable
     groups = optimizer.group_names(trainable)
@@ -222,14 +250,21 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
             memo[key] = optimizer.shard_state(spec, shape, group)
         return memo[key]
 
+    where = "cpu" if offload else ctx.allocator  # the optimizer's state and step
     for first, last in boundaries([s.shape for s in trainable], S):
         shapes = [local_shape(s.shape, S, first) for s in trainable]
         logical, allocated, count = state_sum(
-            (shard_state(s, shape, g) for s, shape, g in zip(trainable, shapes, groups)),
-            ctx.allocator)
+            (shard_state(s, shape, g) for s, shape, g in zip(trainable, shapes, groups)), where)
         local = [local_spec(s, shape) for s, shape in zip(trainable, shapes)]
-        temp = optimizer.step_temp_bytes(local, ctx.allocator)
-        figures = RankFigures(weights=weights, master=0, grads=grads, state_allocated=allocated,
-                              state_bytes=logical, comm=comm, step_temp=temp, state_tensors=count)
+        temp = optimizer.step_temp_bytes(local, where)
+        if offload:
+            copies = pinned(*shards) + pinned(*(s.nbytes for s in local))
+            figures = RankFigures(weights=weights, master=0, grads=0, state_allocated=0,
+                                  state_bytes=logical, comm=comm, step_temp=0, state_tensors=count,
+                                  host=host_parts(ctx, copies, allocated, temp))
+        else:
+            figures = RankFigures(weights=weights, master=0, grads=grads, state_allocated=allocated,
+                                  state_bytes=logical, comm=comm, step_temp=temp,
+                                  state_tensors=count)
         classes.append(RankClass(tuple(sharding.global_ranges(first, last)), figures))
     return classes

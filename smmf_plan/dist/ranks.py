@@ -39,6 +39,9 @@ class RankFigures:
     step_temp: int
     #: number of state tensors (the state table's column).
     state_tensors: int = 0
+    #: offload: the host parts (``host_copies``, ``host_state``, ``host_temporaries``,
+    #: ``host_runtime``), the state and step then being the host's, not the device's.
+    host: tuple[tuple[str, int], ...] = ()
 
 
 class RankRanges:

@@ -39,7 +39,7 @@ class Answer:
     optimizer: str
     world: int | None
     step: StepMemory
-    #: usable minus the largest rank's total (negative: short by that much).
+    #: usable minus the largest rank's device bytes (negative: short by that much).
     headroom_bytes: int
     #: the world size ``step`` was planned at (the cap when nothing fits).
     planned_world: int
@@ -108,12 +108,14 @@ def smallest_worlds(spec: ModelSpec, layouts: Sequence[OptimizerVariant], scheme
         row = {}
         for v in layouts:
             def fits(world: int, d=d, oid=v.id) -> bool:
-                return plan_at(d.allocator, world).breakdown_at(oid, batch_size).total_bytes \
-                    <= d.usable_bytes
+                b = plan_at(d.allocator, world).breakdown_at(oid, batch_size)
+                host = d.host_memory
+                return b.device_bytes <= d.usable_bytes and (
+                    not b.host_bytes or (host is not None and b.host_bytes <= host))
             world = _first_fit(fits, step, cap)
             planned = world if world is not None else (cap // step) * step
             s = plan_at(d.allocator, planned).steps()[v.id]
-            row[v.id] = Answer(d, v.id, world, s, d.usable_bytes - s.total_bytes, planned)
+            row[v.id] = Answer(d, v.id, world, s, d.usable_bytes - s.device_bytes, planned)
         out[d.id] = row
     any_plan = next(iter(memo.values()))
     assumptions = [a for a in any_plan.assumptions if not a.startswith("distributed: ")]

@@ -27,6 +27,12 @@ flat partitioned buffer (``grad_partitions_flat_buffer``). **comm**: the reduce 
 (``reduce_bucket_size`` elements, one, allocated at initialisation), the
 prefetch bucket (``stage3_prefetch_bucket_size`` elements) and the largest module's gathered
 parameters and gradients (DeepSpeed's own estimate counts ``4 × largest layer`` bytes for these).
+
+**Gradient accumulation** (``gradient_accumulation_steps``): gradients accumulate in the buffers
+above (stage 1: every parameter's full gradient, reduced at the boundary; stages 2/3: the reduced
+partition), so no buffer is added — except under ZeRO-Offload (stages 1/2), where each micro-step
+stages a pinned bit16 copy of every parameter the rank's partition touches
+(``accumulated_grads_in_cpu``): ranks then differ. **Offload**: :mod:`.offload`.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from .. import dtypes
 from ..optimizers import OptimizerVariant, Unsupported
 from ..shapes import ParamSpec
 from .context import Context, nbytes
-from .ranks import RankClass, RankFigures, state_sum
+from .offload import host_parts, pinned
+from .ranks import RankClass, RankFigures, group, state_sum
 from .sharding import Sharding
 
 #: ``nccl_start_alignment_factor`` in ``stage_1_and_2.py``: 4-byte alignment / sizeof(fp16).
@@ -79,11 +86,16 @@ def flat_groups(ctx: Context, optimizer: OptimizerVariant, world: int) -> list[F
     return out
 
 
+def _where(ctx: Context) -> str:
+    """The allocator the client optimizer's state and step live in: the host's under offload."""
+    return "cpu" if ctx.recipe.offload is not None else ctx.allocator
+
+
 def _flat_state(ctx: Context, optimizer: OptimizerVariant, flats: Sequence[tuple[str, int]]):
     """State, its tensor count and the step temporaries of the client optimizer over one flat fp32
     tensor per (group name, elements)."""
     per = [optimizer.state(ParamSpec(f"{name}.flat", (n,), "float32"), name) for name, n in flats]
-    logical, allocated, count = state_sum(per, ctx.allocator)
+    logical, allocated, count = state_sum(per, _where(ctx))
     return logical, allocated, count
 
 
@@ -93,8 +105,8 @@ def _temp(ctx: Context, optimizer: OptimizerVariant, flats: Sequence[tuple[str, 
     if not specs:
         return 0
     if one_at_a_time:
-        return max(optimizer.step_temp_bytes([s], ctx.allocator) for s in specs)
-    return optimizer.step_temp_bytes(specs, ctx.allocator)
+        return max(optimizer.step_temp_bytes([s], _where(ctx)) for s in specs)
+    return optimizer.step_temp_bytes(specs, _where(ctx))
 
 
 @dataclass(frozen=True)
@@ -126,20 +138,58 @@ class Components:
     #: stage 3: the prefetch bucket, and the largest module's gathered parameters and gradients.
     prefetch: int = 0
     gathered: int = 0
+    #: ZeRO-Offload (:mod:`.offload`): the device's staging buffer of the largest parameter, the
+    #: pinned host blocks (master, gradients, bit16 copies, staging), and whether the state and
+    #: the step (``state_*``, ``optimizer_temp``) are the host's.
+    staging: int = 0
+    host_copies: int = 0
+    offloaded: bool = False
 
-    def figures(self, buffer_bytes: int) -> RankFigures:
+    def figures(self, ctx: Context, host_extra: int = 0) -> RankFigures:
+        """This rank's figures; ``host_extra``: pinned bytes of this rank only (accumulation)."""
+        comm = self.reduce_bucket + self.prefetch + self.gathered + self.staging
+        grads = self.grad_partition + self.full_grads
+        weights = self.params + self.persistent + self.frozen + ctx.buffer_bytes
+        if self.offloaded:
+            return RankFigures(
+                weights=weights, master=0, grads=grads, state_allocated=0,
+                state_bytes=self.state_bytes, comm=comm, step_temp=0,
+                state_tensors=self.state_tensors,
+                host=host_parts(ctx, self.host_copies + host_extra, self.state_allocated,
+                                self.optimizer_temp))
         return RankFigures(
-            weights=self.params + self.persistent + self.frozen + buffer_bytes,
-            master=self.master, grads=self.grad_partition + self.full_grads,
-            state_allocated=self.state_allocated, state_bytes=self.state_bytes,
-            comm=self.reduce_bucket + self.prefetch + self.gathered,
+            weights=weights, master=self.master, grads=grads,
+            state_allocated=self.state_allocated, state_bytes=self.state_bytes, comm=comm,
             step_temp=self.fp32_grad + self.optimizer_temp, state_tensors=self.state_tensors)
 
 
 def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[RankClass]:
-    """ZeRO's ranks hold the same bytes (partitions are equal; the padding is the last ranks')."""
-    figures = components(ctx, sharding, optimizer).figures(ctx.buffer_bytes)
-    return [RankClass(((0, sharding.world - 1),), figures)]
+    """ZeRO's ranks hold the same bytes (partitions are equal; the padding is the last ranks'),
+    except under ZeRO-Offload with accumulation (stages 1/2), where each rank stages the
+    parameters its partition touches."""
+    c = components(ctx, sharding, optimizer)
+    N = sharding.world
+    if not (c.offloaded and ctx.recipe.grad_accum > 1 and sharding.zero_stage < 3):
+        return [RankClass(((0, N - 1),), c.figures(ctx))]
+    per_rank = touched_bytes(flat_groups(ctx, optimizer, N), N)
+    return group(RankClass(((r, r),), c.figures(ctx, extra)) for r, extra in enumerate(per_rank))
+
+
+def touched_bytes(groups: Sequence[FlatGroup], world: int) -> list[int]:
+    """Per rank: the pinned bit16 copies ZeRO-Offload keeps for accumulation, one per parameter
+    whose flat range overlaps the rank's partition, of the whole parameter
+    (``accumulated_grads_in_cpu``: ``torch.zeros(param.numel())``)."""
+    out = [0] * world
+    for g in groups:
+        start = 0
+        for n in g.numels:
+            end = start + n
+            if n:
+                block = pinned(nbytes(n, g.dtype))
+                for r in range(start // g.partition, min(world, -(-end // g.partition))):
+                    out[r] += block
+            start = end
+    return out
 
 
 def components(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Components:
@@ -161,12 +211,15 @@ def _stage12(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> C
     flats = [(g.name, g.partition) for g in groups]
     logical, allocated, count = _flat_state(ctx, optimizer, flats)
     bucket_dtype = groups[0].dtype if groups else "float32"
+    offloaded = ctx.recipe.offload is not None
+    largest = max((n for g in groups for n in g.numels), default=0)
     return Components(
         params=sum(ctx.round(nbytes(g.aligned, g.dtype)) for g in groups),
         persistent=0,
         frozen=sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in frozen),
         master=sum(ctx.round(nbytes(g.partition, "float32")) for g in groups),
-        grad_partition=sum(ctx.round(nbytes(g.partition, g.dtype)) for g in groups),
+        # ZeRO-Offload copies each reduced gradient into the host's fp32 partition
+        grad_partition=0 if offloaded else sum(ctx.round(nbytes(g.partition, g.dtype)) for g in groups),
         full_grads=(sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in ctx.trainable)
                     if stage == 1 else 0),
         state_bytes=logical, state_allocated=allocated, state_tensors=count,
@@ -174,6 +227,14 @@ def _stage12(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> C
         optimizer_temp=_temp(ctx, optimizer, flats, one_at_a_time=False),
         reduce_bucket=ctx.round(nbytes(sharding.reduce_bucket_size, bucket_dtype))
         * (2 if sharding.overlap else 1),
+        # temp_grad_buffer_for_gpu_offload / _for_cpu_offload; the fp32 master and its gradient,
+        # and the bit16 partition the step writes back through
+        staging=ctx.round(nbytes(largest, bucket_dtype)) if offloaded else 0,
+        host_copies=(pinned(nbytes(largest, bucket_dtype))
+                     + sum(pinned(nbytes(g.partition, "float32"), nbytes(g.partition, "float32"),
+                                  nbytes(g.partition, g.dtype)) for g in groups)
+                     if offloaded else 0),
+        offloaded=offloaded,
     )
 
 
@@ -219,13 +280,15 @@ def _stage3(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Co
     logical, allocated, count = _flat_state(ctx, optimizer, subs)
     module = largest_module(ctx.specs)
     total = sum(s.numel for s in ctx.specs)
+    offloaded = ctx.recipe.offload is not None
     return Components(
         params=sum(ctx.round(nbytes(n, b)) for _, n in subs),
         persistent=sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in persistent),
         frozen=sum(ctx.round(nbytes(partition_numel(s.numel, N), model_dtype(ctx, s)))
                    for s in frozen),
         master=sum(ctx.round(nbytes(n, "float32")) for _, n in subs),
-        grad_partition=ctx.round(nbytes(sum(n for _, n in subs), b)),
+        # offload: grad_partitions_flat_buffer lives on the host
+        grad_partition=0 if offloaded else ctx.round(nbytes(sum(n for _, n in subs), b)),
         full_grads=0,
         state_bytes=logical, state_allocated=allocated, state_tensors=count,
         # the sub-groups are stepped one at a time
@@ -235,6 +298,11 @@ def _stage3(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Co
         prefetch=ctx.round(nbytes(min(sharding.prefetch_bucket_size, total), b)),
         gathered=sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in module)
         + sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in module if s.trainable),
+        # offload: the fp32 master and gradient of each sub-group and the flat gradient buffer
+        host_copies=(pinned(nbytes(sum(n for _, n in subs), b))
+                     + sum(pinned(nbytes(n, "float32"), nbytes(n, "float32")) for _, n in subs)
+                     if offloaded else 0),
+        offloaded=offloaded,
     )
 
 

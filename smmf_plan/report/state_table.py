@@ -109,9 +109,12 @@ def recipe_line(estimate) -> Text:
     info = estimate.recipe_info
     t = Text("recipe: ", style="bold")
     t.append(next((a[len("recipe: "):] for a in estimate.assumptions if a.startswith("recipe: ")), ""))
-    if info.get("grad_accum", 1) > 1:
-        t.append(f" · micro-batch {info['micro_batch_size']} × {info['grad_accum']} = effective "
-                 f"batch {info['effective_batch_size']}")
+    ranks = info.get("data_parallel_ranks", 1)
+    if info.get("grad_accum", 1) > 1 or ranks > 1:
+        factors = [f"{info['grad_accum']} micro-steps"] if info.get("grad_accum", 1) > 1 else []
+        factors += [f"{ranks:,} ranks"] if ranks > 1 else []
+        t.append(f" · micro-batch {info['micro_batch_size']} × {' × '.join(factors)} = effective "
+                 f"batch {info['effective_batch_size']:,}")
     return t
 
 

@@ -196,3 +196,30 @@ def test_size_of_weights_without_a_config_says_not_known(capsys, tmp_path):
     assert {row["optimizers"]["adam"]["fits"] for row in doc["devices"]} == {None}
     assert {row["optimizers"]["adam"]["max_batch_size"] for row in doc["devices"]} == {None}
     assert doc["optimizers"]["adam"]["smallest_device"] is None
+
+
+def test_qlora_offload_accumulation_per_rank_json(capsys, llama):
+    """A QLoRA run under FSDP2 with CPUOffloadPolicy and 4 micro-steps on 2 nodes × 2 GPUs: each
+    rank's host parts beside its device parts, the effective batch across every rank, and how
+    the engines hold the base and the offload stated."""
+    from smmf_plan.memory import host_runtime_bytes
+
+    code, out, err = run(capsys, llama, *LORA, "--quantize-base", "nf4", "--amp", "bf16",
+                         "--dist", "fsdp2", "--world", "4", "--nodes", "2", "--offload",
+                         "optimizer", "--grad-accum", "4", "-b", "2", "--seq-len", "16",
+                         "-d", "a100-80gb", "--json", "-o", "adam")
+    assert code == 0, err
+    doc = json.loads(out)
+    t = doc["training"]
+    assert (t["batch_size"], t["grad_accum"], t["effective_batch_size"]) == (2, 4, 32)
+    assert t["recipe"]["data_parallel_ranks"] == 4
+    adam = doc["optimizers"]["adam"]
+    for r in adam["ranks"]:
+        assert r["host_bytes"] > 0 and r["device_bytes"] + r["host_bytes"] == r["total_bytes"]
+        assert r["breakdown"]["host_runtime"] == host_runtime_bytes("transformers")
+        assert r["breakdown"]["grads"] == 0 and r["breakdown"]["state_allocated"] == 0
+    said = "\n".join(t["assumptions"])
+    assert "bnb_4bit_quant_storage=bfloat16" in said and "CPUOffloadPolicy" in said
+    assert "set_requires_gradient_sync(True)" in said and "host memory per node (2 ranks" in said
+    assert "effective batch 8 per rank, × 4 ranks = 32" in said
+    assert "CPUOffloadOptimizer" not in said  # the one-process offload is not what ranks run

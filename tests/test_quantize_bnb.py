@@ -18,8 +18,9 @@ from transformers import BitsAndBytesConfig, GPT2Config, GPT2LMHeadModel, LlamaC
 
 from smmf_plan.errors import PlanError
 from smmf_plan.memory import spec_of_module
-from smmf_plan.quantize import quantized_weights, stored_tensors
+from smmf_plan.quantize import quantized_tensors, quantized_weights, stored_tensors
 from smmf_plan.recipe import Recipe
+from smmf_plan.shapes import ParamSpec
 from smmf_plan.sources.lora import apply_lora
 
 LLAMA = LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=176, num_attention_heads=4,
@@ -157,3 +158,17 @@ def test_a_trainable_linear_cannot_be_quantized():
     spec = spec_of_module(meta)  # every parameter trainable
     with pytest.raises(PlanError, match="cannot train"):
         quantized_weights(meta, spec.params, "int8")
+
+
+def test_packed_storage_is_bitsandbytes_own():
+    """The codes' shape and dtype in a floating storage (bnb_4bit_quant_storage, what FSDP and
+    ZeRO-3 shard), as bitsandbytes' quantize_4bit makes them."""
+    F = bnb.functional
+
+    for shape in ((64, 32), (128, 48)):
+        for storage in ("bfloat16", "float16", "float32", "uint8"):
+            packed, _ = F.quantize_4bit(torch.zeros(shape, dtype=torch.bfloat16), quant_type="nf4",
+                                        quant_storage=getattr(torch, storage))
+            mine = quantized_tensors(ParamSpec("w", shape, "bfloat16", False), "nf4",
+                                     quant_storage=storage)[0]
+            assert (tuple(packed.shape), str(packed.dtype)) == (mine.shape, f"torch.{storage}")

@@ -5,7 +5,9 @@ process group of its own); never imported by smmf_plan.
 ``python tests/dist_engines.py fake OPT[,OPT...] W[,W...]``: FSDP2 under FSDPMemTracker with the
 ``fake`` process group and FakeTensorMode, one process playing every rank of every world size in
 turn, for each optimizer (or its error).
-``python tests/dist_engines.py gloo OPT``: FSDP2 and DDP on 2 real gloo ranks (spawned), a few steps.
+``python tests/dist_engines.py gloo OPT``: FSDP2 and DDP on 2 real gloo ranks (spawned), a few steps
+of :data:`ACCUM` micro-steps each (FSDP2 reduce-scattering every micro-step, torch's default; DDP
+under ``no_sync()`` until the last).
 ``python tests/dist_engines.py deepspeed``: one rank of a 2-rank DeepSpeed job (RANK, WORLD_SIZE,
 MASTER_ADDR/PORT from the environment), ZeRO stages 1-3 in bf16 with AdamW.
 
@@ -23,6 +25,8 @@ import torch
 #: the MLP the engines train: a 251-row layer shards unevenly at every world size > 1, and a
 #: 10-row layer leaves trailing ranks empty at 8.
 DIMS = (32, 96, 251, 128, 10)
+#: micro-steps per optimizer step in the gloo runs (gradient accumulation).
+ACCUM = 2
 
 
 def mlp():
@@ -151,7 +155,8 @@ def _gloo_rank(rank: int, world: int, port: int, opt_id: str, path: str) -> None
     x = torch.randn(4, DIMS[0])
     for _ in range(3):
         opt.zero_grad()
-        model(x).square().mean().backward()
+        for _ in range(ACCUM):  # each micro-step's sharded gradients added in place
+            model(x).square().mean().backward()
         grads = sharded_grad_bytes(model)
         opt.step()
     result = {"rank": rank, "fsdp2": {"state_bytes": state_bytes(opt), "weight_bytes":
@@ -161,6 +166,9 @@ def _gloo_rank(rank: int, world: int, port: int, opt_id: str, path: str) -> None
     opt = build(opt_id, ddp.parameters())
     for _ in range(3):
         opt.zero_grad()
+        with ddp.no_sync():
+            for _ in range(ACCUM - 1):
+                ddp(x).square().mean().backward()
         ddp(x).square().mean().backward()
         opt.step()
     logged = ddp._get_ddp_logging_data()
@@ -245,7 +253,8 @@ if __name__ == "__main__":
         print("RESULT " + json.dumps({"specs": specs_of(mlp()), "optimizers": fake_all(
             sys.argv[2].split(","), [int(w) for w in sys.argv[3].split(",")])}))
     elif mode == "gloo":
-        print("RESULT " + json.dumps({"specs": specs_of(mlp()), "ranks": gloo(sys.argv[2])}))
+        print("RESULT " + json.dumps({"specs": specs_of(mlp()), "accum": ACCUM,
+                                      "ranks": gloo(sys.argv[2])}))
     elif mode == "deepspeed":
         print("RESULT " + json.dumps({"specs": specs_of(mlp()), **deepspeed_rank()}))
     else:

@@ -6,8 +6,9 @@ a subprocess of its own):
   tracker's optimizer state equals the plan exactly for every registry family that runs under
   FSDP2, and the families the registry says do not run there fail — so neither can go stale.
   Adding SMMF once it runs sharded is removing its caveat.
-* Two real gloo ranks (``torch.multiprocessing.spawn``): FSDP2 and DDP, a few Adam steps, each
-  rank's optimizer state, weights, gradients and DDP buckets.
+* Two real gloo ranks (``torch.multiprocessing.spawn``): FSDP2 and DDP, a few Adam steps of two
+  accumulated micro-steps each, each rank's optimizer state, weights, gradients and DDP buckets
+  against the plan with ``--grad-accum 2``.
 * Two real DeepSpeed ranks on CPU: ZeRO-1, -2 and -3 in bf16 with AdamW, each rank's optimizer
   state, master partition, bit16 model, gradient partition and buckets.
 """
@@ -26,6 +27,7 @@ import pytest
 from smmf_plan.dist import Context, Sharding, plan_ranks, zero
 from smmf_plan.optimizers import FAMILIES, parse
 from smmf_plan.optimizers.base import DOES_NOT_RUN
+from smmf_plan.recipe import Recipe
 from smmf_plan.shapes import ParamSpec
 
 WORKER = Path(__file__).with_name("dist_engines.py")
@@ -93,12 +95,13 @@ def test_fsdp2_state_per_rank_matches_fsdpmemtracker():
 @pytest.mark.parametrize("family", ["adam"])
 def test_gloo_fsdp2_and_ddp_ranks_match_the_plan(family):
     doc = worker("gloo", family)
+    accum = Recipe(grad_accum=doc["accum"])
     for got in doc["ranks"]:
         rank = got["rank"]
-        want = planned(doc, Sharding("fsdp2", 2), family, rank)
+        want = planned(doc, Sharding("fsdp2", 2), family, rank, recipe=accum)
         assert got["fsdp2"] == {"state_bytes": want.state_bytes, "weight_bytes": want.weights,
                                 "grad_bytes": want.grads}
-        ddp = planned(doc, Sharding("ddp", 2), family, rank)
+        ddp = planned(doc, Sharding("ddp", 2), family, rank, recipe=accum)
         assert got["ddp"]["state_bytes"] == ddp.state_bytes
         buckets = [int(b) for b in got["ddp"]["bucket_sizes"].split(",")]
         assert sum(buckets) == ddp.comm  # raw bytes: the buckets hold a copy of every gradient

@@ -9,7 +9,8 @@ turn, for each optimizer (or its error).
 of :data:`ACCUM` micro-steps each (FSDP2 reduce-scattering every micro-step, torch's default; DDP
 under ``no_sync()`` until the last).
 ``python tests/dist_engines.py deepspeed``: one rank of a 2-rank DeepSpeed job (RANK, WORLD_SIZE,
-MASTER_ADDR/PORT from the environment), ZeRO stages 1-3 in bf16 with AdamW.
+MASTER_ADDR/PORT from the environment), ZeRO stages 1-3 in bf16 with AdamW, then ZeRO-Offload
+(stages 2 and 3, :data:`ACCUM` micro-steps).
 
 Each prints its result as one line ``RESULT {json}`` on stdout.
 """
@@ -242,8 +243,47 @@ def deepspeed_rank() -> dict:
                                              if b.buffer is not None)
         out[f"zero{stage}"] = fig
         engine.destroy()
+    for stage in (2, 3):
+        out[f"zero{stage}-offload"] = offload_figures(deepspeed, stage)
     dist.destroy_process_group()
     return out
+
+
+def offload_figures(deepspeed, stage: int) -> dict:
+    """ZeRO-Offload's buffers on this rank (``offload_optimizer: cpu``, :data:`ACCUM` micro-steps;
+    on the CPU accelerator nothing is pinned, so each is its own size)."""
+    def nbytes(t) -> int:
+        return t.numel() * t.element_size()
+
+    torch.manual_seed(0)
+    model = mlp()
+    cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": ACCUM,
+           "zero_optimization": {"stage": stage, "offload_optimizer": {"device": "cpu"}},
+           "bf16": {"enabled": True}, "zero_allow_untested_optimizer": True,
+           "zero_force_ds_cpu_optimizer": False}
+    engine, zopt, _, _ = deepspeed.initialize(
+        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), config=cfg)
+    for _ in range(ACCUM):
+        x = torch.randn(2, DIMS[0], dtype=torch.bfloat16)
+        engine.backward(engine(x).float().sum())
+        engine.step()
+    if stage < 3:
+        masters = zopt.single_partition_of_fp32_groups
+        host = sum(nbytes(t) for t in zopt.param_buffer_of_bit16_for_cpu_offload_groups)
+        host += nbytes(zopt.temp_grad_buffer_for_cpu_offload)
+        fig = {"touched_bytes": sum(nbytes(t) for t in zopt.accumulated_grads_in_cpu.values()),
+               "staging_bytes": nbytes(zopt.temp_grad_buffer_for_gpu_offload),
+               "device_grad_bytes": 0 if zopt.grads_in_partition is None
+               else nbytes(zopt.grads_in_partition)}
+    else:
+        masters = zopt.fp32_partitioned_groups_flat
+        host = nbytes(zopt.grad_partitions_flat_buffer)
+        fig = {}
+    host += sum(nbytes(t) + nbytes(t.grad) for t in masters)
+    fig.update(state_bytes=state_bytes(zopt.optimizer), host_bytes=host,
+               devices={str(t.device) for t in masters} == {"cpu"})
+    engine.destroy()
+    return fig
 
 
 if __name__ == "__main__":
@@ -256,6 +296,6 @@ if __name__ == "__main__":
         print("RESULT " + json.dumps({"specs": specs_of(mlp()), "accum": ACCUM,
                                       "ranks": gloo(sys.argv[2])}))
     elif mode == "deepspeed":
-        print("RESULT " + json.dumps({"specs": specs_of(mlp()), **deepspeed_rank()}))
+        print("RESULT " + json.dumps({"specs": specs_of(mlp()), "accum": ACCUM, **deepspeed_rank()}))
     else:
         raise SystemExit(f"unknown mode {mode}")

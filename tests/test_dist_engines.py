@@ -10,7 +10,9 @@ a subprocess of its own):
   accumulated micro-steps each, each rank's optimizer state, weights, gradients and DDP buckets
   against the plan with ``--grad-accum 2``.
 * Two real DeepSpeed ranks on CPU: ZeRO-1, -2 and -3 in bf16 with AdamW, each rank's optimizer
-  state, master partition, bit16 model, gradient partition and buckets.
+  state, master partition, bit16 model, gradient partition and buckets; then ZeRO-Offload
+  (stages 2 and 3, two micro-steps): the host's master, gradient, bit16 and staging buffers, the
+  per-rank accumulation copies and the device's staging buffer.
 """
 
 from __future__ import annotations
@@ -139,6 +141,18 @@ def test_deepspeed_zero_ranks_match_the_plan(tmp_path):
             if stage == 3:
                 assert got["persistent_bytes"] == c.persistent
                 assert got["reduce_bucket_bytes"] == c.reduce_bucket == 2 * 500_000_000
+        # ZeRO-Offload: nothing is pinned on the CPU accelerator, so the raw plan is exact
+        off = Context(specs_of(doc), amp="bfloat16",
+                      recipe=Recipe(offload="optimizer", grad_accum=doc["accum"]))
+        for stage in (2, 3):
+            got = doc[f"zero{stage}-offload"]
+            c = zero.components(off, Sharding(f"zero{stage}", 2), parse("adamw"))
+            assert got["devices"] and got["state_bytes"] == c.state_bytes, (stage, got)
+            assert got["host_bytes"] == c.host_copies, (stage, got)
+            if stage == 2:
+                assert (got["staging_bytes"], got["device_grad_bytes"]) == (c.staging, 0)
+                flat = zero.flat_groups(off, parse("adamw"), 2)
+                assert got["touched_bytes"] == zero.touched_bytes(off, flat, 2)[doc["rank"]]
 
 
 # ------------------------------------------------------------------ DeepSpeed's estimators

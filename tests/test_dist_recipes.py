@@ -1,7 +1,7 @@
 """Per-rank plans of the recipes that move tensors (smmf_plan.dist: accumulation, a quantized base,
 offload): every figure below is counted by hand from the engines' rules on models small enough to
-count (raw allocator: no rounding; the host's pinned blocks are powers of two, its CPU allocator
-rounds to 64 B), never taken from the planner under test. The command line's refusals and JSON
+count (raw allocator: no rounding; on the host the CPU allocator's 64-B blocks, and on a CUDA
+plan the pinned blocks' powers of two), never taken from the planner under test. The command line's refusals and JSON
 are checked in test_cli_recipe.py, the packed storage against bitsandbytes in test_quantize_bnb.py."""
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ def test_fsdp2_cpu_offload_policy_per_rank():
     shards copied in for the all-gather join it (block 64 B, root 32 B) and the reduce-scatter
     output lives until copied out (block 64 B, root 32 B): peak = backward of layers.1 with
     layers.0 prefetched, 128 + 128 + 128 + 128 + 64 = 576, plus the root 64 → 640.
-    Host, pinned blocks (powers of two): the padded shards 64 + 64 + 32; the gradients' local
-    shards 64 + 64 + 32 on rank 0, 64 + 64 + 16 on rank 1. Host state (64-B CPU blocks): the
+    Host, pinned: the padded shards 64 + 64 + 32; the gradients' local shards 64 + 64 + 32 on
+    rank 0, 64 + 64 + 16 on rank 1. Host state (64-B CPU blocks): the
     moments of (4, 4), (4, 4) and (2, 4) | (1, 4) rows → 2 × (64 + 64 + 64) + 3 steps × 64 = 576;
     logical 2 × (64 + 64 + 32) + 12 = 332 | 2 × (64 + 64 + 16) + 12 = 300."""
     got = figures(ctx(offload="optimizer"), Sharding("fsdp2", 2))
@@ -148,25 +148,29 @@ def test_zero_offload_stage2_per_rank_and_with_accumulation():
     """World 2, fp32: 32 + 32 + 12 = 76 elements (a multiple of 2·2), partitions of 38.
     Device: the flat model 76 × 4 = 304, the reduce bucket 5e8 × 4 B plus the GPU staging buffer
     of the largest parameter (32 × 4 = 128); no master, gradient, state or step there.
-    Host, pinned: the CPU staging buffer 128, the fp32 master and its gradient and the bit16
-    partition copy, 152 B each → 256 each: 896. State on flat (38,) fp32: 2 × 152 → 192 each
-    (64-B blocks) + step 64 = 448. With accumulation each rank also stages the whole parameters its
-    partition touches: rank 0 [0, 38) → layers.0 and layers.1, 128 + 128; rank 1 [38, 76) →
-    layers.1 and head, 128 + 48 → 64."""
+    Host: the CPU staging buffer 128, the fp32 master and its gradient and the bit16 partition
+    copy, 152 B each: 584. State on flat (38,) fp32: 2 × 152 → 192 each (64-B blocks) + step 64 =
+    448. With accumulation each rank also stages the whole parameters its partition touches: rank
+    0 [0, 38) → layers.0 and layers.1, 128 + 128; rank 1 [38, 76) → layers.1 and head, 128 + 48.
+    On a CUDA plan the pinned blocks are powers of two: 128 + 3 × 256 = 896, and the staged
+    copies 128 + 128 | 128 + 64."""
     got = figures(ctx(offload="optimizer"), Sharding("zero2", 2))
     (f,) = got.values()
     assert (f.weights, f.master, f.grads, f.state_allocated, f.step_temp) == (304, 0, 0, 0, 0)
     assert f.comm == 500_000_000 * 4 + 128
-    assert (host(f)["host_copies"], host(f)["host_state"]) == (896, 448)
+    assert (host(f)["host_copies"], host(f)["host_state"]) == (584, 448)
     acc = figures(ctx(offload="optimizer", grad_accum=2), Sharding("zero2", 2))
-    assert {r: host(x)["host_copies"] for r, x in acc.items()} == {((0, 0),): 1152, ((1, 1),): 1088}
+    assert {r: host(x)["host_copies"] for r, x in acc.items()} == {((0, 0),): 840, ((1, 1),): 760}
+    cuda = Context(SMALL, "cuda", recipe=Recipe(offload="optimizer", grad_accum=2))
+    got = {r: host(x)["host_copies"] for r, x in figures(cuda, Sharding("zero2", 2)).items()}
+    assert got == {((0, 0),): 1152, ((1, 1),): 1088}
 
 
 def test_zero_offload_stage3_per_rank():
     """World 2, fp32, no persistent parameters: ⌈32/2⌉ + ⌈32/2⌉ + ⌈12/2⌉ = 38 elements per rank
-    in one sub-group (152 B on the device). Host, pinned: the flat gradient-partition buffer, the
-    fp32 master and its gradient, 152 B each → 256 each: 768."""
+    in one sub-group (152 B on the device). Host: the flat gradient-partition buffer, the fp32
+    master and its gradient, 152 B each: 456."""
     (f,) = figures(ctx(offload="optimizer"),
                    Sharding("zero3", 2, param_persistence_threshold=0)).values()
     assert (f.weights, f.master, f.grads, f.state_allocated) == (152, 0, 0, 0)
-    assert (host(f)["host_copies"], host(f)["host_state"]) == (768, 448)
+    assert (host(f)["host_copies"], host(f)["host_state"]) == (456, 448)

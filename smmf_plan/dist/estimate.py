@@ -191,7 +191,7 @@ def recipe_assumptions(sharding: Sharding, ctx: Context) -> list[str]:
                      for dt in [dtypes.canonical(p.dtype)] if dt in dtypes.FLOATING), None)
         out.append(quantized.assumption(s, recipe, ctx.amp, base))
     if recipe.offload is not None:
-        out.append(offload.assumption(s, recipe, sharding.ranks_per_node))
+        out.append(offload.assumption(s, recipe, sharding.ranks_per_node, ctx.allocator))
     return out
 
 

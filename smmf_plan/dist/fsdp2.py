@@ -258,7 +258,7 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
         local = [local_spec(s, shape) for s, shape in zip(trainable, shapes)]
         temp = optimizer.step_temp_bytes(local, where)
         if offload:
-            copies = pinned(*shards) + pinned(*(s.nbytes for s in local))
+            copies = pinned(ctx, *shards) + pinned(ctx, *(s.nbytes for s in local))
             figures = RankFigures(weights=weights, master=0, grads=0, state_allocated=0,
                                   state_bytes=logical, comm=comm, step_temp=0, state_tensors=count,
                                   host=host_parts(ctx, copies, allocated, temp))

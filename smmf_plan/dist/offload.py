@@ -37,9 +37,13 @@ def check(scheme: str, recipe: Recipe) -> None:
                         "(CPUOffloadPolicy), or drop --offload")
 
 
-def pinned(*nbytes: int) -> int:
-    """Pinned host blocks, each rounded as the host caching allocator does."""
-    return sum(pinned_round(n) for n in nbytes)
+def pinned(ctx: Context, *nbytes: int) -> int:
+    """Pinned host blocks: each rounded up to a power of two as CUDA's host caching allocator
+    does, on a CUDA plan; elsewhere (no pinned memory: DeepSpeed's CPU accelerator pins nothing;
+    "raw" plans round nothing) as the plan's allocator rounds."""
+    if ctx.allocator == "cuda":
+        return sum(pinned_round(n) for n in nbytes)
+    return sum(ctx.round(n) for n in nbytes)
 
 
 def host_parts(ctx: Context, copies: int, state: int, temporaries: int) -> tuple[tuple[str, int], ...]:
@@ -48,7 +52,7 @@ def host_parts(ctx: Context, copies: int, state: int, temporaries: int) -> tuple
             ("host_runtime", host_runtime_bytes(ctx.library)))
 
 
-def assumption(scheme: str, recipe: Recipe, ranks_per_node: int) -> str:
+def assumption(scheme: str, recipe: Recipe, ranks_per_node: int, allocator: str) -> str:
     if scheme == "fsdp2":
         what = ("fsdp2 offload: CPUOffloadPolicy(pin_memory=True) — sharded parameters (padded) and "
                 "sharded gradients in pinned host memory, the optimizer state and step on the host; "
@@ -66,6 +70,7 @@ def assumption(scheme: str, recipe: Recipe, ranks_per_node: int) -> str:
                    if scheme != "zero3" else "; the flat gradient-partition buffer pinned on the host"))
     if recipe.offload == "optimizer+grads":
         what += " (--offload optimizer and optimizer+grads are the same engine setting)"
-    return (what + f"; pinned blocks rounded up to powers of two; each rank's host parts include "
-            f"its own process; a node's {ranks_per_node} rank(s) share its RAM: each rank is checked "
+    rounding = ("pinned blocks rounded up to powers of two (CUDA's host caching allocator)"
+                if allocator == "cuda" else "no pinned memory off CUDA: host blocks as allocated")
+    return (what + f"; {rounding}; each rank's host parts include its own process; a node's {ranks_per_node} rank(s) share its RAM: each rank is checked "
             "against the host memory per GPU, so the largest rank fitting means the node does")

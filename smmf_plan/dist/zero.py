@@ -171,11 +171,11 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
     N = sharding.world
     if not (c.offloaded and ctx.recipe.grad_accum > 1 and sharding.zero_stage < 3):
         return [RankClass(((0, N - 1),), c.figures(ctx))]
-    per_rank = touched_bytes(flat_groups(ctx, optimizer, N), N)
+    per_rank = touched_bytes(ctx, flat_groups(ctx, optimizer, N), N)
     return group(RankClass(((r, r),), c.figures(ctx, extra)) for r, extra in enumerate(per_rank))
 
 
-def touched_bytes(groups: Sequence[FlatGroup], world: int) -> list[int]:
+def touched_bytes(ctx: Context, groups: Sequence[FlatGroup], world: int) -> list[int]:
     """Per rank: the pinned bit16 copies ZeRO-Offload keeps for accumulation, one per parameter
     whose flat range overlaps the rank's partition, of the whole parameter
     (``accumulated_grads_in_cpu``: ``torch.zeros(param.numel())``)."""
@@ -185,7 +185,7 @@ def touched_bytes(groups: Sequence[FlatGroup], world: int) -> list[int]:
         for n in g.numels:
             end = start + n
             if n:
-                block = pinned(nbytes(n, g.dtype))
+                block = pinned(ctx, nbytes(n, g.dtype))
                 for r in range(start // g.partition, min(world, -(-end // g.partition))):
                     out[r] += block
             start = end
@@ -230,8 +230,8 @@ def _stage12(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> C
         # temp_grad_buffer_for_gpu_offload / _for_cpu_offload; the fp32 master and its gradient,
         # and the bit16 partition the step writes back through
         staging=ctx.round(nbytes(largest, bucket_dtype)) if offloaded else 0,
-        host_copies=(pinned(nbytes(largest, bucket_dtype))
-                     + sum(pinned(nbytes(g.partition, "float32"), nbytes(g.partition, "float32"),
+        host_copies=(pinned(ctx, nbytes(largest, bucket_dtype))
+                     + sum(pinned(ctx, nbytes(g.partition, "float32"), nbytes(g.partition, "float32"),
                                   nbytes(g.partition, g.dtype)) for g in groups)
                      if offloaded else 0),
         offloaded=offloaded,
@@ -299,8 +299,8 @@ def _stage3(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Co
         gathered=sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in module)
         + sum(ctx.round(nbytes(s.numel, model_dtype(ctx, s))) for s in module if s.trainable),
         # offload: the fp32 master and gradient of each sub-group and the flat gradient buffer
-        host_copies=(pinned(nbytes(sum(n for _, n in subs), b))
-                     + sum(pinned(nbytes(n, "float32"), nbytes(n, "float32")) for _, n in subs)
+        host_copies=(pinned(ctx, nbytes(sum(n for _, n in subs), b))
+                     + sum(pinned(ctx, nbytes(n, "float32"), nbytes(n, "float32")) for _, n in subs)
                      if offloaded else 0),
         offloaded=offloaded,
     )

@@ -10,7 +10,7 @@ of :data:`ACCUM` micro-steps each (FSDP2 reduce-scattering every micro-step, tor
 under ``no_sync()`` until the last).
 ``python tests/dist_engines.py deepspeed``: one rank of a 2-rank DeepSpeed job (RANK, WORLD_SIZE,
 MASTER_ADDR/PORT from the environment), ZeRO stages 1-3 in bf16 with AdamW, then ZeRO-Offload
-(stages 2 and 3, :data:`ACCUM` micro-steps).
+(stages 1-3, :data:`ACCUM` micro-steps).
 
 Each prints its result as one line ``RESULT {json}`` on stdout.
 """
@@ -243,7 +243,7 @@ def deepspeed_rank() -> dict:
                                              if b.buffer is not None)
         out[f"zero{stage}"] = fig
         engine.destroy()
-    for stage in (2, 3):
+    for stage in (1, 2, 3):
         out[f"zero{stage}-offload"] = offload_figures(deepspeed, stage)
     dist.destroy_process_group()
     return out

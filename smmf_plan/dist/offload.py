@@ -11,8 +11,8 @@ Each rank is its own process with its own host memory use; the ranks of one node
   pin_memory: true}`` (read from DeepSpeed 0.19's ``stage_1_and_2.py`` and ``stage3.py``): the
   fp32 master partition, its fp32 gradient and the optimizer state on the host, the step there;
   stages 1/2 also keep a pinned bit16 copy of the partition and a pinned and a device staging
-  buffer of the largest parameter, and with accumulation a pinned bit16 copy of each parameter
-  the partition touches (``accumulated_grads_in_cpu``); stage 3 keeps its flat gradient-partition
+  buffer of the largest parameter, and stage 2 with accumulation a pinned bit16 copy of each
+  parameter the partition touches (``accumulated_grads_in_cpu``); stage 3 keeps its flat gradient-partition
   buffer on the host. ``optimizer`` and ``optimizer+grads`` are the same configuration.
 * ``ddp``: refused. torchao's ``CPUOffloadOptimizer`` (the one-process offload) is for one GPU: it
   copies each gradient to the host from a post-accumulate-grad hook, before DDP's reducer has
@@ -65,8 +65,8 @@ def assumption(scheme: str, recipe: Recipe, ranks_per_node: int, allocator: str)
                 "fp32 master partition, its fp32 gradient and the optimizer state on the host, the "
                 "step there (the client optimizer's CPU temporaries; DeepSpeedCPUAdam needs none)"
                 + ("; pinned bit16 partition copy and staging buffers of the largest parameter"
-                   + ("; with accumulation a pinned bit16 copy of every parameter the partition "
-                      "touches" if recipe.grad_accum > 1 else "")
+                   + ("; accumulating, a pinned bit16 copy of every parameter the partition "
+                      "touches" if recipe.grad_accum > 1 and scheme == "zero2" else "")
                    if scheme != "zero3" else "; the flat gradient-partition buffer pinned on the host"))
     if recipe.offload == "optimizer+grads":
         what += " (--offload optimizer and optimizer+grads are the same engine setting)"

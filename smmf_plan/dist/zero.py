@@ -30,9 +30,10 @@ parameters and gradients (DeepSpeed's own estimate counts ``4 × largest layer``
 
 **Gradient accumulation** (``gradient_accumulation_steps``): gradients accumulate in the buffers
 above (stage 1: every parameter's full gradient, reduced at the boundary; stages 2/3: the reduced
-partition), so no buffer is added — except under ZeRO-Offload (stages 1/2), where each micro-step
+partition), so no buffer is added — except under ZeRO-Offload at stage 2, where each micro-step
 stages a pinned bit16 copy of every parameter the rank's partition touches
-(``accumulated_grads_in_cpu``): ranks then differ. **Offload**: :mod:`.offload`.
+(``accumulated_grads_in_cpu``; stage 1 accumulates the full gradients as without offload): ranks
+then differ. **Offload**: :mod:`.offload`.
 """
 
 from __future__ import annotations
@@ -165,11 +166,11 @@ class Components:
 
 def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[RankClass]:
     """ZeRO's ranks hold the same bytes (partitions are equal; the padding is the last ranks'),
-    except under ZeRO-Offload with accumulation (stages 1/2), where each rank stages the
+    except under ZeRO-Offload with accumulation at stage 2, where each rank stages the
     parameters its partition touches."""
     c = components(ctx, sharding, optimizer)
     N = sharding.world
-    if not (c.offloaded and ctx.recipe.grad_accum > 1 and sharding.zero_stage < 3):
+    if not (c.offloaded and ctx.recipe.grad_accum > 1 and sharding.zero_stage == 2):
         return [RankClass(((0, N - 1),), c.figures(ctx))]
     per_rank = touched_bytes(ctx, flat_groups(ctx, optimizer, N), N)
     return group(RankClass(((r, r),), c.figures(ctx, extra)) for r, extra in enumerate(per_rank))

@@ -223,3 +223,11 @@ def test_qlora_offload_accumulation_per_rank_json(capsys, llama):
     assert "set_requires_gradient_sync(True)" in said and "host memory per node (2 ranks" in said
     assert "effective batch 8 per rank, × 4 ranks = 32" in said
     assert "CPUOffloadOptimizer" not in said  # the one-process offload is not what ranks run
+    code, out, err = run(capsys, llama, *LORA, "--quantize-base", "nf4", "--amp", "bf16",
+                         "--dist", "fsdp2", "--world", "4", "--nodes", "2", "--offload",
+                         "optimizer", "--grad-accum", "4", "-b", "2", "--seq-len", "16",
+                         "-d", "a100-80gb", "-o", "adam")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "micro-batch 2 × 4 micro-steps × 4 ranks = effective batch 32" in text
+    assert "On the host" in text

@@ -204,10 +204,10 @@ def test_qlora_offload_accumulation_per_rank_json(capsys, llama):
     the engines hold the base and the offload stated."""
     from smmf_plan.memory import host_runtime_bytes
 
-    code, out, err = run(capsys, llama, *LORA, "--quantize-base", "nf4", "--amp", "bf16",
-                         "--dist", "fsdp2", "--world", "4", "--nodes", "2", "--offload",
-                         "optimizer", "--grad-accum", "4", "-b", "2", "--seq-len", "16",
-                         "-d", "a100-80gb", "--json", "-o", "adam")
+    args = (llama, *LORA, "--quantize-base", "nf4", "--amp", "bf16", "--dist", "fsdp2", "--world",
+            "4", "--nodes", "2", "--offload", "optimizer", "--grad-accum", "4", "-b", "2",
+            "--seq-len", "16", "-d", "a100-80gb", "-o", "adam")
+    code, out, err = run(capsys, *args, "--json")
     assert code == 0, err
     doc = json.loads(out)
     t = doc["training"]
@@ -223,10 +223,7 @@ def test_qlora_offload_accumulation_per_rank_json(capsys, llama):
     assert "set_requires_gradient_sync(True)" in said and "host memory per node (2 ranks" in said
     assert "effective batch 8 per rank, × 4 ranks = 32" in said
     assert "CPUOffloadOptimizer" not in said  # the one-process offload is not what ranks run
-    code, out, err = run(capsys, llama, *LORA, "--quantize-base", "nf4", "--amp", "bf16",
-                         "--dist", "fsdp2", "--world", "4", "--nodes", "2", "--offload",
-                         "optimizer", "--grad-accum", "4", "-b", "2", "--seq-len", "16",
-                         "-d", "a100-80gb", "-o", "adam")
+    code, out, err = run(capsys, *args)  # the same plan as people read it
     assert code == 0, err
     text = " ".join(out.split())
     assert "micro-batch 2 × 4 micro-steps × 4 ranks = effective batch 32" in text

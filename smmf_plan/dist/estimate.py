@@ -185,7 +185,9 @@ def recipe_assumptions(sharding: Sharding, ctx: Context) -> list[str]:
         else:
             out.append(f"{s} accumulation: gradient_accumulation_steps={k}; gradients accumulate "
                        "in ZeRO's own buffers (stage 1: the full gradients, reduced at the "
-                       "boundary; stages 2/3: the reduced partition)")
+                       "boundary; stages 2/3: the reduced partition) in the model's dtype, "
+                       "DeepSpeed's default (data_types.grad_accum_dtype=fp32 would keep an fp32 "
+                       "partition instead: not planned)")
     if recipe.quantize_base is not None:
         base = next((dt for p in ctx.specs if not p.trainable
                      for dt in [dtypes.canonical(p.dtype)] if dt in dtypes.FLOATING), None)

@@ -88,6 +88,23 @@ def test_qlora_plan_json(capsys, llama):
     assert any("as bitsandbytes stores them" in a for a in t["assumptions"])
 
 
+def test_an_fp16_base_under_bf16_autocast_says_how_to_fix_it(capsys, llama):
+    """LLaMA-2's config stores its base in fp16; under --amp bf16 autocast meets both half dtypes
+    in one op of the model's code and refuses: the plan says activations are unknown and how to get
+    them (the base in bf16), and --dtype bf16 traces."""
+    args = (llama, *LORA, "--quantize-base", "nf4", "--amp", "bf16", "--seq-len", "16", "--json",
+            "-o", "adam")
+    code, out, err = run(capsys, *args, "--dtype", "fp16")
+    assert code == 0, err
+    t = json.loads(out)["training"]
+    assert t["complete"] is False
+    reason = next(a for a in t["assumptions"] if a.startswith("activations not known"))
+    assert "autocast::prioritize" in reason and "--dtype" in reason
+    code, out, err = run(capsys, *args, "--dtype", "bf16")
+    assert code == 0, err
+    assert json.loads(out)["training"]["complete"] is True
+
+
 def test_offload_plan_shows_host_parts(capsys, llama):
     code, out, err = run(capsys, llama, "--offload", "optimizer", "-d", "t4", "--host-memory",
                          "64GiB", "--seq-len", "16", "--json", "-o", "adam")

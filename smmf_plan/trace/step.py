@@ -193,9 +193,14 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
         raise
     except Exception as e:  # noqa: BLE001 - any failure is "cannot trace this model"
         msg = str(e).splitlines()[0] if str(e) else ""
+        hint = ""
+        if "autocast::prioritize" in msg:  # an op of autocast's promote list met fp16 and bf16
+            hint = ("; torch's autocast refused to mix the two half-precision dtypes in the "
+                    "model's own code: store the weights in the --amp dtype (--dtype) or pick the "
+                    "--amp dtype they are stored in")
         raise TraceError(f"could not trace a training step of {type(module).__name__} without data "
                         f"({type(e).__name__}: {msg[:200]}); activations cannot be estimated for it"
-                        ) from None
+                        + hint) from None
     finally:
         for h in hooks:
             h.remove()

@@ -54,7 +54,7 @@ from .breakdown import Breakdown, StepMemory
 from .errors import PlanError, TraceError
 from .fit import check_batch_size
 from .model import ModelSpec
-from .optimizers import OptimizerVariant, Unsupported
+from .optimizers import OptimizerVariant, StateTensor, Unsupported
 from .plan import plan_state
 from .quantize import quantized_weights, stored_tensors
 from .recipe import Recipe
@@ -193,13 +193,18 @@ def _sum_rounded(specs: Sequence[ParamSpec], q: int, trainable_only: bool = Fals
     return sum(round_up(s.nbytes, q) for s in specs if s.nbytes and (s.trainable or not trainable_only))
 
 
-def _optimizer_step(layout: OptimizerVariant, trainable: Sequence[ParamSpec], rounding: str) -> OptimizerStep:
+def optimizer_step(layout: OptimizerVariant, trainable: Sequence[ParamSpec], rounding: str,
+                   states: Sequence[Sequence[StateTensor]] | None = None) -> OptimizerStep:
     """What ``layout``'s step allocates per trainable parameter (for the allocator replay): its
     device-resident state tensors, and its temporaries as blocks of the parameter's size (the
-    count from the optimizer's own temporaries rule applied to that parameter alone)."""
-    groups = layout.group_names(trainable)
-    state = tuple(tuple(t.nbytes for t in layout.state(spec, g) if not (rounding == "cuda" and t.on_host))
-                  for spec, g in zip(trainable, groups))
+    count from the optimizer's own temporaries rule applied to that parameter alone).
+    ``states``: each parameter's state tensors where they are not ``layout.state``'s (one rank's
+    shard of the parameter, :mod:`smmf_plan.dist`)."""
+    if states is None:
+        groups = layout.group_names(trainable)
+        states = [layout.state(spec, g) for spec, g in zip(trainable, groups)]
+    state = tuple(tuple(t.nbytes for t in tensors if not (rounding == "cuda" and t.on_host))
+                  for tensors in states)
     path = layout.code_path(rounding)
     temps = []
     for spec in trainable:
@@ -380,7 +385,7 @@ def estimate(model_spec: ModelSpec, layouts: Sequence[OptimizerVariant], *, batc
 
         slack[layout.id] = allocator_models.allocator_part(
             model, weights=weight_blocks, logs=basis.logs,
-            step=_optimizer_step(layout, on_device, rounding), tensors_at=tensors_at,
+            step=optimizer_step(layout, on_device, rounding), tensors_at=tensors_at,
             churn_at=churn_at, recomputes=recipe.grad_checkpointing)
         act, temp = parts_at(basis.batch_size)
         breakdowns[layout.id] = _breakdown(f, act, temp, slack[layout.id](basis.batch_size), runtime)

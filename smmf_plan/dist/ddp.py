@@ -19,7 +19,7 @@ from ..optimizers import OptimizerVariant
 from ..shapes import ParamSpec
 from . import offload
 from .context import Context
-from .ranks import RankClass, RankFigures, state_sum
+from .ranks import RankBlocks, RankClass, RankFigures, state_sum
 from .sharding import Sharding
 
 MiB = 1 << 20
@@ -52,10 +52,15 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
     weights = sum(ctx.round(s.nbytes) for s in specs) + ctx.buffer_bytes
     grads = sum(ctx.round(s.nbytes) for s in trainable)
     groups = optimizer.group_names(trainable)
-    logical, allocated, count = state_sum(
-        (optimizer.state(s, g) for s, g in zip(trainable, groups)), ctx.allocator)
-    comm = sum(ctx.round(b) for b in buckets(trainable, sharding.bucket_cap_mb))
+    states = tuple(optimizer.state(s, g) for s, g in zip(trainable, groups))
+    logical, allocated, count = state_sum(states, ctx.allocator)
+    bucket_list = buckets(trainable, sharding.bucket_cap_mb)
+    comm = sum(ctx.round(b) for b in bucket_list)
     temp = optimizer.step_temp_bytes(trainable, ctx.allocator)
+    blocks = RankBlocks(kept=tuple(s.nbytes for s in specs if s.nbytes)
+                        + ((ctx.buffer_bytes,) if ctx.buffer_bytes else ()) + tuple(bucket_list),
+                        grads=None, transient=(), specs=tuple(trainable), states=states)
     figures = RankFigures(weights=weights, master=0, grads=grads, state_allocated=allocated,
-                          state_bytes=logical, comm=comm, step_temp=temp, state_tensors=count)
+                          state_bytes=logical, comm=comm, step_temp=temp, state_tensors=count,
+                          blocks=blocks)
     return [RankClass(((0, sharding.world - 1),), figures)]

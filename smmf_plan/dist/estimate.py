@@ -15,13 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from .. import dtypes
+from ..allocators import models as allocator_models
 from ..breakdown import Breakdown, StepMemory
 from ..memory import TEMPORARIES_ASSUMPTION, MemoryEstimate, StepBasis, act_temp, step_basis
 from ..memory import _offload_assumption as offload_assumption  # the one-process offload's words
 from ..memory import estimate as single
 from ..model import ModelSpec
 from ..optimizers import OptimizerVariant, Unsupported
-from . import ddp, fsdp2, offload, quantized, zero
+from . import allocation, ddp, fsdp2, offload, quantized, zero
 from .context import Context
 from .ranks import RankClass, RankFigures, RankRanges, group
 from .sharding import Sharding
@@ -37,12 +38,26 @@ def plan_ranks(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) ->
     return group(PLANNERS[sharding.scheme](ctx, sharding, optimizer))
 
 
-def breakdown_of(f: RankFigures, activations: int | None, temporaries: int, runtime: int) -> Breakdown:
+def breakdown_of(f: RankFigures, activations: int | None, temporaries: int, runtime: int,
+                 allocator: int = 0) -> Breakdown:
     """One rank's parts; ``activations`` None: not known (the sums are lower bounds)."""
     return Breakdown(weights=f.weights, master=f.master, grads=f.grads,
                      state_allocated=f.state_allocated, activations=activations or 0,
-                     temporaries=temporaries, comm=f.comm, runtime=runtime,
+                     temporaries=temporaries, comm=f.comm, allocator=allocator, runtime=runtime,
                      unknown=("activations",) if activations is None else (), **dict(f.host))
+
+
+def tensor_bytes(f: RankFigures, activations: int | None, temporaries: int) -> int:
+    """The rank's tensors at the step's peak, as its breakdown counts them."""
+    return (f.weights + f.master + f.grads + f.state_allocated + (activations or 0) + temporaries
+            + f.comm)
+
+
+def churn_bytes(f: RankFigures, activations: int | None, temporaries: int, persistent: bool) -> int:
+    """The bytes the rank frees and allocates again every step: gradients, activations, the step's
+    temporaries (not a scratch kept between steps) and the transients (not the buckets it keeps)."""
+    transient = sum(f.blocks.transient) if f.blocks is not None else 0
+    return f.grads + (activations or 0) + (0 if persistent else temporaries) + transient
 
 
 @dataclass(frozen=True)
@@ -80,12 +95,40 @@ class DistEstimate(MemoryEstimate):
     sharding: Sharding | None = None
     #: per optimizer id: its rank classes.
     classes: dict[str, list[RankClass]] = field(default_factory=dict)
+    #: per (optimizer id, rank class ranges): ``batch -> bytes`` of the rank's allocator part.
+    _rank_slack: dict[tuple[str, tuple], Callable[[int], int]] = field(default_factory=dict,
+                                                                        repr=False)
+
+    def _parts(self, oid: str, c: RankClass, batch: int) -> tuple[int | None, int]:
+        return act_temp(self.activation_model, batch, self.rounding, c.figures.step_temp,
+                        self.persistent.get(oid, False))
 
     def _class_breakdown(self, oid: str, c: RankClass, batch: int) -> Breakdown:
-        f = c.figures
-        act, temp = act_temp(self.activation_model, batch, self.rounding, f.step_temp,
-                             self.persistent.get(oid, False))
-        return breakdown_of(f, act, temp, sum(self.runtime_parts.values()))
+        act, temp = self._parts(oid, c, batch)
+        slack = self._rank_slack.get((oid, c.ranges))
+        return breakdown_of(c.figures, act, temp, sum(self.runtime_parts.values()),
+                            slack(batch) if slack else 0)
+
+    def _add_allocator_parts(self, layouts: Sequence[OptimizerVariant], logs) -> None:
+        """Each rank class's allocator part (:mod:`.allocation`) under the estimate's model."""
+        model = allocator_models.resolve(self.allocator)
+        workspaces = sum(allocator_models.workspace_blocks(model))
+        recomputes = self.recipe is not None and self.recipe.grad_checkpointing
+        for v in layouts:
+            persistent = self.persistent.get(v.id, False)
+            for c in self.classes[v.id]:
+                if c.figures.blocks is None:
+                    continue
+
+                def tensors_at(b: int, c=c, oid=v.id) -> int:
+                    return tensor_bytes(c.figures, *self._parts(oid, c, b)) + workspaces
+
+                def churn_at(b: int, c=c, oid=v.id, persistent=persistent) -> int:
+                    return churn_bytes(c.figures, *self._parts(oid, c, b), persistent)
+
+                self._rank_slack[(v.id, c.ranges)] = allocation.allocator_part(
+                    model, v, self.rounding, logs, c.figures.blocks, tensors_at, churn_at,
+                    recomputes)
 
     def rank_steps(self, oid: str, batch: int | None = None) -> list[RankStep]:
         """Every group of ranks of ``oid`` at ``batch`` (default: the planned one)."""
@@ -160,8 +203,15 @@ def assumptions_for(sharding: Sharding, ctx: Context) -> list[str]:
                "the largest module gathered with its gradients and the prefetch bucket"
                if stage == 3 else ""))
     out += recipe_assumptions(sharding, ctx)
+    out.append("allocator part per rank: the one-process allocator model fed with the rank's own "
+               "blocks (its parameters, shards or partitions and the buckets it keeps allocated "
+               "first; the traced forward+backward at the per-rank micro-batch with the rank's "
+               "transients alive through it, as one block of their peak's size; its gradient "
+               "shards or partitions replacing the whole gradients when backward ends; the "
+               "optimizer's state and temporaries on what it steps)")
     out.append("not modelled: NCCL's own buffers (allocated outside PyTorch's allocator), "
-               "the CUDA context of each rank, and allocator fragmentation under sharding")
+               "the CUDA context of each rank, and where inside forward and backward the "
+               "collectives allocate their buffers (the replay keeps them alive throughout)")
     return out
 
 
@@ -254,6 +304,7 @@ def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
         step_temp={}, runtime_parts=basis.runtime_parts, input=basis.input,
         persistent={v.id: v.keeps_scratch for v in layouts}, sharding=sharding, classes=classes,
         recipe=basis.recipe, recipe_info=info, incomplete_reason=basis.incomplete_reason)
+    est._add_allocator_parts(layouts, basis.logs)
     for v in layouts:
         top = est.largest(v.id)
         est.breakdowns[v.id] = top.breakdown

@@ -54,7 +54,7 @@ from ..optimizers.base import local_spec
 from ..shapes import ParamSpec, Shape
 from .context import Context, nbytes
 from .offload import host_parts, pinned
-from .ranks import RankClass, RankFigures, state_sum
+from .ranks import RankBlocks, RankClass, RankFigures, state_sum
 from .sharding import Sharding
 
 #: the name of the root unit in reports.
@@ -251,20 +251,26 @@ def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[
         return memo[key]
 
     where = "cpu" if offload else ctx.allocator  # the optimizer's state and step
+    kept = tuple(nbytes(padded_numel(s.shape, S), s.dtype) for s in specs if s.numel)
+    kept += (ctx.buffer_bytes,) if ctx.buffer_bytes else ()
+    sharded_grads = tuple(b.sharded_grads for b in sizes if b.sharded_grads)
     for first, last in boundaries([s.shape for s in trainable], S):
         shapes = [local_shape(s.shape, S, first) for s in trainable]
-        logical, allocated, count = state_sum(
-            (shard_state(s, shape, g) for s, shape, g in zip(trainable, shapes, groups)), where)
+        states = tuple(shard_state(s, shape, g) for s, shape, g in zip(trainable, shapes, groups))
+        logical, allocated, count = state_sum(states, where)
         local = [local_spec(s, shape) for s, shape in zip(trainable, shapes)]
         temp = optimizer.step_temp_bytes(local, where)
-        if offload:
+        if offload:  # no allocator replay: the device keeps shards and transients only
             copies = pinned(ctx, *shards) + pinned(ctx, *(s.nbytes for s in local))
             figures = RankFigures(weights=weights, master=0, grads=0, state_allocated=0,
                                   state_bytes=logical, comm=comm, step_temp=0, state_tensors=count,
                                   host=host_parts(ctx, copies, allocated, temp))
         else:
+            # the transients are replayed as one block of their peak's size
+            blocks = RankBlocks(kept=kept, grads=sharded_grads, transient=(comm,) if comm else (),
+                                specs=tuple(local), states=states)
             figures = RankFigures(weights=weights, master=0, grads=grads, state_allocated=allocated,
                                   state_bytes=logical, comm=comm, step_temp=temp,
-                                  state_tensors=count)
+                                  state_tensors=count, blocks=blocks)
         classes.append(RankClass(tuple(sharding.global_ranges(first, last)), figures))
     return classes

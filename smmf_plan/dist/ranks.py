@@ -9,11 +9,35 @@ few), never one per rank.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from ..optimizers import StateTensor
 from ..plan import state_totals
+from ..shapes import ParamSpec
+
+
+@dataclass(frozen=True)
+class RankBlocks:
+    """The blocks one rank asks its allocator for, in bytes as requested (unrounded): what the
+    allocator model replays for the rank's ``allocator`` part (:mod:`.allocation`), beside the
+    traced forward + backward at the per-rank micro-batch."""
+
+    #: allocated before the first step and kept: parameters or their shards / flat buffers,
+    #: buffers, fp32 master partitions, DDP's gradient buckets, ZeRO's reduce bucket.
+    kept: tuple[int, ...]
+    #: the gradients alive from the end of backward to the next ``zero_grad``: FSDP2's
+    #: reduce-scatter outputs, ZeRO's partitions; ``None``: the traced gradients themselves
+    #: (whole parameters, as in one process: DDP).
+    grads: tuple[int, ...] | None
+    #: allocated and freed within every step besides the traced tensors (FSDP2's gathered units
+    #: and collective buffers, ZeRO-3's prefetch and gathered module), alive through forward and
+    #: backward.
+    transient: tuple[int, ...]
+    #: the tensors the optimizer steps on this rank (local shards, flat partitions) and the state
+    #: tensors it creates for each.
+    specs: tuple[ParamSpec, ...] = ()
+    states: tuple[Sequence[StateTensor], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,6 +66,9 @@ class RankFigures:
     #: offload: the host parts (``host_copies``, ``host_state``, ``host_temporaries``,
     #: ``host_runtime``), the state and step then being the host's, not the device's.
     host: tuple[tuple[str, int], ...] = ()
+    #: the blocks behind these figures (the allocator part's replay); not part of a rank's
+    #: identity: ranks whose figures are equal are grouped, keeping the first one's blocks.
+    blocks: RankBlocks | None = field(default=None, compare=False, hash=False)
 
 
 class RankRanges:

@@ -46,7 +46,7 @@ from ..optimizers import OptimizerVariant, Unsupported
 from ..shapes import ParamSpec
 from .context import Context, nbytes
 from .offload import host_parts, pinned
-from .ranks import RankClass, RankFigures, group, state_sum
+from .ranks import RankBlocks, RankClass, RankFigures, group, state_sum
 from .sharding import Sharding
 
 #: ``nccl_start_alignment_factor`` in ``stage_1_and_2.py``: 4-byte alignment / sizeof(fp16).
@@ -92,12 +92,23 @@ def _where(ctx: Context) -> str:
     return "cpu" if ctx.recipe.offload is not None else ctx.allocator
 
 
+def flat_specs(flats: Sequence[tuple[str, int]]) -> tuple[ParamSpec, ...]:
+    """The flat fp32 tensors the client optimizer steps, one per (group name, elements)."""
+    return tuple(ParamSpec(f"{name}.flat", (n,), "float32") for name, n in flats)
+
+
 def _flat_state(ctx: Context, optimizer: OptimizerVariant, flats: Sequence[tuple[str, int]]):
     """State, its tensor count and the step temporaries of the client optimizer over one flat fp32
     tensor per (group name, elements)."""
-    per = [optimizer.state(ParamSpec(f"{name}.flat", (n,), "float32"), name) for name, n in flats]
+    per = [optimizer.state(spec, name) for spec, (name, _) in zip(flat_specs(flats), flats)]
     logical, allocated, count = state_sum(per, _where(ctx))
     return logical, allocated, count
+
+
+def _flat_blocks(optimizer: OptimizerVariant, flats: Sequence[tuple[str, int]]) -> dict:
+    specs = flat_specs(flats)
+    return {"flats": specs,
+            "flat_states": tuple(optimizer.state(s, name) for s, (name, _) in zip(specs, flats))}
 
 
 def _temp(ctx: Context, optimizer: OptimizerVariant, flats: Sequence[tuple[str, int]],
@@ -145,23 +156,33 @@ class Components:
     staging: int = 0
     host_copies: int = 0
     offloaded: bool = False
+    #: the flat tensors the client optimizer steps and their state (the allocator's replay).
+    flats: tuple[ParamSpec, ...] = ()
+    flat_states: tuple = ()
 
     def figures(self, ctx: Context, host_extra: int = 0) -> RankFigures:
         """This rank's figures; ``host_extra``: pinned bytes of this rank only (accumulation)."""
         comm = self.reduce_bucket + self.prefetch + self.gathered + self.staging
         grads = self.grad_partition + self.full_grads
         weights = self.params + self.persistent + self.frozen + ctx.buffer_bytes
-        if self.offloaded:
+        if self.offloaded:  # no allocator replay: the state and the step are the host's
             return RankFigures(
                 weights=weights, master=0, grads=grads, state_allocated=0,
                 state_bytes=self.state_bytes, comm=comm, step_temp=0,
                 state_tensors=self.state_tensors,
                 host=host_parts(ctx, self.host_copies + host_extra, self.state_allocated,
                                 self.optimizer_temp))
+        blocks = RankBlocks(
+            kept=tuple(n for n in (self.params, self.persistent, self.frozen, ctx.buffer_bytes,
+                                   self.master, self.reduce_bucket) if n),
+            grads=tuple(n for n in (self.grad_partition, self.full_grads) if n),
+            transient=(self.prefetch + self.gathered,) if self.prefetch + self.gathered else (),
+            specs=self.flats, states=self.flat_states)
         return RankFigures(
             weights=weights, master=self.master, grads=grads,
             state_allocated=self.state_allocated, state_bytes=self.state_bytes, comm=comm,
-            step_temp=self.fp32_grad + self.optimizer_temp, state_tensors=self.state_tensors)
+            step_temp=self.fp32_grad + self.optimizer_temp, state_tensors=self.state_tensors,
+            blocks=blocks)
 
 
 def plan(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> list[RankClass]:
@@ -236,6 +257,7 @@ def _stage12(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> C
                                   nbytes(g.partition, g.dtype)) for g in groups)
                      if offloaded else 0),
         offloaded=offloaded,
+        **_flat_blocks(optimizer, flats),
     )
 
 
@@ -304,6 +326,7 @@ def _stage3(ctx: Context, sharding: Sharding, optimizer: OptimizerVariant) -> Co
                      + sum(pinned(ctx, nbytes(n, "float32"), nbytes(n, "float32")) for _, n in subs)
                      if offloaded else 0),
         offloaded=offloaded,
+        **_flat_blocks(optimizer, subs),
     )
 
 

@@ -5,10 +5,14 @@ Each run is ``python -m torch.distributed.run --standalone --nproc-per-node N -m
 smmf_plan.probe.dist_worker ...`` (:func:`local_command`); :func:`cluster_command` is the same
 run for a real cluster (NCCL, ``--nnodes`` and a c10d rendezvous), printed by ``--launcher``.
 
-Predicted per-rank optimizer state: the per-rank planner's (:func:`smmf_plan.dist.plan_ranks`,
-FSDP2's dim-0 ``torch.chunk`` shards with each optimizer's ``shard_state`` rule; SMMF: the factors
-of the full matrix and the local sign), for the very :class:`~smmf_plan.dist.Sharding` the ranks
-run.
+Predicted, per rank: the per-rank plan (:func:`smmf_plan.dist.estimate`, what ``plan --dist``
+prints) for the very :class:`~smmf_plan.dist.Sharding` the ranks run, at their micro-batch, under
+the allocator model of the ranks' malloc (:func:`rank_allocator`): the optimizer state (FSDP2's
+dim-0 ``torch.chunk`` shards with each optimizer's ``shard_state`` rule; SMMF: the factors of the
+full matrix and the local sign), exact; and the step peak, the rank's planned total minus the
+runtime already present at the worker's baseline (:data:`~.runner.BASELINE_PARTS`: PyTorch and the
+model library; the baseline is taken after ``init_process_group``, the optimizer and modeling
+imports and a warm-up op, so the process group's threads and buffers are in it too).
 """
 
 from __future__ import annotations
@@ -19,16 +23,15 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from ..dist import Context, plan_ranks
+from ..dist import estimate as dist_estimate
 from ..errors import PlanError
 from ..model import ModelSpec
 from ..report import SCHEMA_VERSION
-from ..shapes import ParamSpec
 from .dist_worker import SCHEMES
 from .inputs import resolve_input
-from .runner import _cpu_name, _model_summary
+from .runner import BASELINE_PARTS, DETERMINISTIC_ENV, PROBE_RECIPE, _cpu_name, _model_summary, _pct
 
 
 def probe_sharding(dist):
@@ -42,14 +45,36 @@ def probe_sharding(dist):
     return dist.sharding()
 
 
-def rank_state_bytes(params: Sequence[ParamSpec], layout, sharding) -> list[int]:
-    """Each rank's planned optimizer state bytes, rank 0 first."""
-    out = [0] * sharding.world
-    for cls in plan_ranks(Context(tuple(params)), sharding, layout):
-        for first, last in cls.ranges:
-            for r in range(first, last + 1):
-                out[r] = cls.figures.state_bytes
-    return out
+def rank_allocator(env: Mapping[str, str] | None = None) -> str:
+    """The allocator model of the ranks, which inherit this environment: ``glibc-mmap`` where it
+    sets ``MALLOC_MMAP_THRESHOLD_=131072``, else ``glibc`` (the default malloc)."""
+    env = os.environ if env is None else env
+    return "glibc-mmap" if env.get("MALLOC_MMAP_THRESHOLD_") == DETERMINISTIC_ENV[
+        "MALLOC_MMAP_THRESHOLD_"] else "glibc"
+
+
+def rank_plans(spec: ModelSpec, layouts: Sequence, sharding, inp: dict, allocator: str
+               ) -> tuple[dict[str, list[dict]], list[str]]:
+    """Per optimizer, each rank's prediction (rank 0 first): ``state_bytes`` (logical, exact),
+    ``breakdown`` and ``total_bytes`` (the rank's planned step) and ``peak_bytes`` (the total minus
+    the runtime present at the baseline; ``None`` where the activations are not known); and the
+    plan's assumptions."""
+    est = dist_estimate(spec, list(layouts), sharding, batch_size=inp["batch_size"],
+                   recipe=PROBE_RECIPE, input_size=inp.get("input_size"),
+                   seq_len=inp.get("seq_len"), allocator=allocator)
+    before = sum(v for k, v in est.runtime_parts.items() if k in BASELINE_PARTS)
+    out: dict[str, list[dict]] = {}
+    for oid in est.classes:
+        rows: list[dict] = [{}] * sharding.world
+        for step in est.rank_steps(oid):
+            row = {"state_bytes": step.state_bytes, "breakdown": step.breakdown.to_dict(),
+                   "total_bytes": step.total_bytes,
+                   "peak_bytes": step.total_bytes - before if est.complete else None}
+            for first, last in step.ranges:
+                for r in range(first, last + 1):
+                    rows[r] = row
+        out[oid] = rows
+    return out, est.assumptions
 
 
 def worker_args(model: str, optimizer: str, sharding, steps: int, batch_size: int,
@@ -97,6 +122,8 @@ def run_dist_probe(model: str, spec: ModelSpec, layouts: Sequence, sharding, *,
     """Probe every layout on ``world`` local ranks; the JSON document (README, probe schema 2)."""
     world = sharding.world
     inp = resolve_input(spec, batch_size=batch_size, input_size=input_size, seq_len=seq_len)
+    allocator = rank_allocator()
+    planned, plan_assumptions = rank_plans(spec, layouts, sharding, inp, allocator)
     optimizers: dict[str, Any] = {}
     versions = set()
     for layout in layouts:
@@ -107,8 +134,8 @@ def run_dist_probe(model: str, spec: ModelSpec, layouts: Sequence, sharding, *,
             if progress:
                 print(f"probe {layout.id}: {world} ranks …", file=sys.stderr)
             ranks, error = _launch(cmd, out, world, timeout_s)
-        predicted = rank_state_bytes(spec.params, layout, sharding)
-        optimizers[layout.id] = _entry(ranks, predicted, error)
+        none = {"state_bytes": None, "breakdown": None, "total_bytes": None, "peak_bytes": None}
+        optimizers[layout.id] = _entry(ranks, planned.get(layout.id, [none] * world), error)
         versions.update(r.get("torch") for r in ranks if r.get("torch"))
     return {
         "schema_version": SCHEMA_VERSION,
@@ -116,14 +143,17 @@ def run_dist_probe(model: str, spec: ModelSpec, layouts: Sequence, sharding, *,
         "input": {**inp, "per_rank": True},
         "settings": {"steps": steps, "device_type": "cpu", "dist": sharding.scheme, "world": world,
                      "shard_group": sharding.shards,
-                     "backend": "gloo",
+                     "backend": "gloo", "allocator": allocator,
                      "launcher": f"python -m torch.distributed.run --standalone --nproc-per-node {world}",
                      "timing": "median over steps 2..N (step 1 is a warm-up and excluded)"},
         "host": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": sorted(versions)[0] if versions else None},
         "assumptions": [
             "every rank trains its own synthetic micro-batch of --batch-size samples (seed + rank)",
             "fsdp2: fully_shard on every module that owns parameters, then on the root; fp32",
-            "predicted: optimizer state per rank only (FSDP2's dim-0 torch.chunk rule)",
+            f"predicted: each rank's plan (smmf-plan plan --dist {sharding.scheme} --world "
+            f"{world}) under the {allocator} allocator model; peak_bytes = its total minus the "
+            "PyTorch and model-library imports, which precede the ranks' baseline",
+            *plan_assumptions,
         ],
         "optimizers": optimizers,
     }
@@ -154,31 +184,32 @@ def _launch(cmd: list[str], out: str, world: int, timeout_s: float | None) -> tu
     return ranks, f"{why}: {first or (tail[0][:300] if tail else 'no detail')}"
 
 
-def _entry(ranks: list[dict], predicted: list[int], error: str | None) -> dict:
+def _errors(measured: dict | None, predicted: dict) -> dict:
+    return {k: _pct((measured or {}).get(k), predicted.get(k)) for k in ("state_bytes", "peak_bytes")}
+
+
+def _entry(ranks: list[dict], predicted: list[dict], error: str | None) -> dict:
     rows = []
     for r, (res, pred) in enumerate(zip(ranks, predicted)):
         m = res.get("measured")
-        state = m.get("state_bytes") if m else None
-        rows.append({"rank": r, "status": res.get("status", "error"),
-                     "predicted": {"state_bytes": pred},
-                     "measured": m,
-                     "error_pct": {"state_bytes": None if state is None or not pred
-                                   else 100.0 * (state - pred) / pred}})
+        rows.append({"rank": r, "status": res.get("status", "error"), "predicted": pred,
+                     "measured": m, "error_pct": _errors(m, pred)})
     ok = error is None and all(row["status"] == "ok" for row in rows)
     measured = [row["measured"] for row in rows if row["measured"]]
-    largest = max(range(len(predicted)), key=lambda r: predicted[r])
+    # the top-level figures describe the largest rank, as in the per-rank plans
+    largest = max(range(len(predicted)), key=lambda r: (predicted[r]["total_bytes"] or 0, -r))
+    top = {k: predicted[largest][k] for k in ("state_bytes", "peak_bytes")}
+    m_top = None if not ok else {
+        "state_bytes": max(m["state_bytes"] for m in measured),
+        "peak_bytes": max((m["peak_bytes"] for m in measured if m.get("peak_bytes") is not None),
+                          default=None),
+        "losses": measured[0]["losses"],
+    }
     entry = {
         "status": "ok" if ok else "error",
         "verdict": "ran" if ok else f"error: {error}",
         "lr": next((res.get("lr") for res in ranks if res.get("lr") is not None), None),
-        # the top-level figures describe the largest rank, as in the per-rank plans
-        "predicted": {"state_bytes": predicted[largest]},
-        "measured": None if not ok else {
-            "state_bytes": max(m["state_bytes"] for m in measured),
-            "peak_bytes": max((m["peak_bytes"] for m in measured if m.get("peak_bytes") is not None),
-                              default=None),
-            "losses": measured[0]["losses"],
-        },
+        "predicted": top, "measured": m_top, "error_pct": _errors(m_top, top),
         "ranks": rows,
     }
     if not ok:

@@ -94,11 +94,15 @@ def test_cuda_part_is_reserved_minus_allocated_by_hand(scheme, world):
 
 def test_rank_log_swaps_whole_gradients_for_the_ranks_own():
     """The traced step (blocks 0-2: an activation and two gradients) as an FSDP2 rank runs it:
-    its transient (one block) allocated first and alive through backward, the whole gradients
-    freed once reduced and its gradient shard kept to the next zero_grad."""
+    its transient (one block) allocated first and alive through backward, each whole gradient
+    freed as soon as it is made (reduce-scattered) and its gradient shard kept to the next
+    zero_grad."""
     log = StepLog(events=(100, 40, ~0, 40), grads=(1, 2), retained=(), forward_end=1)
     assert rank_log(log, RankBlocks(kept=(8,), grads=None, transient=())) is log
     got = rank_log(log, RankBlocks(kept=(8,), grads=(24,), transient=(300,)))
     # ids: 0 the transient, 1-3 the traced blocks, 4 the rank's gradient shard
-    assert got.events == (300, 100, 40, ~1, 40, 24, ~2, ~3, ~0)
+    assert got.events == (300, 100, 40, ~2, ~1, 40, ~3, 24, ~0)
     assert got.grads == (4,) and got.forward_end == 2
+    # DDP keeps the whole gradients: only the transients are added
+    ddp = rank_log(log, RankBlocks(kept=(8,), grads=None, transient=(300,)))
+    assert ddp.events == (300, 100, 40, ~1, 40, ~0) and ddp.grads == (2, 3)

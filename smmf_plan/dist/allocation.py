@@ -12,7 +12,9 @@ sequence), fed with what one rank allocates (:class:`~.ranks.RankBlocks`):
   the rank's transients (FSDP2's gathered units and collective buffers, replayed as one block of
   their peak's size) alive through forward and backward, and, where the rank keeps other
   gradients than the whole ones the trace produced (FSDP2's reduce-scatter outputs, ZeRO's
-  partitions), those allocated when backward ends and the traced ones freed;
+  partitions), each traced gradient freed as soon as it is made (reduced into the rank's own;
+  the unit's unsharded gradients are part of the transients) and the rank's own allocated when
+  backward ends;
 * the optimizer's state and temporaries on the tensors it steps on this rank (local shards, flat
   partitions).
 
@@ -37,16 +39,22 @@ def rank_log(log: StepLog, blocks: RankBlocks) -> StepLog:
     if blocks.grads is None and not blocks.transient:
         return log
     k = len(blocks.transient)
+    reduced = set(log.grads) if blocks.grads is not None else set()
     events = list(blocks.transient)
-    for e in log.events:  # the traced blocks' ids move up by the transients allocated first
-        events.append(e if e >= 0 else ~(~e + k))
-    allocated = sum(1 for e in events if e >= 0)
+    i = 0  # the traced blocks' ids move up by the transients allocated first
+    for e in log.events:
+        if e < 0:
+            events.append(~(~e + k))
+            continue
+        events.append(e)
+        if i in reduced:  # a whole gradient, reduced into the rank's own as soon as it is made
+            events.append(~(i + k))
+        i += 1
     grads = tuple(i + k for i in log.grads)
     if blocks.grads is not None:
+        grads = tuple(range(i + k, i + k + len(blocks.grads)))
         events += list(blocks.grads)
-        events += [~i for i in grads]  # the whole gradients, once reduced into the rank's own
-        grads = tuple(range(allocated, allocated + len(blocks.grads)))
-    events += [~i for i in range(k)]
+    events += [~j for j in range(k)]
     return StepLog(tuple(events), grads, tuple(i + k for i in log.retained), log.forward_end + k)
 
 

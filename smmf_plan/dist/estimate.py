@@ -110,7 +110,10 @@ class DistEstimate(MemoryEstimate):
                             slack(batch) if slack else 0)
 
     def _add_allocator_parts(self, layouts: Sequence[OptimizerVariant], logs) -> None:
-        """Each rank class's allocator part (:mod:`.allocation`) under the estimate's model."""
+        """Each rank class's allocator part (:mod:`.allocation`) under the estimate's model
+        (none without a traced step: weights without an architecture)."""
+        if not logs:
+            return
         model = allocator_models.resolve(self.allocator)
         workspaces = sum(allocator_models.workspace_blocks(model))
         recomputes = self.recipe is not None and self.recipe.grad_checkpointing

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cli_run import isolated_cache  # noqa: F401 - an autouse fixture: the test's own shape cache
 from smmf_plan.allocators.sequence import StepLog
 from smmf_plan.dist import Sharding, estimate
 from smmf_plan.dist.allocation import rank_log
@@ -29,11 +30,6 @@ def make():
                                 torch.nn.Linear(8, 4))
     m.pretrained_cfg, m.num_classes = {}, 4
     return m
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _plans(scheme: str, world: int, allocator: str):

@@ -1,6 +1,7 @@
 """Running the command line in-process, the way four test modules do: `run(args, capsys)` gives
-(exit code, stdout, stderr); `isolated_cache` (autouse where imported) points the shape cache at
-the test's own folder."""
+(exit code, stdout, stderr); `isolated_cache` (autouse where imported) points the shape and trace
+cache at a folder of the test module's own: every module starts cold, and its tests reuse the
+traces of the models they share (a test of cold or warm caching sets its own folder)."""
 
 import pytest
 
@@ -14,6 +15,8 @@ def run(args, capsys):
     return e.value.code, out, err
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.fixture(autouse=True, scope="module")
+def isolated_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMMF_PLAN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield

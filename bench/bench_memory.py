@@ -256,12 +256,11 @@ def cpu_section(began: str, runs: int, rows: list, total: int, machine_now: str 
     ratios = [r[7] / r[4] for r in rows]
     lines += ["", f"glibc estimate / measured median: {min(ratios):.2f} to {max(ratios):.2f} over "
               f"{len(rows)} configurations (the model's claim: at or above the median, at most "
-              "1.25x it). The coefficients in `smmf_plan/allocators/glibc.py` were chosen on "
-              "resnet18, vit_tiny, the tiny GPT-2 at batch 4 and 8 and resnet50 at batch 8; the "
-              "other rows are held out. The tiny GPT-2 at batch 2 is the known exception: its "
+              "1.25x it). The coefficients in `smmf_plan/allocators/glibc.py` were fitted on all of "
+              "these rows (none held out). The widest spreads are the tiny GPT-2's: at batch 2 its "
               "logits are exactly as large as its vocabulary matrix (nine 24.5 MiB blocks of one "
-              "size per step), and how many of them stay resident differs from process to process "
-              "(see the range)."]
+              "size per step), and how many of its vocabulary-sized blocks stay resident differs "
+              "from process to process (see the ranges)."]
     return "\n".join(lines)
 
 

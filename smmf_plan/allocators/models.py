@@ -207,7 +207,8 @@ def allocator_part(model: AllocatorModel, *, weights: Sequence[int], logs: Mappi
     Under ``glibc`` a checkpointed step's recomputed blocks refill the holes their forward twins
     left (each layer's are freed before the next layer's are recomputed): the same-size term
     counts at most :data:`.glibc.HOLES_PER_LIVE` blocks per block alive at once, and the heap share
-    of the churn is that of the step without them (:func:`.glibc.without_recomputation`)."""
+    of the churn is that of the step without them (:func:`.glibc.without_recomputation`); the
+    churn adds forward's small transient blocks (:func:`.glibc.forward_transients`)."""
     if model in (GLIBC_MMAP, MPS) or not logs:
         return lambda batch: 0
     (b1, l1), (b2, l2) = sorted(logs.items())[:2] if len(logs) > 1 else (sorted(logs.items()) * 2)[:2]
@@ -229,7 +230,10 @@ def allocator_part(model: AllocatorModel, *, weights: Sequence[int], logs: Mappi
             t = min(1.0, (batch - b1) / (b2 - b1)) if b2 != b1 else 0.0
             return s1 + (s2 - s1) * t
 
-        return lambda batch: glibc.retained_bytes(line.at(batch), int(churn_at(batch) * share(batch)))
+        t1, t2 = (glibc.forward_transients(log.events, log.forward_end) for log in (l1, l2))
+        transients = Affine.through(b1, t1, b2, t2) if b2 != b1 else Affine(t1, 0)
+        return lambda batch: glibc.retained_bytes(
+            line.at(batch), int(churn_at(batch) * share(batch)) + transients.at(batch))
     # the caching allocator: reserved beyond the allocated blocks at the peak
     pre = list(weights) + workspace_blocks(model)
     slack = []
@@ -270,7 +274,9 @@ def assumptions(model: AllocatorModel, parts: Mapping[str, int], library: str | 
             f"blocks (counted at most {glibc.HOLES_PER_LIVE} per block of that size alive at once: "
             "recomputed blocks refill their twins' holes) and "
             f"{glibc.CHURN:g} x its gradients + activations + temporaries in blocks of "
-            "at most 32 MiB (larger ones are unmapped when freed), fitted to "
+            f"at most 32 MiB (larger ones are unmapped when freed) + {glibc.TRANSIENT:g} x the "
+            f"blocks under {glibc.SMALL_TRANSIENT >> 20} MiB that forward frees (per-layer "
+            "intermediates; every layer's with checkpointing), fitted to "
             "measured peak RSS (reports/memory-accuracy.md); set MALLOC_MMAP_THRESHOLD_=131072 and "
             "plan with --allocator glibc-mmap for the tighter, deterministic figure")
         out.append(
@@ -291,9 +297,11 @@ def assumptions(model: AllocatorModel, parts: Mapping[str, int], library: str | 
         out.append(
             f"cuBLAS workspaces: {GEMM_THREADS} threads (forward/optimizer and autograd's device "
             f"thread) x ({mib(CUBLAS_WORKSPACE)} cuBLAS, Hopper's default; 8.125 MiB before "
-            f"Hopper + {mib(CUBLASLT_WORKSPACE)} cuBLASLt); cuDNN workspaces are not added: PyTorch "
-            "offers cuDNN at most the largest free block or free device memory "
-            "(Conv_v8.cpp get_available_workspace), so they adapt to what is left")
+            f"Hopper + {mib(CUBLASLT_WORKSPACE)} cuBLASLt); cuDNN workspaces planned at 0 B: PyTorch "
+            "offers each convolution's cuDNN plans only workspaces that fit the largest free "
+            "block or free device memory (Conv_v8.cpp), so a step that fits runs, with slower "
+            "algorithms when memory is tight; a measured max_memory_allocated on a roomy GPU "
+            "includes the largest workspace cuDNN picked (not known before it runs)")
         out.append("CUDA context (~0.3 GiB with lazy module loading) is not counted: a device's "
                    "usable memory already excludes it")
     elif model is MPS:

@@ -136,6 +136,15 @@ def test_the_heap_share_of_a_checkpointed_step_leaves_the_recomputed_blocks_out(
     assert glibc.without_recomputation([8, 4, ~1, 8], forward_end=4) == [8, 4, 8]
 
 
+def test_forward_transients_count_half_the_small_blocks_forward_frees():
+    # forward: a segment input kept (1 MiB), a 2 MiB and a 3 MiB intermediate freed in forward, an
+    # 8 MiB one freed in forward (too large to count), a 2 MiB one freed only in backward (saved)
+    events = [MiB, 2 * MiB, ~1, 3 * MiB, 8 * MiB, ~2, ~3, 2 * MiB, 2 * MiB, ~4, ~0]
+    assert glibc.SMALL_TRANSIENT == 4 * MiB and glibc.TRANSIENT == 0.5
+    assert glibc.forward_transients(events, forward_end=8) == (2 * MiB + 3 * MiB) // 2
+    assert glibc.forward_transients([MiB, 2 * MiB, ~1, ~0], forward_end=2) == 0
+
+
 def test_retained_is_the_larger_term():
     assert glibc.retained_bytes(100 * MiB, 10 * MiB) == int(glibc.SAME_SIZE * 100 * MiB)
     assert glibc.retained_bytes(MiB, 1000 * MiB) == int(glibc.CHURN * 1000 * MiB)

@@ -4,6 +4,9 @@ Four rules make the measure match what memory really holds (and what the registr
 
 * a wrapper tensor subclass (``__tensor_flatten__``: torchao's low-bit states, DTensor) is its inner
   tensors, named ``STATE.INNER`` (``exp_avg.codes``, ``exp_avg.scale``), not its nominal dtype;
+  the other objects it names there are metadata, not state (torch 2.14's DTensor names its
+  ``device_mesh``, whose ``_rank_map`` — one int32 per rank of the mesh — every DTensor on that
+  mesh shares);
 * a plain object in the state (GaLore's and APOLLO's projector) is its tensor attributes, named
   ``STATE.ATTRIBUTE`` (``projector.ortho_matrix``), and a state tensor's ``.grad`` is held too
   (``projector.ortho_matrix.grad``: COAP optimizes its projection with autograd);
@@ -42,7 +45,9 @@ def flat_tensors(obj: Any, prefix: str = "", _depth: int = 0) -> Iterator[tuple[
             return
         names, _ = inner()
         for n in names:
-            yield from flat_tensors(getattr(obj, n), f"{prefix}.{n}" if prefix else n, _depth + 1)
+            value = getattr(obj, n)
+            if isinstance(value, torch.Tensor):  # not the opaque metadata some subclasses name
+                yield from flat_tensors(value, f"{prefix}.{n}" if prefix else n, _depth + 1)
         return
     if isinstance(obj, dict):
         items = obj.items()

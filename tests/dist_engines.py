@@ -160,8 +160,11 @@ def _gloo_rank(rank: int, world: int, port: int, opt_id: str, path: str) -> None
             model(x).square().mean().backward()
         grads = sharded_grad_bytes(model)
         opt.step()
+    from smmf_plan.measure import total_state_bytes
+
     result = {"rank": rank, "fsdp2": {"state_bytes": state_bytes(opt), "weight_bytes":
-                                      sharded_weight_bytes(model), "grad_bytes": grads}}
+                                      sharded_weight_bytes(model), "grad_bytes": grads},
+              "probe_state_bytes": total_state_bytes(opt)}  # what smmf-plan probe --dist reports
     torch.manual_seed(0)
     ddp = torch.nn.parallel.DistributedDataParallel(mlp())
     opt = build(opt_id, ddp.parameters())

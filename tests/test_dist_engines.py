@@ -103,12 +103,18 @@ def test_gloo_fsdp2_and_ddp_ranks_match_the_plan(family):
         want = planned(doc, Sharding("fsdp2", 2), family, rank, recipe=accum)
         assert got["fsdp2"] == {"state_bytes": want.state_bytes, "weight_bytes": want.weights,
                                 "grad_bytes": want.grads}
+        # the probe's measure (smmf_plan.measure) of the same DTensor state: the local shards and
+        # each parameter's step, not the device mesh every DTensor names (torch 2.14: 8 B more)
+        assert got["probe_state_bytes"] == want.state_bytes
         ddp = planned(doc, Sharding("ddp", 2), family, rank, recipe=accum)
         assert got["ddp"]["state_bytes"] == ddp.state_bytes
         buckets = [int(b) for b in got["ddp"]["bucket_sizes"].split(",")]
         assert sum(buckets) == ddp.comm  # raw bytes: the buckets hold a copy of every gradient
     # the 251-row layer shards 126 / 125: rank 0 keeps more
     assert doc["ranks"][0]["fsdp2"]["state_bytes"] > doc["ranks"][1]["fsdp2"]["state_bytes"]
+    if family == "adam":  # by hand: two fp32 moments of the local shard + a 4-byte step each, the
+        # MLP's 8 tensors holding rows 48, 48, 126|125, 126|125, 64, 64, 5, 5 on rank 0|1
+        assert [r["probe_state_bytes"] for r in doc["ranks"]] == [8 * 30_579 + 32, 8 * 30_482 + 32]
 
 
 # ------------------------------------------------------------------ DeepSpeed ZeRO, real ranks

@@ -43,6 +43,36 @@ def test_a_tensor_subclass_is_its_inner_tensors():
     assert state_bytes(opt, w) == 4 * 100 + 2 * 4 * 100 + 4 + 8 * 3
 
 
+class _Mesh:
+    """Stands for torch 2.14's DeviceMesh: an object holding a small tensor (``_rank_map``)."""
+
+    def __init__(self):
+        self._rank_map = torch.arange(2, dtype=torch.int32)
+
+
+class _MeshTensor(TwoTensor):
+    """A wrapper that, like torch 2.14's DTensor, names a non-tensor object among its inner
+    attributes in ``__tensor_flatten__``."""
+
+    def __tensor_flatten__(self):
+        names, ctx = super().__tensor_flatten__()
+        return [*names, "device_mesh"], ctx
+
+
+def test_a_subclass_is_its_inner_tensors_not_the_metadata_it_names():
+    """DTensor state under FSDP2 measured 8 B per rank above the plan (world 2): the mesh's
+    ``_rank_map`` (2 × int32), reached through ``device_mesh``, is no optimizer state."""
+    opt, (w, b) = _sgd_after_one_step()
+    mesh = _Mesh()
+    for p, n in ((w, 100), (b, 7)):
+        t = _MeshTensor(torch.zeros(n), torch.zeros(n))
+        t.device_mesh = mesh
+        opt.state[p]["exp_avg"] = t
+    assert set(state_tensors(opt, w)) == {"momentum_buffer", "exp_avg.a", "exp_avg.b"}
+    assert state_bytes(opt, w) == 4 * 3 * 100 and state_bytes(opt, b) == 4 * 3 * 7
+    assert total_state_bytes(opt) == 4 * 3 * 107
+
+
 def test_an_object_in_the_state_is_its_tensor_attributes():
     """GaLore and APOLLO keep a projector object whose ``ortho_matrix`` is state."""
     class Projector:

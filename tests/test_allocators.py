@@ -85,6 +85,29 @@ def test_reserved_never_shrinks_and_the_peak_resets():
     assert p.reserved == 30 * MiB + 2 * MiB and p.allocated == 4 * KiB
 
 
+def test_a_sequence_replayed_again_is_answered_from_the_cache(monkeypatch):
+    # a plan replays one sequence per device of an allocator model: the second replay is the
+    # first one's peaks, keyed on the whole sequence and where the peaks are reset
+    calls = []
+    fresh = caching._replay
+    monkeypatch.setattr(caching, "_CACHE", type(caching._CACHE)())
+    monkeypatch.setattr(caching, "_replay", lambda e, r: calls.append(r) or fresh(e, r))
+    events = [30 * MiB, ~0, 4 * KiB]
+    first = caching.replay(events, reset_at=2)
+    assert caching.replay(list(events), reset_at=2) == first and calls == [2]
+    assert first == caching.Peaks(allocated=4 * KiB, reserved=32 * MiB, segments=2)
+    # another reset point or one event more: replayed afresh, their own peaks
+    assert caching.replay(events, reset_at=0) == caching.Peaks(30 * MiB, 32 * MiB, 2)
+    assert caching.replay(events + [~1], reset_at=2).allocated == 4 * KiB
+    assert caching.replay([30 * MiB, ~0, 8 * KiB], reset_at=2).allocated == 8 * KiB
+    assert calls == [2, 0, 2, 2]
+
+
+def test_a_block_freed_twice_is_an_error():
+    with pytest.raises(ValueError, match="block 0 is freed twice"):
+        caching.replay([4 * KiB, ~0, ~0])
+
+
 # --------------------------------------------------------------------------- the step sequence
 
 def test_training_sequence_encodes_three_steps():

@@ -21,6 +21,11 @@ The rules, as ``c10/cuda/CUDACachingAllocator.cpp`` states them (pytorch/pytorch
 * ``free_block``: a freed block merges with its free neighbours in the same segment and goes back
   to its pool; segments are never returned to CUDA during training (only ``empty_cache()`` or an
   allocation that would fail does that), so ``reserved`` is the high-water mark of segments.
+
+:func:`replay` runs one loop over the events (about a microsecond each in CPython: a plan replays
+hundreds of thousands) and remembers each sequence's peaks for the rest of the process, so the
+same sequence planned again (another device of the model, another rank class or optimizer with
+the same blocks) is not replayed.
 """
 
 from __future__ import annotations

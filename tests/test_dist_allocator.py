@@ -102,3 +102,23 @@ def test_rank_log_swaps_whole_gradients_for_the_ranks_own():
     # DDP keeps the whole gradients: only the transients are added
     ddp = rank_log(log, RankBlocks(kept=(8,), grads=None, transient=(300,)))
     assert ddp.events == (300, 100, 40, ~1, 40, ~0) and ddp.grads == (2, 3)
+
+
+def test_a_plan_without_allocator_parts_is_the_exact_one_less_that_part():
+    """What the world search plans first, to rule a world out before any replay: every rank's
+    parts as in the exact plan but the allocator part at 0, so its device bytes are a lower
+    bound."""
+    from smmf_plan.dist.estimate import basis_for, from_basis
+
+    spec = spec_of_module(make(), "tiny")
+    basis = basis_for(spec, "fsdp2", batch_size=2, input_size=INPUT, module_factory=make,
+                      allocator="cpu")
+    layouts, sharding = parse_many("adam,smmf"), Sharding("fsdp2", 2)
+    exact = from_basis(basis, "tiny", layouts, sharding)
+    bound = from_basis(basis, "tiny", layouts, sharding, allocator_parts=False)
+    for oid in ("adam", "smmf"):
+        for e, b in zip(exact.rank_steps(oid), bound.rank_steps(oid), strict=True):
+            assert e.ranges == b.ranges and b.breakdown["allocator"] == 0 < e.breakdown["allocator"]
+            assert {k: v for k, v in b.breakdown.items() if k != "allocator"} == {
+                k: v for k, v in e.breakdown.items() if k != "allocator"}
+            assert b.breakdown.device_bytes == e.breakdown.device_bytes - e.breakdown["allocator"]

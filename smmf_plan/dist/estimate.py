@@ -282,8 +282,10 @@ def context_of(basis: StepBasis, scheme: str) -> Context:
 
 
 def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
-               sharding: Sharding) -> DistEstimate:
-    """The per-rank estimate of every optimizer from a computed basis (no trace)."""
+               sharding: Sharding, *, allocator_parts: bool = True) -> DistEstimate:
+    """The per-rank estimate of every optimizer from a computed basis (no trace).
+    ``allocator_parts=False`` leaves every rank's ``allocator`` part at 0 (no allocator replay): a
+    lower bound of each rank's device bytes, since the part is never negative."""
     t0 = time.perf_counter()
     ctx = context_of(basis, sharding.scheme)
     classes, skipped = {}, []
@@ -307,7 +309,8 @@ def from_basis(basis: StepBasis, name: str, layouts: Sequence[OptimizerVariant],
         step_temp={}, runtime_parts=basis.runtime_parts, input=basis.input,
         persistent={v.id: v.keeps_scratch for v in layouts}, sharding=sharding, classes=classes,
         recipe=basis.recipe, recipe_info=info, incomplete_reason=basis.incomplete_reason)
-    est._add_allocator_parts(layouts, basis.logs)
+    if allocator_parts:
+        est._add_allocator_parts(layouts, basis.logs)
     for v in layouts:
         top = est.largest(v.id)
         est.breakdowns[v.id] = top.breakdown

@@ -4,7 +4,9 @@ For each device and optimizer, :func:`smallest_worlds` searches the number of ra
 device) at which the largest rank's training step fits the device's usable memory at the planned
 per-rank batch. One step basis (the trace) per allocator is shared by every world size; each world
 size is pure per-rank arithmetic (:func:`~smmf_plan.dist.estimate.from_basis`), computed once and
-shared by every device with that allocator.
+shared by every device with that allocator; a world is first planned without the allocator parts
+(a lower bound: the part is never negative), and the allocator is replayed only for the worlds
+that bound does not rule out.
 
 The search assumes the largest rank's total does not grow with the world size — true of every
 part but FSDP2's all-gather padding, which moves by at most a chunk row — so it doubles the world
@@ -92,14 +94,16 @@ def smallest_worlds(spec: ModelSpec, layouts: Sequence[OptimizerVariant], scheme
     """The smallest world size per device and optimizer (``options``: the step basis's)."""
     bases = {a: basis_for(spec, scheme, batch_size=batch_size, allocator=a, **options)
              for a in sorted({d.allocator for d in devices})}
-    memo: dict[tuple[str, int], DistEstimate] = {}
+    memo: dict[tuple[str, int, bool], DistEstimate] = {}
 
-    def plan_at(allocator: str, world: int) -> DistEstimate:
-        key = (allocator, world)
+    def plan_at(allocator: str, world: int, exact: bool = True) -> DistEstimate:
+        """The plan at ``world``; ``exact=False``: without the allocator parts (a lower bound)."""
+        key = (allocator, world, exact)
         if key not in memo:
             group = shard_group if shard_group and shard_group < world else None
             memo[key] = from_basis(bases[allocator], spec.name, layouts,
-                                   Sharding(scheme, world, shard_group=group))
+                                   Sharding(scheme, world, shard_group=group),
+                                   allocator_parts=exact)
         return memo[key]
 
     step = shard_group or 1
@@ -108,10 +112,16 @@ def smallest_worlds(spec: ModelSpec, layouts: Sequence[OptimizerVariant], scheme
         row = {}
         for v in layouts:
             def fits(world: int, d=d, oid=v.id) -> bool:
-                b = plan_at(d.allocator, world).breakdown_at(oid, batch_size)
                 host = d.host_memory
-                return b.device_bytes <= d.usable_bytes and (
-                    not b.host_bytes or (host is not None and b.host_bytes <= host))
+
+                def within(b) -> bool:
+                    return b.device_bytes <= d.usable_bytes and (
+                        not b.host_bytes or (host is not None and b.host_bytes <= host))
+
+                # a world whose plan does not fit even without its allocator parts never fits:
+                # ruled out before the allocator is replayed for it
+                return (within(plan_at(d.allocator, world, exact=False).breakdown_at(oid, batch_size))
+                        and within(plan_at(d.allocator, world).breakdown_at(oid, batch_size)))
             world = _first_fit(fits, step, cap)
             planned = world if world is not None else (cap // step) * step
             s = plan_at(d.allocator, planned).steps()[v.id]

@@ -196,8 +196,9 @@ def _sum_rounded(specs: Sequence[ParamSpec], q: int, trainable_only: bool = Fals
 def optimizer_step(layout: OptimizerVariant, trainable: Sequence[ParamSpec], rounding: str,
                    states: Sequence[Sequence[StateTensor]] | None = None) -> OptimizerStep:
     """What ``layout``'s step allocates per trainable parameter (for the allocator replay): its
-    device-resident state tensors, and its temporaries as blocks of the parameter's size (the
-    count from the optimizer's own temporaries rule applied to that parameter alone).
+    device-resident state tensors, and its temporaries as blocks of the parameter's size rounded
+    as ``rounding`` rounds it (the count from the optimizer's own temporaries rule applied to that
+    parameter alone).
     ``states``: each parameter's state tensors where they are not ``layout.state``'s (one rank's
     shard of the parameter, :mod:`smmf_plan.dist`)."""
     if states is None:
@@ -208,7 +209,9 @@ def optimizer_step(layout: OptimizerVariant, trainable: Sequence[ParamSpec], rou
     path = layout.code_path(rounding)
     temps = []
     for spec in trainable:
-        n = spec.nbytes
+        # the temporaries rule counts blocks at the allocator's rounded size: cut at that size
+        # (cut at the raw size, a 2-B parameter's one 512-B CUDA temporary became 256 blocks)
+        n = round_up(spec.nbytes, _QUANTUM[rounding]) if spec.nbytes else 0
         t = layout.step_temp_bytes([spec], rounding, path=path) if n else 0
         full, rest = divmod(t, n) if n else (0, 0)
         temps.append((n,) * full + ((rest,) if rest else ()))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from allocations import tensor_peak
+from smmf_plan.memory import optimizer_step
 from smmf_plan.optimizers import ALL_IDS, FAMILIES, parse
 from smmf_plan.optimizers.base import DEVICES
 from smmf_plan.shapes import ParamSpec
@@ -172,3 +173,14 @@ def test_bitsandbytes_cpu_rule_matches_the_rss_of_a_real_step(shape, dtype):
     real = step_rss_extra("adamw8bit", shape, dtype)
     rule = parse("adamw8bit").step_temp_bytes([ParamSpec("weight", shape, dtype)], path="for-loop")
     assert 0.98 * real - 2 * 2**20 <= rule <= 1.10 * real + 2 * 2**20, (shape, dtype, rule, real)
+
+
+def test_the_replayed_temporaries_of_a_tiny_parameter_are_its_rounded_blocks():
+    """The allocator replay gets a parameter's step temporaries as blocks of its rounded size: a
+    1-element fp16 bias and a 3x5 fp32 weight each get Adam's one 512-B CUDA temporary (foreach),
+    two 64-B ones on CPU (for-loop) - not 256 blocks of 2 B that the CUDA allocator rounds to
+    512 B each (128 KiB where the step allocates 512 B)."""
+    specs = [ParamSpec("b", (1,), "float16"), ParamSpec("w", (3, 5), "float32")]
+    adam = parse("adam")
+    assert optimizer_step(adam, specs, "cuda").temps == ((512,), (512,))
+    assert optimizer_step(adam, specs, "cpu").temps == ((64, 64), (64, 64))

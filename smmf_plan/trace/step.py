@@ -151,7 +151,9 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
         fake_ctx = fake
         mode_name = "fake"
     params = list(module.parameters())
-    tracker = StorageTracker(log=True)
+    # on meta tensors (not fake ones: FakeTensorMode caches its own) repeated operators are
+    # answered from their outputs' metadata seen before
+    tracker = StorageTracker(log=True, reuse=amp_dtype is None)
     tracker.ignore(params)
     tracker.ignore(module.buffers())
     for t in list(args) + list(kwargs.values()) + [target]:

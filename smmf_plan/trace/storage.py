@@ -7,6 +7,7 @@ import weakref
 
 from ..allocators import QUANTUM as ROUNDING
 from ..allocators import round_up as _round
+from . import opcache
 from .attention import cpu_attention
 from .values import KnownValues, _no_data
 
@@ -30,12 +31,14 @@ class StorageTracker:
     With ``log=True`` every allocation and free is also recorded in order in :attr:`log`, in the
     encoding of :mod:`smmf_plan.allocators.sequence` (``n >= 0``: a block of ``n`` bytes, ``~i``:
     block ``i`` freed), for an allocator model to replay; :meth:`block_id` names a live storage's
-    block."""
+    block. With ``reuse=True`` operators on meta tensors are answered from
+    :mod:`smmf_plan.trace.opcache` where they can be (the same outputs' metadata, fresh storages)."""
 
     #: the reductions whose scalar result is answered, and the answer.
     ANSWERS = {"all": True, "any": False}
 
-    def __init__(self, log: bool = False) -> None:
+    def __init__(self, log: bool = False, reuse: bool = False) -> None:
+        self.reuse = reuse
         self.live = {k: 0 for k in ROUNDING}
         self.peak = {k: 0 for k in ROUNDING}
         self._sizes: dict[int, int] = {}
@@ -135,7 +138,7 @@ class StorageTracker:
             if id(args[0]) in self._answers:
                 self.answered += 1
                 return self._answers[id(args[0])]
-        out = func(*args, **kwargs)
+        out = opcache.run(func, args, kwargs, torch) if self.reuse else func(*args, **kwargs)
         self.ops += 1
         outputs = _tensors(out)
         for t in outputs:

@@ -1,0 +1,120 @@
+"""Operators on meta tensors answered from their outputs' metadata, seen before.
+
+A traced step runs every operator's meta kernel, most of them Python decompositions
+(``torch._refs``/``torch._decomp``: a batch norm costs about a millisecond); the search for what
+would fit (:mod:`smmf_plan.alternatives`) traces the same model under several recipes at two batch
+sizes, so the same operator meets inputs of the same metadata again and again (the blocks of a
+stage, the recipes that share layers). On meta tensors an operator's outputs are a function of
+its inputs' metadata (shape, strides, offset, dtype), its other arguments and the default dtype:
+there is no data. :func:`run` keys each call by exactly that and, for an operator seen before,
+makes fresh outputs of the recorded shapes, strides and dtypes (``empty_strided`` on meta) instead
+of running the kernel.
+
+Only what the cache provably reproduces is cached: operators that neither write an argument nor
+return an alias of one, whose output shapes do not depend on data, with plain meta tensors in and
+fresh plain meta tensors out (not views, offset 0, storages exactly as large as ``empty_strided``
+makes them, no two outputs sharing one); anything else (fake tensors, CPU tensors, symbolic sizes,
+complex dtypes, unknown argument types) runs the kernel. The storage tracker
+(:class:`~smmf_plan.trace.storage.StorageTracker`) sees the same storages, bytes and order
+either way.
+"""
+
+from __future__ import annotations
+
+#: the most entries kept (the cache is emptied when full): a few thousand per traced model.
+LIMIT = 1 << 16
+
+_CACHE: dict[tuple, tuple | None] = {}
+#: per operator: may its calls be cached at all (its schema).
+_OPS: dict = {}
+_PLAIN = (int, float, bool, str, type(None))
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def run(func, args, kwargs, torch):
+    """``func(*args, **kwargs)`` on meta tensors, answered from the cache where it can be."""
+    ok = _OPS.get(func)
+    if ok is None:
+        ok = _OPS[func] = _cacheable_op(func, torch)
+    if not ok:
+        return func(*args, **kwargs)
+    try:
+        key = (func, torch.get_default_dtype(), _key(args, torch),
+               _key(tuple(kwargs.items()), torch) if kwargs else ())
+    except _Uncacheable:
+        return func(*args, **kwargs)
+    hit = _CACHE.get(key, False)
+    if hit is None:  # seen: its outputs cannot be reproduced
+        return func(*args, **kwargs)
+    if hit is not False:
+        kind, metas = hit
+        outs = [torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+                for shape, stride, dtype in metas]
+        return outs[0] if kind is torch.Tensor else kind(outs)
+    out = func(*args, **kwargs)
+    if len(_CACHE) >= LIMIT:
+        _CACHE.clear()
+    _CACHE[key] = _record(out, (args, kwargs), torch)
+    return out
+
+
+def clear() -> None:
+    _CACHE.clear()
+
+
+def _cacheable_op(func, torch) -> bool:
+    schema = func._schema
+    if any(r.alias_info is not None for r in schema.returns):
+        return False
+    if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
+        return False
+    tags = set(getattr(func, "tags", ()))
+    return not tags & {torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output}
+
+
+def _key(args, torch) -> tuple:
+    out = []
+    for a in args:
+        t = type(a)
+        if t is torch.Tensor or t is torch.nn.Parameter:
+            if a.device.type != "meta" or a.layout is not torch.strided or a.dtype.is_complex:
+                raise _Uncacheable
+            out.append((a.shape, a.stride(), a.storage_offset(), a.dtype))
+        elif t in _PLAIN:
+            out.append((t, a))
+        elif t is tuple or t is list:
+            out.append((t, _key(a, torch)))
+        elif t is torch.dtype or t is torch.device or t is torch.layout or t is torch.memory_format:
+            out.append(a)
+        else:  # symbolic sizes, tensor subclasses, anything else
+            raise _Uncacheable
+    return tuple(out)
+
+
+def _record(out, inputs, torch) -> tuple | None:
+    """How to make ``out`` again: (container type, [(shape, stride, dtype)]), or None."""
+    from torch.utils._pytree import tree_leaves
+
+    kind = type(out)
+    outs = (out,) if kind is torch.Tensor else out if kind in (tuple, list) else None
+    if not outs:
+        return None
+    metas = []
+    storages = {a.untyped_storage()._cdata for a in tree_leaves(inputs) if isinstance(a, torch.Tensor)}
+    for o in outs:
+        if type(o) is not torch.Tensor or o.device.type != "meta" or o._is_view() \
+                or o.storage_offset() != 0 or o.layout is not torch.strided or o.dtype.is_complex \
+                or o.requires_grad:
+            return None
+        st = o.untyped_storage()
+        if st._cdata in storages:  # an alias of an input or of another output
+            return None
+        storages.add(st._cdata)
+        replica = torch.empty_strided(o.shape, o.stride(), dtype=o.dtype, device="meta")
+        if replica.untyped_storage().nbytes() != st.nbytes():
+            return None
+        metas.append((tuple(o.shape), o.stride(), o.dtype))
+    return kind, tuple(metas)

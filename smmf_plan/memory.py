@@ -434,6 +434,10 @@ def step_basis(model_spec: ModelSpec, *, batch_size: int = 1,
     # (a quantized base and accumulation traced as the recipe has them; the engine places the
     # offloaded parts itself)
     traced_recipe = recipe.with_(dtype=recipe.amp, amp=None, offload=None) if cast else recipe
+    if traced_recipe.offload is not None and not traced_recipe.offloads_grads:
+        # the optimizer's state on the host leaves the device's step as it is: the trace (and its
+        # cached facts) of the run without offload serves
+        traced_recipe = traced_recipe.with_(offload=None)
     traced_specs = traced_recipe.apply(model_spec).params if cast else specs
     compute = traced_recipe.compute_dtype(model_spec)
 

@@ -12,6 +12,7 @@ swallowed: the cache is an accelerator, never a requirement.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,13 +38,20 @@ def cache_dir() -> str:
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
+    """The installed versions of :data:`_PACKAGES` (read once per process: each read parses the
+    package's metadata, and a plan keys one cache entry per candidate recipe)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str | None], ...]:
+    out: list[tuple[str, str | None]] = []
     for pkg in _PACKAGES:
         try:
-            out[pkg] = metadata.version(pkg)
+            out.append((pkg, metadata.version(pkg)))
         except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+            out.append((pkg, None))
+    return tuple(out)
 
 
 def _stat(path: str) -> list[Any]:

@@ -35,15 +35,16 @@ class _Uncacheable(Exception):
 
 
 def run(func, args, kwargs, torch):
-    """``func(*args, **kwargs)`` on meta tensors, answered from the cache where it can be."""
+    """``func(*args, **kwargs)`` on meta (or fake) tensors, answered from the cache where it can be."""
     ok = _OPS.get(func)
     if ok is None:
         ok = _OPS[func] = _cacheable_op(func, torch)
     if not ok:
         return func(*args, **kwargs)
+    modes: list = []
     try:
-        key = (func, torch.get_default_dtype(), _key(args, torch),
-               _key(tuple(kwargs.items()), torch) if kwargs else ())
+        key = (func, torch.get_default_dtype(), _key(args, torch, modes),
+               _key(tuple(kwargs.items()), torch, modes) if kwargs else ())
     except _Uncacheable:
         return func(*args, **kwargs)
     hit = _CACHE.get(key, False)
@@ -51,14 +52,26 @@ def run(func, args, kwargs, torch):
         return func(*args, **kwargs)
     if hit is not False:
         kind, metas = hit
-        outs = [torch.empty_strided(shape, stride, dtype=dtype, device="meta")
-                for shape, stride, dtype in metas]
+        outs = [_make(meta, modes, torch) for meta in metas]
         return outs[0] if kind is torch.Tensor else kind(outs)
     out = func(*args, **kwargs)
     if len(_CACHE) >= LIMIT:
         _CACHE.clear()
-    _CACHE[key] = _record(out, (args, kwargs), torch)
+    _CACHE[key] = _record(out, (args, kwargs), modes, torch)
     return out
+
+
+def _make(meta, modes, torch):
+    shape, stride, dtype, fake_device = meta
+    if fake_device is None:
+        return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+    # as FakeTensorMode makes a cached operator's output
+    from torch._subclasses.fake_tensor import FakeTensor, in_kernel_invocation_manager
+
+    mode = modes[0]
+    with in_kernel_invocation_manager(mode):
+        elem = torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+    return FakeTensor(mode, elem, fake_device)
 
 
 def clear() -> None:
@@ -75,7 +88,9 @@ def _cacheable_op(func, torch) -> bool:
     return not tags & {torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output}
 
 
-def _key(args, torch) -> tuple:
+def _key(args, torch, modes: list) -> tuple:
+    """The metadata of ``args`` that a meta kernel can see; ``modes`` collects the fake tensors'
+    mode (one at most)."""
     out = []
     for a in args:
         t = type(a)
@@ -83,38 +98,72 @@ def _key(args, torch) -> tuple:
             if a.device.type != "meta" or a.layout is not torch.strided or a.dtype.is_complex:
                 raise _Uncacheable
             out.append((a.shape, a.stride(), a.storage_offset(), a.dtype))
+        elif t is _fake_type(torch):
+            if a.constant is not None or a.layout is not torch.strided or a.dtype.is_complex:
+                raise _Uncacheable
+            if not modes:
+                modes.append(a.fake_mode)
+            elif a.fake_mode is not modes[0]:
+                raise _Uncacheable
+            out.append((a.shape, a.stride(), a.storage_offset(), a.dtype, a.fake_device))
         elif t in _PLAIN:
             out.append((t, a))
         elif t is tuple or t is list:
-            out.append((t, _key(a, torch)))
+            out.append((t, _key(a, torch, modes)))
         elif t is torch.dtype or t is torch.device or t is torch.layout or t is torch.memory_format:
             out.append(a)
-        else:  # symbolic sizes, tensor subclasses, anything else
+        else:  # symbolic sizes, other tensor subclasses, anything else
             raise _Uncacheable
     return tuple(out)
 
 
-def _record(out, inputs, torch) -> tuple | None:
-    """How to make ``out`` again: (container type, [(shape, stride, dtype)]), or None."""
+def _fake_type(torch):
+    global _FAKE
+    if _FAKE is None:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        _FAKE = FakeTensor
+    return _FAKE
+
+
+_FAKE = None
+
+
+def _record(out, inputs, modes, torch) -> tuple | None:
+    """How to make ``out`` again: (container type, [(shape, stride, dtype, fake device)]), or
+    None."""
+    from torch.utils._mode_utils import no_dispatch
     from torch.utils._pytree import tree_leaves
 
     kind = type(out)
-    outs = (out,) if kind is torch.Tensor else out if kind in (tuple, list) else None
+    outs = (out,) if kind is torch.Tensor or kind is _fake_type(torch) else \
+        out if kind in (tuple, list) else None
     if not outs:
         return None
+    if kind is _fake_type(torch):
+        kind = torch.Tensor
     metas = []
     storages = {a.untyped_storage()._cdata for a in tree_leaves(inputs) if isinstance(a, torch.Tensor)}
     for o in outs:
-        if type(o) is not torch.Tensor or o.device.type != "meta" or o._is_view() \
-                or o.storage_offset() != 0 or o.layout is not torch.strided or o.dtype.is_complex \
-                or o.requires_grad:
+        if type(o) is torch.Tensor:
+            if o.device.type != "meta":
+                return None
+            fake_device = None
+        elif type(o) is _fake_type(torch) and modes and o.fake_mode is modes[0] \
+                and o.constant is None:
+            fake_device = o.fake_device
+        else:
+            return None
+        if o._is_view() or o.storage_offset() != 0 or o.layout is not torch.strided \
+                or o.dtype.is_complex or o.requires_grad:
             return None
         st = o.untyped_storage()
         if st._cdata in storages:  # an alias of an input or of another output
             return None
         storages.add(st._cdata)
-        replica = torch.empty_strided(o.shape, o.stride(), dtype=o.dtype, device="meta")
+        with no_dispatch():
+            replica = torch.empty_strided(o.shape, o.stride(), dtype=o.dtype, device="meta")
         if replica.untyped_storage().nbytes() != st.nbytes():
             return None
-        metas.append((tuple(o.shape), o.stride(), o.dtype))
+        metas.append((tuple(o.shape), o.stride(), o.dtype, fake_device))
     return kind, tuple(metas)

@@ -151,9 +151,8 @@ def trace_step(module, example_inputs: Any, *, loss_fn: Callable | None = None,
         fake_ctx = fake
         mode_name = "fake"
     params = list(module.parameters())
-    # on meta tensors (not fake ones: FakeTensorMode caches its own) repeated operators are
-    # answered from their outputs' metadata seen before
-    tracker = StorageTracker(log=True, reuse=amp_dtype is None)
+    # repeated operators answered from their outputs' metadata seen before (trace/opcache.py)
+    tracker = StorageTracker(log=True, reuse=True)
     tracker.ignore(params)
     tracker.ignore(module.buffers())
     for t in list(args) + list(kwargs.values()) + [target]:

@@ -10,7 +10,15 @@ import torch
 
 from allocations import tensor_peak
 from smmf_plan.errors import PlanError
-from smmf_plan.trace import StorageTracker, activation_model, default_loss, input_spec_for, parse_input_size, trace_step
+from smmf_plan.trace import (
+    StorageTracker,
+    activation_model,
+    default_loss,
+    input_spec_for,
+    opcache,
+    parse_input_size,
+    trace_step,
+)
 
 
 def _timm_meta(name, **kw):
@@ -184,6 +192,30 @@ def test_amp_trace_runs_on_fake_tensors():
     fp32 = trace_step(make(), spec)
     assert amp.mode == "fake"
     assert 0 < amp.activation_bytes() < fp32.activation_bytes()
+
+
+@pytest.mark.parametrize("make, kw", [(_timm_meta("resnet18"), {"amp_dtype": torch.bfloat16}),
+                                      (_timm_meta("resnet18"), {"grad_checkpointing": True}),
+                                      (_gpt2_meta, {})])
+def test_operators_answered_from_the_cache_trace_exactly_as_run(make, kw, monkeypatch):
+    """A step whose repeated operators are answered from their outputs' metadata (fake tensors
+    under autocast, recomputation, attention with its mask's known values) counts the same bytes
+    in the same order as one that runs every kernel."""
+    spec = input_spec_for(make(), 2, (3, 64, 64) if "grad_checkpointing" in kw or "amp_dtype" in kw
+                          else None, seq_len=32)
+    with monkeypatch.context() as m:
+        m.setattr(opcache, "run", lambda func, args, kwargs, torch: func(*args, **kwargs))
+        # twice: the first trace of an attention in a process also counts the CPU tensors that
+        # ask the CPU build for its kernel (trace/attention.py), a later one does not
+        ran = [trace_step(make(), spec, **kw) for _ in range(2)][-1]
+    opcache.clear()
+    before = opcache.hits
+    t = trace_step(make(), spec, **kw)  # the repeated layers, backward's twins of forward's ops
+    assert opcache.hits - before > ran.ops // 20
+    assert (t.saved_bytes, t.peak_bytes, t.grad_bytes, t.retained_bytes, t.forward_bytes, t.ops) \
+        == (ran.saved_bytes, ran.peak_bytes, ran.grad_bytes, ran.retained_bytes, ran.forward_bytes,
+            ran.ops)
+    assert t.log == ran.log
 
 
 def test_input_specs_and_errors():

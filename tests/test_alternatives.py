@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from cli_run import isolated_cache, run  # noqa: F401 - isolated_cache is an autouse fixture
 from smmf_plan.alternatives import ORDER, lora_targets
+from smmf_plan.sources.cache import cache_dir
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
          "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -142,8 +144,12 @@ def test_accumulation_offload_and_qlora_are_candidates_planned_under_their_recip
     accum = plan(cm, cs)["adam"].breakdown
     assert accum["activations"] < base["activations"] and accum["state_allocated"] == base["state_allocated"]
     _, _, cm, cs, _ = cands["offload"]
+    traces = os.path.join(cache_dir(), "activations")
+    traced = set(os.listdir(traces))
     off = plan(cm, cs)["adam"].breakdown
     assert off["host_state"] > 0 and off["state_allocated"] < base["state_allocated"]
+    # the optimizer's state on the host leaves the device's step as it is: its trace is shared
+    assert set(os.listdir(traces)) == traced and off["activations"] == base["activations"]
     _, _, cm, cs, _ = cands["qlora"]
     ql = plan(cm, cs)["adam"].breakdown
     lora = plan(*cands["lora"][2:4])["adam"].breakdown

@@ -6,7 +6,9 @@ The package, by concern:
 * :mod:`.inputs` - what one training batch is for each task (:class:`InputSpec`), built from a
   model's config, and the loss a step computes on it;
 * :mod:`.storage` - :class:`StorageTracker`, live bytes of every tensor storage a step creates
-  (with :mod:`.attention`, which routes attention on meta tensors to the kernel a CPU run picks);
+  (with :mod:`.attention`, which routes attention on meta tensors to the kernel a CPU run picks,
+  and :mod:`.opcache`, which answers an operator met again on inputs of the same metadata from
+  its outputs' metadata instead of re-running its meta kernel);
 * :mod:`.step` - :func:`trace_step`, one traced forward + backward and its figures;
 * :mod:`.affine` - :class:`ActivationModel`, two traces fitted to ``fixed + per_sample · batch``.
 

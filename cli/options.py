@@ -139,13 +139,14 @@ def split_csv(text: str | None) -> list[str]:
 
 @contextlib.contextmanager
 def status(message: str, quiet: bool = False):
-    """A transient spinner on stderr for slow steps (only on a terminal, never in --json runs)."""
+    """A transient spinner on stderr for slow steps (only on a terminal, never in --json runs);
+    ``with status(...) as say:`` ``say(text)`` shows ``text`` after the message as the step goes."""
     if quiet or not sys.stderr.isatty():
-        yield
+        yield lambda text: None
         return
 
-    with console(stderr=True).status(Text(message)):  # a str would be parsed as markup
-        yield
+    with console(stderr=True).status(Text(message)) as spinner:  # a str would be parsed as markup
+        yield lambda text: spinner.update(Text(f"{message} {text}"))
 
 
 def load(m: ModelOptions, quiet: bool = False, recipe=None):

@@ -65,9 +65,9 @@ def plan(
         fits = judge(steps, dev, batch) if dev else None
     would = None  # what would fit: single-process plans (a --dist plan's changes are its own)
     if fits and sharding is None and not all(f.fits for f in fits.values()):
-        with o.status("Planning what would fit (each change estimated for real)…", json_out):
+        with o.status("Planning what would fit (each change estimated for real)…", json_out) as say:
             would = search(m, step, dev, fits, steps, spec,
-                           devices=list_devices(tuple(devices_file or ())))
+                           devices=list_devices(tuple(devices_file or ())), progress=say)
     if svg is not None:
         path = write_svg(svg, [BarRow(oid, s.breakdown) for oid, s in steps.items()],
                          dev.usable_bytes, f"{spec.name} · batch {batch} · {dev.id} ({dev.name})")

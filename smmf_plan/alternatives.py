@@ -182,16 +182,18 @@ def _candidates(m, step, spec, device=None) -> list[tuple[str, str, Any, Any, st
 
 
 def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any], spec,
-              plan: Planner, *, devices: Sequence = (), plan_for: Callable[[Any], Planner] | None = None
-              ) -> dict[str, WouldFit]:
+              plan: Planner, *, devices: Sequence = (), plan_for: Callable[[Any], Planner] | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, WouldFit]:
     """For every optimizer of ``fits`` that does not fit ``device``, the smallest change that does.
 
     ``m``/``step``: the run as planned (:class:`~smmf_plan.options.ModelOptions` /
     :class:`~smmf_plan.options.StepOptions`); ``steps``: its :class:`~smmf_plan.breakdown.StepMemory`
     per optimizer; ``spec``: its model spec; ``plan(m, step)`` estimates another run on
     ``device``; ``devices`` and ``plan_for(device)`` (a planner under that device's allocator
-    model) find the smallest device for the run unchanged."""
+    model) find the smallest device for the run unchanged. ``progress(text)`` hears which change
+    is being planned (the options that make it)."""
     batch = step.batch
+    say = progress or (lambda text: None)
     # an unknown verdict (activations not known) has no smallest change to search for
     todo = [o for o, f in fits.items() if f.fits is False]
     out = {o: WouldFit(o, None, device.id) for o in todo}
@@ -219,6 +221,8 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
         pending = [o for o in todo if out[o].found is None]
         if not pending:
             break
+        if skipped is None:
+            say(args)
         _try(change, args, cm, cstep, skipped, pending, out, settle, plan, device, batch)
 
     # 7. the applicable changes stacked, one more at a time
@@ -232,6 +236,7 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
             used.append(args)
             if len(used) < 2:
                 continue
+            say(" ".join(used))
             _try("combined", " ".join(used), sm, ss, None, pending, out, settle, plan, device, batch)
             pending = [o for o in pending if out[o].found is None]
             if not pending:
@@ -248,6 +253,7 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
             planner = plan_for(d)
             key = id(planner)
             if key not in by_planner:
+                say(f"-d {d.id}")
                 by_planner[key] = planner(m, step)
             for o in pending:
                 s = by_planner[key].get(o)
@@ -325,7 +331,8 @@ def planner(allocator: str) -> Planner:
 
 
 def search(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any], spec, *,
-           devices: Sequence = ()) -> dict[str, WouldFit]:
+           devices: Sequence = (), progress: Callable[[str], None] | None = None
+           ) -> dict[str, WouldFit]:
     """:func:`would_fit` with the planners of the command line: ``device`` under the run's
     allocator model, each other device under its own (or ``--allocator`` where it applies)."""
     cache: dict[str, Planner] = {}
@@ -338,4 +345,4 @@ def search(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any], s
         return cache[a]
 
     return would_fit(m, step, device, fits, steps, spec, plan_for(device), devices=devices,
-                     plan_for=plan_for)
+                     plan_for=plan_for, progress=progress)

@@ -1,7 +1,7 @@
-"""Operators on meta tensors answered from their outputs' metadata, seen before.
+"""Operators on tensors without data answered from their outputs' metadata, seen before.
 
 A traced step runs every operator's meta kernel, most of them Python decompositions
-(``torch._refs``/``torch._decomp``: a batch norm costs about a millisecond); the search for what
+(``torch._refs``/``torch._decomp``: a batch norm takes milliseconds); the search for what
 would fit (:mod:`smmf_plan.alternatives`) traces the same model under several recipes at two batch
 sizes, so the same operator meets inputs of the same metadata again and again (the blocks of a
 stage, the recipes that share layers). On meta tensors an operator's outputs are a function of
@@ -10,19 +10,25 @@ there is no data. :func:`run` keys each call by exactly that and, for an operato
 makes fresh outputs of the recorded shapes, strides and dtypes (``empty_strided`` on meta) instead
 of running the kernel.
 
+The mixed-precision traces run on fake CPU tensors (``FakeTensorMode``, whose own cache keys each
+call at about the cost of a meta kernel): a fake tensor's key adds its device, and its outputs are
+made as ``FakeTensorMode`` makes its cached ones (a ``FakeTensor`` of the same mode around a meta
+tensor).
+
 Only what the cache provably reproduces is cached: operators that neither write an argument nor
-return an alias of one, whose output shapes do not depend on data, with plain meta tensors in and
-fresh plain meta tensors out (not views, offset 0, storages exactly as large as ``empty_strided``
-makes them, no two outputs sharing one); anything else (fake tensors, CPU tensors, symbolic sizes,
-complex dtypes, unknown argument types) runs the kernel. The storage tracker
-(:class:`~smmf_plan.trace.storage.StorageTracker`) sees the same storages, bytes and order
-either way.
+return an alias of one, whose output shapes do not depend on data, with plain meta tensors or
+fake tensors of one mode (not constants) in, and fresh tensors of the same kind out (not views,
+offset 0, storages exactly as large as ``empty_strided`` makes them, none shared with an input or
+another output); anything else (CPU tensors, symbolic sizes, complex dtypes, unknown argument
+types) runs the kernel. The storage tracker (:class:`~smmf_plan.trace.storage.StorageTracker`)
+sees the same storages, bytes and order either way.
 """
 
 from __future__ import annotations
 
-#: the most entries kept (the cache is emptied when full): a few thousand per traced model.
-LIMIT = 1 << 16
+#: the most entries kept (the cache is emptied when full); a ResNet-50 search under four recipes
+#: at two batch sizes keeps a few hundred.
+LIMIT = 1 << 14
 
 _CACHE: dict[tuple, tuple | None] = {}
 #: calls answered from the cache in this process.

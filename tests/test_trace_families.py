@@ -36,7 +36,7 @@ from smmf_plan.tasks import (
     SEQ2SEQ_LM,
     SPEECH_SEQ2SEQ,
 )
-from smmf_plan.trace import input_spec_for, trace_step
+from smmf_plan.trace import attention, input_spec_for, trace_step
 from smmf_plan.trace.step import default_loss
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=101)
@@ -250,3 +250,16 @@ def test_weights_only_cli_reports_unknowns(tmp_path):
     r = _cli(tmp_path, str(tmp_path / "w.safetensors"), "--device", "rpi-4-4gb")
     flat = " ".join(r.stdout.split())
     assert "Activations not known" in flat and "?" in flat and "whether" in flat
+
+
+def test_the_first_attention_trace_in_a_process_logs_only_the_models_allocations():
+    """The attention kernel choice is asked of the CPU build once per setup, on tiny real tensors
+    made outside the trace: the first trace of a setup logs the same allocations as the next."""
+    cls, config, task = TESTED["llama"]
+    make = _meta_factory(cls, config)
+    spec = input_spec_for(make(), 2, seq_len=32)
+    attention._SDP_CACHE.clear()
+    first = trace_step(make(), spec)
+    second = trace_step(make(), spec)
+    assert first.log.events == second.log.events
+    assert first.peak_bytes == second.peak_bytes

@@ -87,10 +87,11 @@ def _cpu_sdp_choice(args, kwargs) -> int | None:
 
         qh = q.shape[-3] if q.dim() > 2 else 1
         kh = k.shape[-3] if k.dim() > 2 else 1
-        tq, tk, tv = tiny(q, qh), tiny(k, kh), tiny(v, kh)
-        tm = None if mask is None else torch.zeros([1] * mask.dim(), dtype=mask.dtype)
         try:
+            # outside the trace's modes: the probe tensors are not the model's allocations
             with torch.utils._python_dispatch._disable_current_modes():
+                tq, tk, tv = tiny(q, qh), tiny(k, kh), tiny(v, kh)
+                tm = None if mask is None else torch.zeros([1] * mask.dim(), dtype=mask.dtype)
                 _SDP_CACHE[key] = int(torch.ops.aten._fused_sdp_choice.default(
                     tq, tk, tv, tm, float(dropout), bool(causal), enable_gqa=bool(gqa)))
         except Exception:  # noqa: BLE001 - fall back to what meta picks

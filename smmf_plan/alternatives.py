@@ -21,7 +21,8 @@ The changes, from the smallest to the largest (:data:`ORDER`; the first that fit
 
 A change that does not apply (checkpointing already on, no switch for it in the model, LoRA on a
 model without attention projections, SMMF for SMMF, accumulation at batch 1, offload on a device
-without a host of its own) is skipped and reported as such. Each
+without a host of its own) is skipped and reported as such; on a device PyTorch does not train on
+(a Raspberry Pi Zero) changes 2-10 are skipped, since no change to the run trains there. Each
 candidate is judged on the same device under its allocator model at the planned batch size.
 """
 
@@ -215,8 +216,13 @@ def would_fit(m, step, device, fits: Mapping[str, Fit], steps: Mapping[str, Any]
         else:  # not even batch 1 fits
             settle(o, Tried("batch", "-b 1", steps[o].total_at(1), False, 0), None)
 
-    # 2-6. one change each, planned only while an optimizer still needs one
+    # 2-6. one change each, planned only while an optimizer still needs one; on a device PyTorch
+    # does not train on, no change to the run trains there: only another device does
     candidates = _candidates(m, step, spec, device)
+    if not device.runs_pytorch:
+        why = f" ({device.pytorch_reason})" if device.pytorch_reason else ""
+        no_torch = f"PyTorch does not run on {device.id}{why}: only another device trains this run"
+        candidates = [(c, a, cm, cs, no_torch) for c, a, cm, cs, _ in candidates]
     for change, args, cm, cstep, skipped in candidates:
         pending = [o for o in todo if out[o].found is None]
         if not pending:

@@ -96,6 +96,10 @@ def test_another_device_when_no_change_is_enough(llama, capsys):
     assert w["change"] == "device" and w["device"] != "rpi-zero"
     assert all(t.get("skipped") or t["fits"] is False for t in w["tried"][:-1])
     assert {"batch", "grad-checkpointing", "smmf", "lora"} <= {t["change"] for t in w["tried"]}
+    # PyTorch does not train on a Pi Zero: no change to the run is planned there, only devices
+    between = w["tried"][1:-1]
+    assert between and all(t["skipped"].startswith("PyTorch does not run on rpi-zero (ARMv6")
+                           and t["total_bytes"] is None for t in between)
 
 
 def test_plans_that_fit_have_no_alternatives(llama, capsys):
